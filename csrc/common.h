@@ -1,0 +1,63 @@
+// Shared basics of the C++ core: index type, argument errors, aligned buffers, OpenMP shims.
+// No Python here: the core is usable (and testable) without the bindings.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <new>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace cr {
+
+using i64 = std::int64_t;
+
+// Argument errors become ValueError in Python. Throw them before any parallel region:
+// an exception escaping an OpenMP region terminates the process.
+template <typename... Args>
+[[noreturn]] inline void fail(const Args&... args) {
+  std::ostringstream os;
+  (os << ... << args);
+  throw std::invalid_argument(os.str());
+}
+
+// 64-byte aligned allocator: buffers start on a cache line, SIMD loads never split one.
+template <typename T>
+struct AlignedAllocator {
+  using value_type = T;
+  AlignedAllocator() = default;
+  template <typename U>
+  AlignedAllocator(const AlignedAllocator<U>&) {}
+  T* allocate(std::size_t n) {
+    std::size_t bytes = ((n * sizeof(T) + 63) / 64) * 64;
+    void* p = std::aligned_alloc(64, bytes == 0 ? 64 : bytes);
+    if (!p) throw std::bad_alloc();
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, std::size_t) { std::free(p); }
+  template <typename U>
+  bool operator==(const AlignedAllocator<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const AlignedAllocator<U>&) const { return false; }
+};
+template <typename T>
+using avec = std::vector<T, AlignedAllocator<T>>;
+
+// Element-wise loops go parallel only above this many elements: below it the fork/join
+// costs more than the work (the small-network regime).
+constexpr i64 kParallelElems = 1 << 15;
+
+inline int max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+}  // namespace cr

@@ -1,0 +1,33 @@
+// Matrix products for training: C = alpha * op(A) · op(B) + beta * C, row-major.
+// op(A) is (M, K): A itself (lda >= K) or, with trans_a, the transpose of a stored (K, M)
+// matrix (lda >= M). Likewise op(B) is (K, N). Transposes are never materialised.
+// The three products of a Dense layer: forward X·W, backward dY·Wᵀ (trans_b), Xᵀ·dY (trans_a).
+#pragma once
+#include "common.h"
+
+namespace cr {
+
+// Fast float32 path: packed, cache-blocked, SIMD micro-kernel chosen at run time, OpenMP.
+void sgemm(bool trans_a, bool trans_b, i64 M, i64 N, i64 K, float alpha, const float* A,
+           i64 lda, const float* B, i64 ldb, float beta, float* C, i64 ldc);
+// float64 (gradient checks, reference training): correct first, reasonably fast.
+void dgemm(bool trans_a, bool trans_b, i64 M, i64 N, i64 K, double alpha, const double* A,
+           i64 lda, const double* B, i64 ldb, double beta, double* C, i64 ldc);
+
+// Naive reference twins: always compiled; the oracle for kernel tests.
+void sgemm_ref(bool trans_a, bool trans_b, i64 M, i64 N, i64 K, float alpha, const float* A,
+               i64 lda, const float* B, i64 ldb, float beta, float* C, i64 ldc);
+void dgemm_ref(bool trans_a, bool trans_b, i64 M, i64 N, i64 K, double alpha,
+               const double* A, i64 lda, const double* B, i64 ldb, double beta, double* C,
+               i64 ldc);
+
+inline void gemm(bool ta, bool tb, i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda,
+                 const float* B, i64 ldb, float beta, float* C, i64 ldc) {
+  sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+inline void gemm(bool ta, bool tb, i64 M, i64 N, i64 K, double alpha, const double* A,
+                 i64 lda, const double* B, i64 ldb, double beta, double* C, i64 ldc) {
+  dgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+}  // namespace cr
