@@ -1,9 +1,227 @@
-// Placeholder dispatch for the fast GEMM: a simple loop-ordered kernel, portable, OpenMP
-// over rows. The packed SIMD implementation replaces this file.
+// The fast float32 GEMM driver (BLIS-style): cache blocking, packing of A and B into
+// zero-padded micro-panels (packing absorbs the transposes), OpenMP over sub-rectangles of C,
+// and the micro-kernel of the target chosen once at run time. Portable C++: all
+// CPU-specific code lives in the gemm_ukernel_*.cpp micro-kernels. Also the simple float64
+// dgemm (gradient checks). Not here: the naive reference twins (gemm_ref.cpp).
 #include "kernels/gemm.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "kernels/cpu.h"
+#include "kernels/gemm_kernels.h"
 
 namespace cr {
 
+namespace {
+
+// Below this many multiply-adds per thread a fork/join costs more than it saves: tiny
+// products (the small-network regime) never leave the calling thread.
+constexpr i64 kMinMacsPerThread = i64(1) << 18;
+
+i64 ceil_div(i64 a, i64 b) { return (a + b - 1) / b; }
+i64 round_up(i64 a, i64 b) { return ceil_div(a, b) * b; }
+
+// Pack a block of R-wide micro-panels: element (p, r) of panel q is read from
+// src[p*ld_p + (q*R + r)*ld_r] and written to dst[(q*k + p)*R + r]; rows r >= n_valid are 0.
+// The two source layouts (r contiguous or p contiguous) are the transposed / plain cases.
+template <int R>
+void pack_panels(const float* src, i64 ld_p, i64 ld_r, i64 n_valid, i64 k, float* dst) {
+  for (i64 q0 = 0; q0 < n_valid; q0 += R, dst += k * R) {
+    const i64 nv = std::min<i64>(R, n_valid - q0);
+    const float* s = src + q0 * ld_r;
+    if (ld_r == 1) {
+      if (nv == R) {
+        for (i64 p = 0; p < k; ++p) {
+          const float* sp = s + p * ld_p;
+          float* d = dst + p * R;
+          for (int r = 0; r < R; ++r) d[r] = sp[r];
+        }
+      } else {
+        for (i64 p = 0; p < k; ++p) {
+          const float* sp = s + p * ld_p;
+          float* d = dst + p * R;
+          for (int r = 0; r < R; ++r) d[r] = r < nv ? sp[r] : 0.0f;
+        }
+      }
+    } else {
+      // p contiguous in the source: go in chunks of 8 p so each source row is read as a
+      // short contiguous run and the writes stay within a few cache lines.
+      constexpr i64 P = 8;
+      i64 p = 0;
+      if (nv == R) {
+        for (; p + P <= k; p += P) {
+          float* d = dst + p * R;
+          for (int r = 0; r < R; ++r) {
+            const float* sr = s + r * ld_r + p;
+            for (i64 pp = 0; pp < P; ++pp) d[pp * R + r] = sr[pp];
+          }
+        }
+      }
+      for (; p < k; ++p) {
+        float* d = dst + p * R;
+        for (int r = 0; r < R; ++r) d[r] = r < nv ? s[r * ld_r + p] : 0.0f;
+      }
+    }
+  }
+}
+
+void pack(int R, const float* src, i64 ld_p, i64 ld_r, i64 n_valid, i64 k, float* dst) {
+  switch (R) {
+    case 4: return pack_panels<4>(src, ld_p, ld_r, n_valid, k, dst);
+    case 6: return pack_panels<6>(src, ld_p, ld_r, n_valid, k, dst);
+    case 8: return pack_panels<8>(src, ld_p, ld_r, n_valid, k, dst);
+    case 12: return pack_panels<12>(src, ld_p, ld_r, n_valid, k, dst);
+    case 14: return pack_panels<14>(src, ld_p, ld_r, n_valid, k, dst);
+    case 16: return pack_panels<16>(src, ld_p, ld_r, n_valid, k, dst);
+    case 32: return pack_panels<32>(src, ld_p, ld_r, n_valid, k, dst);
+    case 48: return pack_panels<48>(src, ld_p, ld_r, n_valid, k, dst);
+    default: fail("sgemm: no packing routine for register tile width ", R);
+  }
+}
+
+// Per-thread packing buffers, grown on first need and reused: no allocation per call in
+// steady state. (OpenMP keeps its worker threads alive, so these persist too.)
+float* thread_buffer(int which, i64 n) {
+  static thread_local avec<float> bufs[2];
+  avec<float>& b = bufs[which];
+  if (static_cast<i64>(b.size()) < n) {
+    b = avec<float>();  // release first: never hold old and new at once
+    b.resize(static_cast<std::size_t>(n));
+  }
+  return b.data();
+}
+
+// C = alpha*op(A)op(B) + beta*C on one thread. M, N, K >= 1, alpha != 0.
+void sgemm_serial(const SgemmKernel& kern, bool ta, bool tb, i64 M, i64 N, i64 K, float alpha,
+                  const float* A, i64 lda, const float* B, i64 ldb, float beta, float* C,
+                  i64 ldc) {
+  const i64 MR = kern.mr, NR = kern.nr;
+  // Balanced blocks: K = 784 with kc = 384 gives 3 x 262 rather than 384+384+16.
+  const i64 kc = ceil_div(K, ceil_div(K, kern.kc));
+  const i64 mc = round_up(ceil_div(M, ceil_div(M, kern.mc)), MR);
+  const i64 nc = round_up(ceil_div(N, ceil_div(N, kern.nc)), NR);
+  float* a_pack = thread_buffer(0, mc * kc);
+  float* b_pack = thread_buffer(1, nc * kc);
+  // op(A)(i, p) = A[i*lda + p] or A[p*lda + i]; op(B)(p, j) = B[p*ldb + j] or B[j*ldb + p].
+  const i64 a_ld_p = ta ? lda : 1, a_ld_i = ta ? 1 : lda;
+  const i64 b_ld_p = tb ? 1 : ldb, b_ld_j = tb ? ldb : 1;
+
+  for (i64 ic = 0; ic < M; ic += mc) {
+    const i64 mb = std::min(mc, M - ic);
+    for (i64 pc = 0; pc < K; pc += kc) {
+      const i64 kb = std::min(kc, K - pc);
+      const float beta_k = pc == 0 ? beta : 1.0f;
+      pack(int(MR), A + ic * a_ld_i + pc * a_ld_p, a_ld_p, a_ld_i, mb, kb, a_pack);
+      for (i64 jc = 0; jc < N; jc += nc) {
+        const i64 nb = std::min(nc, N - jc);
+        pack(int(NR), B + pc * b_ld_p + jc * b_ld_j, b_ld_p, b_ld_j, nb, kb, b_pack);
+        // A micro-panel (MR x kb) stays in L1 while the B block streams from L2.
+        for (i64 ir = 0; ir < mb; ir += MR) {
+          const float* ap = a_pack + ir * kb;
+          for (i64 jr = 0; jr < nb; jr += NR) {
+            kern.fn(kb, ap, b_pack + jr * kb, C + (ic + ir) * ldc + jc + jr, ldc, alpha, beta_k,
+                    std::min(MR, mb - ir), std::min(NR, nb - jr));
+          }
+        }
+      }
+    }
+  }
+}
+
+// C = beta*C for the degenerate cases (K == 0 or alpha == 0); beta == 0 writes zeros.
+void scale_c(i64 M, i64 N, float beta, float* C, i64 ldc) {
+  for (i64 i = 0; i < M; ++i) {
+    float* c = C + i * ldc;
+    if (beta == 0.0f)
+      std::memset(c, 0, sizeof(float) * std::size_t(N));
+    else if (beta != 1.0f)
+      for (i64 j = 0; j < N; ++j) c[j] *= beta;
+  }
+}
+
+}  // namespace
+
+void sgemm_with_kernel(const SgemmKernel& kern, bool ta, bool tb, i64 M, i64 N, i64 K,
+                       float alpha, const float* A, i64 lda, const float* B, i64 ldb,
+                       float beta, float* C, i64 ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0 || alpha == 0.0f) return scale_c(M, N, beta, C, ldc);
+
+  const i64 MR = kern.mr, NR = kern.nr;
+  int nt = 1;
+#ifdef _OPENMP
+  if (M * N * K >= 2 * kMinMacsPerThread && !omp_in_parallel())
+    nt = int(std::min<i64>(omp_get_max_threads(), M * N * K / kMinMacsPerThread));
+#endif
+  const i64 blocks_m = ceil_div(M, MR), blocks_n = ceil_div(N, NR);
+  // Split C into a tm x tn grid of independent sub-products (each thread packs its own
+  // panels: no barriers). Pick the grid with the smallest per-thread tile, counting the
+  // packing each thread repeats.
+  int best_tm = 1, best_tn = 1;
+  if (nt > 1) {
+    double best = -1.0;
+    for (int t = nt; t >= 2; --t) {
+      for (int tm = 1; tm <= t; ++tm) {
+        if (t % tm) continue;
+        const int tn = t / tm;
+        if (tm > blocks_m || tn > blocks_n) continue;
+        const double rows = double(ceil_div(blocks_m, tm) * MR);
+        const double cols = double(ceil_div(blocks_n, tn) * NR);
+        const double cost = rows * cols + 2.0 * (rows + cols) * 8.0 + 0.0 * t;
+        const double score = cost;  // lower is better; prefer more threads on ties
+        if (best < 0 || score < best * 0.999) best = score, best_tm = tm, best_tn = tn;
+      }
+      if (best >= 0) break;  // the largest usable thread count wins
+    }
+    nt = best_tm * best_tn;
+  }
+  if (nt <= 1) return sgemm_serial(kern, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num();
+    const int ti = t / best_tn, tj = t % best_tn;
+    const i64 i0 = blocks_m * ti / best_tm * MR, i1 = std::min(M, blocks_m * (ti + 1) / best_tm * MR);
+    const i64 j0 = blocks_n * tj / best_tn * NR, j1 = std::min(N, blocks_n * (tj + 1) / best_tn * NR);
+    if (i1 > i0 && j1 > j0) {
+      const float* a = A + (ta ? i0 : i0 * lda);
+      const float* b = B + (tb ? j0 * ldb : j0);
+      sgemm_serial(kern, ta, tb, i1 - i0, j1 - j0, K, alpha, a, lda, b, ldb, beta,
+                   C + i0 * ldc + j0, ldc);
+    }
+  }
+#endif
+}
+
+const SgemmKernel* sgemm_kernel_for(CpuTarget t) {
+  if (!cpu_target_supported(t)) return nullptr;
+  switch (t) {
+#ifdef CR_X86
+    case CpuTarget::avx512: return &sgemm_kernel_avx512;
+    case CpuTarget::avx2: return &sgemm_kernel_avx2;
+#endif
+    case CpuTarget::generic: return &sgemm_kernel_generic;
+    default: return nullptr;
+  }
+}
+
+void sgemm_variant(CpuTarget t, bool ta, bool tb, i64 M, i64 N, i64 K, float alpha,
+                   const float* A, i64 lda, const float* B, i64 ldb, float beta, float* C,
+                   i64 ldc) {
+  const SgemmKernel* k = sgemm_kernel_for(t);
+  if (!k) fail("sgemm: kernel variant '", cpu_target_name(t), "' cannot run on this CPU");
+  sgemm_with_kernel(*k, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void sgemm(bool ta, bool tb, i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda,
+           const float* B, i64 ldb, float beta, float* C, i64 ldc) {
+  static const SgemmKernel* kern = sgemm_kernel_for(cpu_target());
+  sgemm_with_kernel(*kern, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+// float64: the simple loop-ordered kernel (row-parallel), kept for gradient checks.
 template <typename T>
 static void gemm_simple(bool ta, bool tb, i64 M, i64 N, i64 K, T alpha, const T* A, i64 lda,
                         const T* B, i64 ldb, T beta, T* C, i64 ldc) {
@@ -27,10 +245,6 @@ static void gemm_simple(bool ta, bool tb, i64 M, i64 N, i64 K, T alpha, const T*
   }
 }
 
-void sgemm(bool ta, bool tb, i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda,
-           const float* B, i64 ldb, float beta, float* C, i64 ldc) {
-  gemm_simple(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-}
 void dgemm(bool ta, bool tb, i64 M, i64 N, i64 K, double alpha, const double* A, i64 lda,
            const double* B, i64 ldb, double beta, double* C, i64 ldc) {
   gemm_simple(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);

@@ -1,0 +1,34 @@
+// CPU feature detection, SIMD target choice (made once, overridable by CHAINRULE_CPU_TARGET)
+// and thread-count control. Pure C++: no Python, no SIMD intrinsics (this file is baseline).
+#pragma once
+#include <string>
+
+namespace cr {
+
+// Kernel targets, lowest to highest. A higher target implies the lower ones run too.
+enum class CpuTarget : int { generic = 0, avx2 = 1, avx512 = 2 };
+
+// What cpuid reports, already combined with the OS (XCR0) check for the AVX/AVX-512 state:
+// `avx` is false on a CPU with AVX whose OS does not save ymm registers.
+struct CpuFeatures {
+  bool x86 = false;
+  bool sse4_2 = false, avx = false, avx2 = false, fma = false, f16c = false;
+  bool avx512f = false, avx512bw = false, avx512dq = false, avx512vl = false;
+  bool os_avx = false, os_avx512 = false;  // XCR0 enables ymm / zmm+opmask state
+};
+
+const CpuFeatures& cpu_features();             // detected once
+CpuTarget cpu_best_target();                   // best target this CPU + OS can run
+bool cpu_target_supported(CpuTarget t);        // compiled in and runnable here
+CpuTarget cpu_target();                        // the one chosen for sgemm (env override applied)
+const char* cpu_target_name(CpuTarget t);      // "generic" / "avx2" / "avx512"
+bool cpu_target_from_name(const std::string& name, CpuTarget* out);  // false if unknown
+// Raw value of CHAINRULE_CPU_TARGET when the choice was made ("" if unset).
+const std::string& cpu_target_env();
+
+// Threads: wrap omp_set_num_threads / omp_get_max_threads; 1 and a no-op without OpenMP.
+bool openmp_available();
+void set_num_threads(int n);  // throws std::invalid_argument when n < 1
+int get_num_threads();
+
+}  // namespace cr

@@ -1,0 +1,59 @@
+// Internal interface between the portable GEMM driver (gemm.cpp: blocking, packing, threads)
+// and the per-target micro-kernels (gemm_ukernel_{generic,avx2,avx512}.cpp).
+// Not part of the public API; the Python test hook (sgemm_variant) is declared here too.
+#pragma once
+#include "common.h"
+#include "kernels/cpu.h"
+
+namespace cr {
+
+// One micro-kernel call computes an MR x NR tile:
+//   C[0:m_rem, 0:n_rem] = alpha * Ap·Bp + beta * C      (beta == 0: C is not read)
+// a: packed A micro-panel, k steps of MR floats (row i of the tile at a[p*MR + i]);
+// b: packed B micro-panel, k steps of NR floats; both zero-padded past the matrix edge,
+// so the k loop never branches. Only the store looks at m_rem <= MR, n_rem <= NR.
+// k >= 1. a and b are 64-byte aligned.
+using sgemm_ukernel_fn = void (*)(i64 k, const float* a, const float* b, float* c, i64 ldc,
+                                  float alpha, float beta, i64 m_rem, i64 n_rem);
+
+struct SgemmKernel {
+  const char* name;
+  int mr, nr;          // register tile
+  i64 mc, kc, nc;      // cache blocks: A block mc x kc, B block kc x nc
+  sgemm_ukernel_fn fn;
+};
+
+// Defined in the per-target files. The x86 ones exist only when CR_X86 is defined.
+extern const SgemmKernel sgemm_kernel_generic;
+#ifdef CR_X86
+extern const SgemmKernel sgemm_kernel_avx2;
+extern const SgemmKernel sgemm_kernel_avx512;
+#endif
+
+// Generic tail for SIMD kernels: merge a full MR x NR tile computed with alpha=1, beta=0
+// into the m_rem x n_rem corner of C.
+inline void sgemm_store_edge(const float* tile, i64 nr, float* c, i64 ldc, float alpha,
+                             float beta, i64 m_rem, i64 n_rem) {
+  for (i64 i = 0; i < m_rem; ++i)
+    for (i64 j = 0; j < n_rem; ++j) {
+      float v = alpha * tile[i * nr + j];
+      c[i * ldc + j] = beta == 0.0f ? v : v + beta * c[i * ldc + j];
+    }
+}
+
+// The kernel table entry for a target, or nullptr if it is not compiled in or not
+// runnable on this CPU.
+const SgemmKernel* sgemm_kernel_for(CpuTarget t);
+
+// The portable driver around one kernel (blocking from `kern`); benchmarks pass tuned copies.
+void sgemm_with_kernel(const SgemmKernel& kern, bool trans_a, bool trans_b, i64 M, i64 N, i64 K,
+                       float alpha, const float* A, i64 lda, const float* B, i64 ldb,
+                       float beta, float* C, i64 ldc);
+
+// sgemm forced onto one target's micro-kernel (test hook and benchmarks). Throws
+// std::invalid_argument if that target cannot run here.
+void sgemm_variant(CpuTarget t, bool trans_a, bool trans_b, i64 M, i64 N, i64 K, float alpha,
+                   const float* A, i64 lda, const float* B, i64 ldb, float beta, float* C,
+                   i64 ldc);
+
+}  // namespace cr

@@ -1,0 +1,61 @@
+// AVX2+FMA sgemm micro-kernel, 6x16 register tile (12 ymm accumulators, 2 B loads and one
+// broadcast per k step). Compiled with -mavx2 -mfma only for this file; reached only through
+// the runtime dispatch in gemm.cpp when the CPU and OS support AVX2.
+#include <immintrin.h>
+
+#include "kernels/gemm_kernels.h"
+
+namespace cr {
+
+namespace {
+constexpr int MR = 6, NR = 16;
+
+void ukernel_avx2_6x16(i64 k, const float* a, const float* b, float* c, i64 ldc, float alpha,
+                       float beta, i64 m_rem, i64 n_rem) {
+  __m256 acc0[MR], acc1[MR];
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i) acc0[i] = acc1[i] = _mm256_setzero_ps();
+  for (i64 p = 0; p < k; ++p) {
+    __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) {
+      __m256 ai = _mm256_broadcast_ss(a + i);
+      acc0[i] = _mm256_fmadd_ps(ai, b0, acc0[i]);
+      acc1[i] = _mm256_fmadd_ps(ai, b1, acc1[i]);
+    }
+    a += MR;
+    b += NR;
+  }
+  __m256 va = _mm256_set1_ps(alpha);
+  if (m_rem == MR && n_rem == NR) {
+    if (beta == 0.0f) {
+#pragma GCC unroll 6
+      for (int i = 0; i < MR; ++i) {
+        _mm256_storeu_ps(c + i * ldc, _mm256_mul_ps(va, acc0[i]));
+        _mm256_storeu_ps(c + i * ldc + 8, _mm256_mul_ps(va, acc1[i]));
+      }
+    } else {
+      __m256 vb = _mm256_set1_ps(beta);
+#pragma GCC unroll 6
+      for (int i = 0; i < MR; ++i) {
+        float* ci = c + i * ldc;
+        _mm256_storeu_ps(ci, _mm256_fmadd_ps(va, acc0[i], _mm256_mul_ps(vb, _mm256_loadu_ps(ci))));
+        _mm256_storeu_ps(ci + 8,
+                         _mm256_fmadd_ps(va, acc1[i], _mm256_mul_ps(vb, _mm256_loadu_ps(ci + 8))));
+      }
+    }
+  } else {
+    alignas(32) float tile[MR * NR];
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) {
+      _mm256_store_ps(tile + i * NR, acc0[i]);
+      _mm256_store_ps(tile + i * NR + 8, acc1[i]);
+    }
+    sgemm_store_edge(tile, NR, c, ldc, alpha, beta, m_rem, n_rem);
+  }
+}
+}  // namespace
+
+const SgemmKernel sgemm_kernel_avx2 = {"avx2", MR, NR, 144, 256, 2048, ukernel_avx2_6x16};
+
+}  // namespace cr
