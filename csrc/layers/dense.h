@@ -1,0 +1,62 @@
+// Dense (fully connected) layer: y = act(x·W + b), W: (in, out), b: (out).
+#pragma once
+#include "kernels/gemm.h"
+#include "layers/layer.h"
+
+namespace cr {
+
+template <typename T>
+class Dense final : public Layer<T> {
+ public:
+  Dense(i64 in, i64 out, Act act, T alpha) {
+    if (in < 1) fail("Dense: input size must be >= 1; received ", in);
+    if (out < 1) fail("Dense: units must be >= 1; received ", out);
+    this->in_ = in;
+    this->out_ = out;
+    this->act_ = act;
+    this->alpha_ = alpha;
+  }
+  const char* kind() const override { return "dense"; }
+  std::vector<ParamShape> param_shapes() const override {
+    return {{"kernel", {this->in_, this->out_}}, {"bias", {this->out_}}};
+  }
+  void bind(T* params, T* grads) override {
+    W_ = params;
+    b_ = params + this->in_ * this->out_;
+    dW_ = grads;
+    db_ = grads + this->in_ * this->out_;
+  }
+
+  // x: (B, in), y: (B, out)
+  void forward(const T* x, T* y, i64 B, bool) override {
+    const i64 in = this->in_, out = this->out_;
+    gemm(false, false, B, out, in, T(1), x, in, W_, out, T(0), y, out);
+    const T* b = b_;
+#pragma omp parallel for schedule(static) if (B * out > kParallelElems)
+    for (i64 i = 0; i < B; ++i) {
+      T* yr = y + i * out;
+      for (i64 j = 0; j < out; ++j) yr[j] += b[j];
+    }
+    activation_forward(this->act_, this->alpha_, y, B, out);
+  }
+
+  // dy: (B, out) -> dz in place; dW += xᵀ·dz; db += Σ_rows dz; dx = dz·Wᵀ
+  void backward(const T* x, const T* y, T* dy, T* dx, i64 B) override {
+    const i64 in = this->in_, out = this->out_;
+    activation_backward(this->act_, this->alpha_, y, dy, B, out);
+    for (i64 i = 0; i < B; ++i) {
+      const T* d = dy + i * out;
+      for (i64 j = 0; j < out; ++j) db_[j] += d[j];
+    }
+    gemm(true, false, in, out, B, T(1), x, in, dy, out, T(1), dW_, out);
+    if (dx) gemm(false, true, B, in, out, T(1), dy, out, W_, out, T(0), dx, in);
+  }
+
+ private:
+  T* W_ = nullptr;
+  T* b_ = nullptr;
+  T* dW_ = nullptr;
+  T* db_ = nullptr;
+};
+
+}  // namespace cr

@@ -1,0 +1,59 @@
+// The layer contract: a forward/backward pair over a batch of flattened samples.
+// A layer sees (B, in_size) inputs and produces (B, out_size) outputs, row-major. It owns
+// no parameter storage: the Network binds views into its one flat parameter block.
+#pragma once
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common.h"
+#include "kernels/activations.h"
+
+namespace cr {
+
+struct ParamShape {
+  std::string name;          // "kernel", "bias"
+  std::vector<i64> shape;    // e.g. (in, out) for a Dense kernel
+  i64 size() const {
+    i64 n = 1;
+    for (i64 d : shape) n *= d;
+    return n;
+  }
+};
+
+template <typename T>
+class Layer {
+ public:
+  virtual ~Layer() = default;
+  virtual const char* kind() const = 0;
+  i64 in_size() const { return in_; }
+  i64 out_size() const { return out_; }
+
+  // Parameter tensors in order; the Network allocates them contiguously and calls bind().
+  virtual std::vector<ParamShape> param_shapes() const { return {}; }
+  virtual void bind(T* params, T* grads) {}
+  // Grow scratch buffers for batches up to `batch`. Called outside the batch loop only.
+  virtual void reserve(i64 batch) {}
+  // For layers with randomness in training (dropout): reseeded once per fit call.
+  virtual void seed(std::uint64_t s) {}
+
+  // x: (B, in) -> y: (B, out). Caches what backward needs (usually just y, kept by caller).
+  virtual void forward(const T* x, T* y, i64 B, bool training) = 0;
+  // x, y: this layer's input and output from the forward pass. dy: (B, out) gradient w.r.t.
+  // y, may be overwritten. Accumulates (+=) parameter gradients; writes dx: (B, in) unless
+  // it is null (first layer: nobody needs it).
+  virtual void backward(const T* x, const T* y, T* dy, T* dx, i64 B) = 0;
+
+  // The activation applied at this layer's output. The Network may take a final softmax or
+  // sigmoid away from the last layer to fuse it into the loss (set_activation(Linear)).
+  Act activation() const { return act_; }
+  T activation_alpha() const { return alpha_; }
+  void set_activation(Act a) { act_ = a; }
+
+ protected:
+  i64 in_ = 0, out_ = 0;
+  Act act_ = Act::Linear;
+  T alpha_ = T(0);
+};
+
+}  // namespace cr

@@ -1,0 +1,156 @@
+// Losses: value, gradient and accuracy for one batch in one pass.
+// Fused heads: softmax + (sparse) categorical cross-entropy and sigmoid + binary
+// cross-entropy are computed from the logits (log-sum-exp / softplus), so large logits give
+// finite losses and the gradient w.r.t. the logits is the simple (p - t) / n.
+#pragma once
+#include <algorithm>
+#include <cmath>
+
+#include "common.h"
+#include "kernels/activations.h"
+
+namespace cr {
+
+enum class Loss : int { MSE = 0, BinaryCE = 1, CategoricalCE = 2, SparseCategoricalCE = 3 };
+
+inline const char* loss_name(Loss l) {
+  switch (l) {
+    case Loss::MSE: return "mean_squared_error";
+    case Loss::BinaryCE: return "binary_crossentropy";
+    case Loss::CategoricalCE: return "categorical_crossentropy";
+    case Loss::SparseCategoricalCE: return "sparse_categorical_crossentropy";
+  }
+  return "?";
+}
+
+// Columns a target row has for this loss and an output width C.
+inline i64 target_cols(Loss l, i64 C) { return l == Loss::SparseCategoricalCE ? 1 : C; }
+
+// The activation a loss can absorb into a numerically stable fused form (Linear: none).
+inline Act fusable_head(Loss l) {
+  switch (l) {
+    case Loss::BinaryCE: return Act::Sigmoid;
+    case Loss::CategoricalCE:
+    case Loss::SparseCategoricalCE: return Act::Softmax;
+    default: return Act::Linear;
+  }
+}
+
+struct LossStats {
+  double loss_sum = 0.0;  // sum over samples of the (weighted) per-sample loss
+  double correct = 0.0;   // sum over samples of the per-sample accuracy in [0, 1]
+};
+
+constexpr double kProbEps = 1e-7;  // clipping for cross-entropy on probabilities (as Keras)
+
+template <typename T>
+inline i64 argmax_row(const T* r, i64 C) {
+  i64 best = 0;
+  for (i64 j = 1; j < C; ++j)
+    if (r[j] > r[best]) best = j;
+  return best;
+}
+
+// out: (B, C) network output. With head != Linear it holds logits and is overwritten by
+// head(out), the probabilities; the gradient is then w.r.t. the logits. targets: (B, tc),
+// tc = target_cols(loss, C), sparse labels stored as exact integers. sample_weight: (B) or
+// null. grad: (B, C) or null; receives d(sum_i w_i l_i / B)/d(out or logits).
+template <typename T>
+LossStats loss_forward_backward(Loss loss, Act head, T* out, const T* targets,
+                                const T* sample_weight, i64 B, i64 C, T* grad) {
+  LossStats st;
+  const i64 tc = target_cols(loss, C);
+  const double invB = 1.0 / double(B);
+  double loss_sum = 0.0, correct = 0.0;
+#pragma omp parallel for schedule(static) reduction(+ : loss_sum, correct) if (B * C > kParallelElems)
+  for (i64 i = 0; i < B; ++i) {
+    T* o = out + i * C;
+    const T* t = targets + i * tc;
+    const double w = sample_weight ? double(sample_weight[i]) : 1.0;
+    T* g = grad ? grad + i * C : nullptr;
+    double li = 0.0, ci = 0.0;
+    switch (loss) {
+      case Loss::MSE: {
+        if (head != Act::Linear) activation_forward(head, T(0), o, 1, C);
+        for (i64 j = 0; j < C; ++j) {
+          double d = double(o[j]) - double(t[j]);
+          li += d * d;
+          if (g) g[j] = T(2.0 * d * w * invB / double(C));
+        }
+        li /= double(C);
+        if (C > 1) ci = argmax_row(o, C) == argmax_row(t, C) ? 1.0 : 0.0;
+        else ci = ((o[0] > T(0.5)) == (t[0] > T(0.5))) ? 1.0 : 0.0;
+        break;
+      }
+      case Loss::BinaryCE: {
+        for (i64 j = 0; j < C; ++j) {
+          double tj = double(t[j]);
+          double p;
+          if (head == Act::Sigmoid) {  // from the logit z: max(z,0) - z t + log(1 + e^-|z|)
+            double z = double(o[j]);
+            li += std::max(z, 0.0) - z * tj + std::log1p(std::exp(-std::fabs(z)));
+            p = double(sigmoid_scalar(o[j]));
+            if (g) g[j] = T((p - tj) * w * invB / double(C));
+            o[j] = T(p);
+          } else {
+            p = std::min(std::max(double(o[j]), kProbEps), 1.0 - kProbEps);
+            li += -(tj * std::log(p) + (1.0 - tj) * std::log(1.0 - p));
+            if (g) g[j] = T((p - tj) / (p * (1.0 - p)) * w * invB / double(C));
+          }
+          ci += ((p > 0.5) == (tj > 0.5)) ? 1.0 : 0.0;
+        }
+        li /= double(C);
+        ci /= double(C);
+        break;
+      }
+      case Loss::CategoricalCE:
+      case Loss::SparseCategoricalCE: {
+        const bool sparse = loss == Loss::SparseCategoricalCE;
+        const i64 label = sparse ? i64(t[0]) : 0;
+        if (head == Act::Softmax) {  // from the logits: logsumexp(z) - sum_j t_j z_j
+          double m = double(o[0]);
+          for (i64 j = 1; j < C; ++j) m = std::max(m, double(o[j]));
+          double s = 0.0;
+          for (i64 j = 0; j < C; ++j) s += std::exp(double(o[j]) - m);
+          const double lse = m + std::log(s);
+          if (sparse) {
+            li = lse - double(o[label]);
+          } else {
+            double tsum = 0.0, tz = 0.0;
+            for (i64 j = 0; j < C; ++j) {
+              tsum += double(t[j]);
+              tz += double(t[j]) * double(o[j]);
+            }
+            li = lse * tsum - tz;
+          }
+          for (i64 j = 0; j < C; ++j) {
+            double p = std::exp(double(o[j]) - lse);
+            o[j] = T(p);
+            if (g) {
+              double tj = sparse ? (j == label ? 1.0 : 0.0) : double(t[j]);
+              g[j] = T((p - tj) * w * invB);
+            }
+          }
+        } else {
+          if (head != Act::Linear) activation_forward(head, T(0), o, 1, C);
+          for (i64 j = 0; j < C; ++j) {
+            double tj = sparse ? (j == label ? 1.0 : 0.0) : double(t[j]);
+            double p = std::min(std::max(double(o[j]), kProbEps), 1.0);
+            if (tj != 0.0) li -= tj * std::log(p);
+            if (g) g[j] = T(-tj / p * w * invB);
+          }
+        }
+        const i64 pred = argmax_row(o, C);
+        ci = (sparse ? pred == label : pred == argmax_row(t, C)) ? 1.0 : 0.0;
+        break;
+      }
+    }
+    loss_sum += w * li;
+    correct += ci;
+  }
+  st.loss_sum = loss_sum;
+  st.correct = correct;
+  return st;
+}
+
+}  // namespace cr

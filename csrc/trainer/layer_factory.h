@@ -1,0 +1,46 @@
+// Builds layers from plain descriptions (kind + numeric options), so the bindings stay a
+// thin translation of Python dicts and new layer kinds are registered in one place.
+#pragma once
+#include <cmath>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "layers/dense.h"
+
+namespace cr {
+
+struct LayerSpec {
+  std::string kind;
+  std::map<std::string, double> opts;
+
+  double num(const std::string& key) const {
+    auto it = opts.find(key);
+    if (it == opts.end()) fail(kind, ": missing option '", key, "'");
+    return it->second;
+  }
+  double num(const std::string& key, double dflt) const {
+    auto it = opts.find(key);
+    return it == opts.end() ? dflt : it->second;
+  }
+  i64 integer(const std::string& key) const {
+    double v = num(key);
+    if (!std::isfinite(v) || v != std::floor(v)) fail(kind, ": option '", key, "' must be an integer; received ", v);
+    return i64(v);
+  }
+  Act activation() const {
+    double a = num("activation", 0.0);
+    if (a < 0 || a > 5 || a != std::floor(a)) fail(kind, ": unknown activation code ", a);
+    return Act(int(a));
+  }
+};
+
+template <typename T>
+std::unique_ptr<Layer<T>> make_layer(const LayerSpec& s) {
+  if (s.kind == "dense")
+    return std::make_unique<Dense<T>>(s.integer("in"), s.integer("units"), s.activation(),
+                                      T(s.num("alpha", 0.0)));
+  fail("unknown layer kind '", s.kind, "'");
+}
+
+}  // namespace cr

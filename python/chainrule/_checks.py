@@ -1,0 +1,110 @@
+"""Input validation and conversion: every array crosses into the core once, converted
+explicitly, checked first, and the caller's arrays are never modified."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+
+def _fmt_shape(shape):
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def as_array(name, value):
+    """``value`` as a numeric ndarray (no copy when it already is one)."""
+    if value is None:
+        raise TypeError(f"{name} must be an array; received None")
+    arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise TypeError(f"{name} must hold numbers; received an array of dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise TypeError(f"{name} must hold real numbers; received dtype {arr.dtype}")
+    return arr
+
+
+def check_finite(name, arr):
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        where = tuple(int(i) for i in bad)
+        raise ValueError(f"{name} contains NaN or infinite values (first at index {where}: {arr[where]!r})")
+
+
+def prepare_x(name, x, sample_shape, dtype):
+    """Check ``x`` against the per-sample shape and return a C-contiguous (n, features) array
+    of ``dtype`` (the caller's array itself when it already is one)."""
+    arr = as_array(name, x)
+    if arr.ndim == 0 or arr.shape[0] == 0:
+        raise ValueError(f"{name} is empty: received shape {_fmt_shape(arr.shape)}")
+    if sample_shape is not None and tuple(arr.shape[1:]) != tuple(sample_shape):
+        raise ValueError(f"{name} must have shape {_fmt_shape((None,) + tuple(sample_shape))}; "
+                         f"received shape {_fmt_shape(arr.shape)}")
+    check_finite(name, arr)
+    out = np.ascontiguousarray(arr, dtype=dtype)
+    return out.reshape(out.shape[0], -1)
+
+
+def prepare_y(name, y, n, loss, out_units, dtype):
+    """Targets as the (n, columns) array of ``dtype`` the core expects for ``loss``."""
+    arr = as_array(name, y)
+    if arr.ndim == 0 or arr.shape[0] == 0:
+        raise ValueError(f"{name} is empty: received shape {_fmt_shape(arr.shape)}")
+    if arr.shape[0] != n:
+        raise ValueError(f"x and {name} must have the same number of samples; received {n} and {arr.shape[0]}")
+    check_finite(name, arr)
+    if loss == "sparse_categorical_crossentropy":
+        if arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr[:, 0]
+        if arr.ndim != 1:
+            raise ValueError(f"{name} must hold integer class labels of shape ({n},) for "
+                             f"sparse_categorical_crossentropy; received shape {_fmt_shape(arr.shape)}"
+                             " (use categorical_crossentropy for one-hot targets)")
+        if not np.issubdtype(arr.dtype, np.integer):
+            if np.any(arr != np.floor(arr)):
+                i = int(np.argmax(arr != np.floor(arr)))
+                raise ValueError(f"{name} must hold integer class labels; received {arr[i]!r} at index {i}")
+        bad = (arr < 0) | (arr >= out_units)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"{name}: labels must be in [0, {out_units}) for a model with {out_units} "
+                             f"outputs; received {arr[i]!r} at index {i}")
+        return np.ascontiguousarray(arr, dtype=dtype).reshape(n, 1)
+    if arr.ndim == 1 and out_units == 1:
+        arr = arr.reshape(n, 1)
+    if arr.ndim != 2 or arr.shape[1] != out_units:
+        hint = ""
+        if loss == "categorical_crossentropy" and arr.ndim == 1:
+            hint = " (integer labels need sparse_categorical_crossentropy, or one-hot encode them)"
+        raise ValueError(f"{name} must have shape ({n}, {out_units}) for {loss}; "
+                         f"received shape {_fmt_shape(arr.shape)}{hint}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def prepare_sample_weight(sw, n, dtype):
+    if sw is None:
+        return None
+    arr = as_array("sample_weight", sw)
+    if arr.shape != (n,):
+        raise ValueError(f"sample_weight must have shape ({n},); received shape {_fmt_shape(arr.shape)}")
+    check_finite("sample_weight", arr)
+    if (arr < 0).any():
+        i = int(np.argmax(arr < 0))
+        raise ValueError(f"sample_weight must be >= 0; received {arr[i]!r} at index {i}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; received {value!r}")
+    return int(value)
+
+
+def fraction(name, value):
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number in [0, 1); received {value!r}") from None
+    if not (0.0 <= v < 1.0):
+        raise ValueError(f"{name} must be in [0, 1); received {value!r}")
+    return v

@@ -1,0 +1,61 @@
+"""Activation functions by name. The arithmetic (and its exact derivative) lives in the
+C++ core; this module only names and configures them."""
+
+from __future__ import annotations
+
+__all__ = ["Activation", "LeakyReLU", "get", "NAMES"]
+
+# Codes shared with csrc/kernels/activations.h (enum class Act).
+_CODES = {"linear": 0, "sigmoid": 1, "tanh": 2, "relu": 3, "leaky_relu": 4, "softmax": 5}
+_ALIASES = {None: "linear", "identity": "linear", "none": "linear", "leakyrelu": "leaky_relu"}
+NAMES = tuple(_CODES)
+
+
+class Activation:
+    """A named activation. ``alpha`` is the negative slope of ``leaky_relu`` (default 0.01,
+    as PyTorch); the other activations ignore it."""
+
+    def __init__(self, name: str, alpha: float | None = None):
+        name = _ALIASES.get(name, name)
+        if name not in _CODES:
+            raise ValueError(f"activation: unknown name {name!r}; expected one of {list(NAMES)}")
+        if alpha is None:
+            alpha = 0.01 if name == "leaky_relu" else 0.0
+        try:
+            alpha = float(alpha)
+        except (TypeError, ValueError):
+            raise TypeError(f"activation alpha must be a number; received {alpha!r}") from None
+        if not (alpha >= 0.0 and alpha < float("inf")):
+            raise ValueError(f"activation alpha must be a finite number >= 0; received {alpha!r}")
+        self.name = name
+        self.alpha = alpha
+
+    @property
+    def code(self) -> int:
+        return _CODES[self.name]
+
+    def get_config(self):
+        return {"name": self.name, "alpha": self.alpha}
+
+    def __eq__(self, other):
+        return isinstance(other, Activation) and (self.name, self.alpha) == (other.name, other.alpha)
+
+    def __repr__(self):
+        return f"Activation({self.name!r}, alpha={self.alpha})" if self.name == "leaky_relu" else f"Activation({self.name!r})"
+
+
+def LeakyReLU(alpha: float = 0.01) -> Activation:
+    """Leaky ReLU with negative slope ``alpha``: ``Dense(64, activation=LeakyReLU(0.2))``."""
+    return Activation("leaky_relu", alpha)
+
+
+def get(identifier) -> Activation:
+    """An :class:`Activation` from a name, a config dict, an Activation, or None (linear)."""
+    if isinstance(identifier, Activation):
+        return identifier
+    if identifier is None or isinstance(identifier, str):
+        key = identifier.lower() if isinstance(identifier, str) else identifier
+        return Activation(key)
+    if isinstance(identifier, dict) and "name" in identifier:
+        return Activation(identifier["name"], identifier.get("alpha"))
+    raise TypeError(f"activation must be a name such as 'relu', an Activation, or None; received {identifier!r}")

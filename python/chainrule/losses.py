@@ -1,0 +1,61 @@
+"""Losses by name. Values and gradients are computed in the C++ core; softmax +
+categorical cross-entropy and sigmoid + binary cross-entropy are fused there into their
+numerically stable forms (log-sum-exp, softplus) when the last layer has that activation."""
+
+from __future__ import annotations
+
+__all__ = ["get", "NAMES", "MeanSquaredError", "BinaryCrossentropy", "CategoricalCrossentropy",
+           "SparseCategoricalCrossentropy"]
+
+# Codes shared with csrc/losses/loss.h (enum class Loss).
+_CODES = {
+    "mean_squared_error": 0,
+    "binary_crossentropy": 1,
+    "categorical_crossentropy": 2,
+    "sparse_categorical_crossentropy": 3,
+}
+_ALIASES = {"mse": "mean_squared_error", "bce": "binary_crossentropy",
+            "cce": "categorical_crossentropy", "sparse_cce": "sparse_categorical_crossentropy"}
+NAMES = tuple(_CODES)
+
+
+class Loss:
+    name = ""
+
+    def get_config(self):
+        return {"name": self.name}
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class MeanSquaredError(Loss):
+    name = "mean_squared_error"
+
+
+class BinaryCrossentropy(Loss):
+    name = "binary_crossentropy"
+
+
+class CategoricalCrossentropy(Loss):
+    name = "categorical_crossentropy"
+
+
+class SparseCategoricalCrossentropy(Loss):
+    name = "sparse_categorical_crossentropy"
+
+
+def get(identifier) -> str:
+    """The canonical loss name for a name, alias or Loss object."""
+    if isinstance(identifier, Loss):
+        return identifier.name
+    if isinstance(identifier, str):
+        key = _ALIASES.get(identifier.lower(), identifier.lower())
+        if key in _CODES:
+            return key
+        raise ValueError(f"loss: unknown name {identifier!r}; expected one of {list(NAMES)} (or mse)")
+    raise TypeError(f"loss must be a name such as 'sparse_categorical_crossentropy' or a Loss; received {identifier!r}")
+
+
+def code(name: str) -> int:
+    return _CODES[name]

@@ -1,0 +1,463 @@
+"""Sequential models: build, compile, fit, evaluate, predict, save and load.
+
+This module handles configuration and data only. Each epoch of ``fit`` is a single call into
+the C++ core (``train_epoch``), which shuffles, batches, runs forward, loss, backward and the
+optimizer step with the GIL released; Python runs again only between epochs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from . import _checks
+from . import _core
+from . import layers as _layers
+from . import losses as _losses
+from . import optimizers as _optimizers
+
+__all__ = ["Sequential", "History", "load_model"]
+
+_FORMAT = "chainrule.model"
+_FORMAT_VERSION = 1
+_DTYPES = {"float32": (np.float32, _core.Network32), "float64": (np.float64, _core.Network64)}
+
+
+class History:
+    """Per-epoch metrics returned by :meth:`Sequential.fit`.
+
+    ``history.history`` maps each metric name (``loss``, ``accuracy``, ``val_loss``,
+    ``val_accuracy``, …) to a list with one value per epoch; ``history["loss"]`` and
+    ``history.loss`` are shortcuts.
+    """
+
+    def __init__(self):
+        self.history: dict[str, list] = {}
+        self.epoch: list[int] = []
+        self.params: dict = {}
+
+    def _record(self, epoch, logs):
+        self.epoch.append(epoch)
+        for k, v in logs.items():
+            self.history.setdefault(k, []).append(v)
+
+    def __getitem__(self, key):
+        return self.history[key]
+
+    def __getattr__(self, key):
+        history = self.__dict__.get("history", {})
+        if key in history:
+            return history[key]
+        raise AttributeError(key)
+
+    def __repr__(self):
+        return f"History(epochs={len(self.epoch)}, keys={list(self.history)})"
+
+
+def _epoch_seed(seed, epoch):
+    a, b = np.random.SeedSequence([seed, epoch]).generate_state(2, np.uint32)
+    return (int(a) << 32) | int(b)
+
+
+class Sequential:
+    """A linear stack of layers.
+
+    >>> model = Sequential([Dense(128, activation="relu"), Dense(10, activation="softmax")])
+    >>> model.compile(optimizer=SGD(0.05, momentum=0.9),
+    ...               loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    >>> model.fit(x_train, y_train, epochs=10, batch_size=128, validation_split=0.1)
+
+    ``dtype`` is "float32" (fast) or "float64" (for gradient checks). ``seed`` fixes the
+    weight initialisation.
+    """
+
+    def __init__(self, layers=None, name=None, dtype="float32", seed=None):
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be 'float32' or 'float64'; received {dtype!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise ValueError(f"seed must be a non-negative integer or None; received {seed!r}")
+        self.name = name or "sequential"
+        self.dtype = dtype
+        self.seed = None if seed is None else int(seed)
+        self._layers: list = []
+        self._core = None
+        self._input_shape = None
+        self.loss = None
+        self.optimizer = None
+        self.metrics: list = []
+        self._compiled = False
+        self.history = None
+        for layer in layers or []:
+            self.add(layer)
+
+    # -- structure ----------------------------------------------------------------------
+    @property
+    def layers(self):
+        return list(self._layers)
+
+    @property
+    def built(self):
+        return self._core is not None
+
+    @property
+    def input_shape(self):
+        return self._input_shape
+
+    @property
+    def output_shape(self):
+        return self._layers[-1].output_shape if self.built else None
+
+    def add(self, layer):
+        if not isinstance(layer, _layers.Layer):
+            raise TypeError(f"Sequential.add expects a chainrule layer; received {layer!r}")
+        if self.built:
+            raise ValueError("cannot add layers to a model that is already built")
+        if any(layer is l for l in self._layers):
+            raise ValueError(f"layer {layer!r} is already in this model")
+        self._layers.append(layer)
+
+    def build(self, input_shape=None):
+        """Create the weights for samples of ``input_shape`` (per sample, without the batch
+        dimension; a leading None is ignored). Without it, the first layer's
+        ``input_shape=`` is used."""
+        if self.built:
+            return
+        if not self._layers:
+            raise ValueError("the model has no layers: add layers before building")
+        if input_shape is None:
+            input_shape = self._layers[0]._declared_input_shape
+            if input_shape is None:
+                raise ValueError("the input shape is unknown: pass input_shape= to the first layer, "
+                                 "call build(input_shape), or call fit/predict with data")
+        input_shape = tuple(input_shape)
+        if input_shape and input_shape[0] is None:
+            input_shape = input_shape[1:]
+        if not input_shape or any(not isinstance(d, (int, np.integer)) or d < 1 for d in input_shape):
+            raise ValueError(f"input_shape must be a tuple of positive sizes; received {input_shape!r}")
+        self._assign_names()
+        shape = tuple(int(d) for d in input_shape)
+        for layer in self._layers:
+            shape = layer.build(shape)
+        specs = [layer.core_spec() for layer in self._layers]
+        specs = [s for s in specs if s is not None]
+        np_dtype, net_cls = _DTYPES[self.dtype]
+        core = net_cls(specs)
+        expected = [(name, tuple(shape)) for layer in self._layers for name, shape, *_ in layer.param_specs()]
+        got = [(p["name"], tuple(p["shape"])) for p in core.params_info()]
+        if expected != got:  # a layer's param_specs and its C++ twin disagree: a bug, not user error
+            raise RuntimeError(f"internal error: parameter layout mismatch {expected} != {got}")
+        self._core = core
+        self._input_shape = tuple(int(d) for d in input_shape)
+        self._init_weights()
+        if self._compiled:
+            self._core.compile(_losses.code(self.loss), self.optimizer._core_config())
+
+    def _assign_names(self):
+        used = set()
+        for layer in self._layers:
+            if layer.name is not None:
+                if layer.name in used:
+                    raise ValueError(f"layer names must be unique; {layer.name!r} is used twice")
+                used.add(layer.name)
+        counts = {}
+        for layer in self._layers:
+            if layer.name is None:
+                base = "".join("_" + c.lower() if c.isupper() and i else c.lower()
+                               for i, c in enumerate(type(layer).__name__))
+                while True:
+                    k = counts.get(base, 0)
+                    counts[base] = k + 1
+                    cand = base if k == 0 else f"{base}_{k}"
+                    if cand not in used:
+                        break
+                layer.name = cand
+                used.add(cand)
+
+    def _init_weights(self):
+        rng = np.random.default_rng(self.seed)
+        np_dtype = _DTYPES[self.dtype][0]
+        i = 0
+        for layer in self._layers:
+            for name, shape, init, fan_in, fan_out in layer.param_specs():
+                from . import initializers
+                w = initializers.get(init)(tuple(shape), fan_in, fan_out, rng)
+                self._core.set_param(i, np.ascontiguousarray(w, dtype=np_dtype))
+                i += 1
+
+    def _ensure_built(self, x_arr):
+        if not self.built:
+            if x_arr.ndim < 2:
+                raise ValueError(f"x must have shape (n, features...); received shape {x_arr.shape}")
+            self.build(x_arr.shape[1:])
+
+    def count_params(self):
+        if not self.built:
+            raise ValueError("the model is not built yet: call build(input_shape) or fit first")
+        return int(self._core.num_params)
+
+    # -- compile ------------------------------------------------------------------------
+    def compile(self, optimizer="sgd", loss=None, metrics=None):
+        """Choose the optimizer (an Optimizer or 'sgd'), the loss (a name such as
+        'sparse_categorical_crossentropy', 'categorical_crossentropy', 'binary_crossentropy',
+        'mse') and metrics (['accuracy'] or none)."""
+        if loss is None:
+            raise ValueError("compile: loss is required, e.g. loss='sparse_categorical_crossentropy'")
+        loss_name = _losses.get(loss)
+        opt = _optimizers.get(optimizer)
+        metrics = [] if metrics is None else list(metrics) if isinstance(metrics, (list, tuple)) else None
+        if metrics is None:
+            raise TypeError(f"compile: metrics must be a list such as ['accuracy']; received {metrics!r}")
+        for m in metrics:
+            if m not in ("accuracy", "acc"):
+                raise ValueError(f"compile: unknown metric {m!r}; supported: ['accuracy']")
+        self.loss = loss_name
+        self.optimizer = opt
+        self.metrics = ["accuracy"] if metrics else []
+        self._compiled = True
+        if self.built:
+            self._core.compile(_losses.code(loss_name), opt._core_config())
+
+    def _require_compiled(self, what):
+        if not self._compiled:
+            raise ValueError(f"{what}: the model must be compiled first: call "
+                             "model.compile(optimizer=..., loss=...)")
+
+    # -- data ----------------------------------------------------------------------------
+    def _np_dtype(self):
+        return _DTYPES[self.dtype][0]
+
+    def _prepare(self, x, y, sample_weight=None, xname="x", yname="y"):
+        x_arr = _checks.as_array(xname, x)
+        self._ensure_built(x_arr)
+        X = _checks.prepare_x(xname, x_arr, self._input_shape, self._np_dtype())
+        out_units = int(math.prod(self.output_shape))
+        Y = _checks.prepare_y(yname, y, X.shape[0], self.loss, out_units, self._np_dtype())
+        SW = _checks.prepare_sample_weight(sample_weight, X.shape[0], self._np_dtype())
+        return X, Y, SW
+
+    def _logs(self, stats, prefix=""):
+        logs = {prefix + "loss": float(stats["loss"])}
+        if self.metrics:
+            logs[prefix + "accuracy"] = float(stats["accuracy"])
+        return logs
+
+    # -- training ------------------------------------------------------------------------
+    def fit(self, x, y, epochs=1, batch_size=32, verbose=1, validation_split=0.0,
+            validation_data=None, shuffle=True, seed=None, sample_weight=None):
+        """Train for ``epochs`` passes over (x, y) with mini-batches of ``batch_size`` (the
+        last one may be smaller), in a fresh seeded random order each epoch when ``shuffle``.
+
+        ``validation_split`` holds out the last fraction of the samples (before shuffling);
+        ``validation_data=(x_val, y_val)`` gives a separate set. The reported training
+        accuracy is the running accuracy over the epoch's batches, as in Keras.
+        Returns a :class:`History`.
+        """
+        self._require_compiled("fit")
+        epochs = _checks.positive_int("epochs", epochs)
+        batch_size = _checks.positive_int("batch_size", batch_size)
+        if verbose not in (0, 1, 2):
+            raise ValueError(f"verbose must be 0, 1 or 2; received {verbose!r}")
+        split = _checks.fraction("validation_split", validation_split)
+        if not isinstance(shuffle, bool):
+            raise TypeError(f"shuffle must be True or False; received {shuffle!r}")
+        if seed is None:
+            seed = int(np.random.SeedSequence().entropy % (1 << 63))
+        elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer or None; received {seed!r}")
+        X, Y, SW = self._prepare(x, y, sample_weight)
+        val = None
+        if validation_data is not None:
+            if split:
+                raise ValueError("pass either validation_split or validation_data, not both")
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise ValueError("validation_data must be a tuple (x_val, y_val) or (x_val, y_val, "
+                                 f"sample_weight_val); received {type(validation_data).__name__}")
+            val = self._prepare(*validation_data, xname="validation_data x", yname="validation_data y")
+        elif split:
+            n = X.shape[0]
+            split_at = int(n * (1.0 - split))
+            if split_at < 1 or split_at >= n:
+                raise ValueError(f"validation_split={validation_split!r} leaves {split_at} training and "
+                                 f"{n - split_at} validation samples out of {n}; both must be >= 1")
+            val = (X[split_at:], Y[split_at:], None if SW is None else SW[split_at:])
+            X, Y = X[:split_at], Y[:split_at]
+            SW = None if SW is None else SW[:split_at]
+
+        history = History()
+        history.params = {"epochs": epochs, "batch_size": batch_size, "samples": X.shape[0],
+                          "steps": -(-X.shape[0] // batch_size)}
+        self.history = history
+        for epoch in range(epochs):
+            t0 = time.perf_counter()
+            stats = self._core.train_epoch(X, Y, SW, batch_size, shuffle, _epoch_seed(seed, epoch))
+            logs = self._logs(stats)
+            if val is not None:
+                logs.update(self._logs(self._core.evaluate(val[0], val[1], val[2], max(batch_size, 256)), "val_"))
+            history._record(epoch, logs)
+            if verbose:
+                dt = time.perf_counter() - t0
+                items = " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
+                print(f"Epoch {epoch + 1}/{epochs} - {dt:.2f}s - {items}", file=sys.stdout, flush=True)
+        return history
+
+    def train_on_batch(self, x, y, sample_weight=None):
+        """One optimizer step on exactly this batch; returns the loss (and accuracy if
+        requested in compile) measured before the step."""
+        self._require_compiled("train_on_batch")
+        X, Y, SW = self._prepare(x, y, sample_weight)
+        stats = self._core.train_batch(X, Y, SW)
+        return self._scalar_or_list(stats)
+
+    def compute_gradients(self, x, y, sample_weight=None):
+        """(loss, gradients) of the batch-mean loss on (x, y), gradients in the order and
+        shapes of :meth:`get_weights`. The weights are not changed."""
+        self._require_compiled("compute_gradients")
+        X, Y, SW = self._prepare(x, y, sample_weight)
+        stats = self._core.compute_gradients(X, Y, SW)
+        grads = [self._core.get_param(i, True) for i in range(len(self._core.params_info()))]
+        return float(stats["loss"]), grads
+
+    def _scalar_or_list(self, stats):
+        if self.metrics:
+            return [float(stats["loss"]), float(stats["accuracy"])]
+        return float(stats["loss"])
+
+    def evaluate(self, x, y, batch_size=256, verbose=0, sample_weight=None, return_dict=False):
+        """Loss (and accuracy if requested in compile) over (x, y)."""
+        self._require_compiled("evaluate")
+        batch_size = _checks.positive_int("batch_size", batch_size)
+        X, Y, SW = self._prepare(x, y, sample_weight)
+        stats = self._core.evaluate(X, Y, SW, batch_size)
+        logs = self._logs(stats)
+        if verbose:
+            print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()), flush=True)
+        return logs if return_dict else self._scalar_or_list(stats)
+
+    def predict(self, x, batch_size=256):
+        """The model's outputs for x (with the final activation, e.g. softmax probabilities),
+        as a numpy array of shape (n,) + output_shape."""
+        batch_size = _checks.positive_int("batch_size", batch_size)
+        x_arr = _checks.as_array("x", x)
+        self._ensure_built(x_arr)
+        X = _checks.prepare_x("x", x_arr, self._input_shape, self._np_dtype())
+        out = self._core.predict(X, batch_size)
+        return out.reshape((X.shape[0],) + tuple(self.output_shape))
+
+    # -- weights -------------------------------------------------------------------------
+    def get_weights(self):
+        """All parameters as numpy arrays (copies), layer by layer: Dense gives
+        [kernel (in, units), bias (units,)]."""
+        if not self.built:
+            return []
+        return [self._core.get_param(i) for i in range(len(self._core.params_info()))]
+
+    def set_weights(self, weights):
+        if not self.built:
+            raise ValueError("the model is not built yet: call build(input_shape) first")
+        info = self._core.params_info()
+        weights = list(weights)
+        if len(weights) != len(info):
+            raise ValueError(f"set_weights expects a list of {len(info)} arrays; received {len(weights)}")
+        converted = []
+        for i, (w, p) in enumerate(zip(weights, info)):
+            arr = _checks.as_array(f"weights[{i}]", w)
+            if tuple(arr.shape) != tuple(p["shape"]):
+                raise ValueError(f"weights[{i}] ({p['name']} of layer {p['layer']}) must have shape "
+                                 f"{tuple(p['shape'])}; received shape {arr.shape}")
+            _checks.check_finite(f"weights[{i}]", arr)
+            converted.append(np.ascontiguousarray(arr, dtype=self._np_dtype()))
+        for i, arr in enumerate(converted):
+            self._core.set_param(i, arr)
+
+    # -- description ---------------------------------------------------------------------
+    def summary(self, print_fn=print):
+        if not self.built:
+            raise ValueError("the model is not built yet: call build(input_shape) or fit first")
+        rows = [(f"{l.name} ({type(l).__name__})", str((None,) + tuple(l.output_shape)), str(l.count_params()))
+                for l in self._layers]
+        w0 = max(len("Layer (type)"), *(len(r[0]) for r in rows)) + 2
+        w1 = max(len("Output Shape"), *(len(r[1]) for r in rows)) + 2
+        w2 = max(len("Param #"), *(len(r[2]) for r in rows))
+        line = "-" * (w0 + w1 + w2)
+        out = [f'Model: "{self.name}"', line,
+               "Layer (type)".ljust(w0) + "Output Shape".ljust(w1) + "Param #".rjust(w2), "=" * len(line)]
+        out += [r[0].ljust(w0) + r[1].ljust(w1) + r[2].rjust(w2) for r in rows]
+        out += ["=" * len(line), f"Total params: {self.count_params():,}",
+                f"Input shape: {(None,) + tuple(self._input_shape)}  dtype: {self.dtype}", line]
+        print_fn("\n".join(out))
+
+    def get_config(self):
+        return {"name": self.name, "dtype": self.dtype, "seed": self.seed,
+                "input_shape": None if self._input_shape is None else list(self._input_shape),
+                "layers": [{"class_name": type(l).__name__, "config": l.get_config()} for l in self._layers]}
+
+    @classmethod
+    def from_config(cls, config):
+        if not isinstance(config, dict) or "layers" not in config:
+            raise ValueError(f"Sequential.from_config expects a dict with 'layers'; received {config!r}")
+        model = cls([_layers.get(c) for c in config["layers"]], name=config.get("name"),
+                    dtype=config.get("dtype", "float32"), seed=config.get("seed"))
+        if config.get("input_shape") is not None:
+            model.build(tuple(config["input_shape"]))
+        return model
+
+    # -- persistence ---------------------------------------------------------------------
+    def save(self, path):
+        """Write the model (architecture, weights, compile settings) to ``path`` as an
+        uncompressed NumPy ``.npz`` archive: ``__chainrule__`` holds UTF-8 JSON metadata
+        (format, version, config, compile), ``param_000``, ``param_001``, … the weights in
+        :meth:`get_weights` order. Loading never unpickles or executes anything. The file is
+        written to a temporary name and renamed, so a crash never leaves a partial file."""
+        if not self.built:
+            raise ValueError("the model is not built yet: nothing to save")
+        path = os.fspath(path)
+        meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "config": self.get_config()}
+        if self._compiled:
+            meta["compile"] = {"loss": self.loss, "optimizer": self.optimizer.get_config(),
+                               "metrics": list(self.metrics)}
+        arrays = {"__chainrule__": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
+        for i, w in enumerate(self.get_weights()):
+            arrays[f"param_{i:03d}"] = w
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".chainrule-", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(buf.getvalue())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+
+def load_model(path):
+    """Load a model written by :meth:`Sequential.save`. Never executes code from the file."""
+    path = os.fspath(path)
+    with np.load(path, allow_pickle=False) as data:
+        if "__chainrule__" not in data.files:
+            raise ValueError(f"{path!r} is not a chainrule model file (no __chainrule__ entry)")
+        meta = json.loads(bytes(data["__chainrule__"]).decode("utf-8"))
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"{path!r} is not a chainrule model file (format {meta.get('format')!r})")
+        if meta.get("version", 0) > _FORMAT_VERSION:
+            raise ValueError(f"{path!r} was written by a newer chainrule (format version {meta['version']})")
+        weights = [data[k] for k in sorted(k for k in data.files if k.startswith("param_"))]
+    model = Sequential.from_config(meta["config"])
+    if not model.built:
+        raise ValueError(f"{path!r}: the saved model has no input shape")
+    model.set_weights(weights)
+    comp = meta.get("compile")
+    if comp:
+        model.compile(optimizer=_optimizers.get(comp["optimizer"]), loss=comp["loss"], metrics=comp["metrics"])
+    return model
