@@ -239,9 +239,10 @@ int main(int argc, char** argv) {
   std::string set = argc > 3 ? argv[3] : "train";
   for (CpuTarget t : runnable_targets()) {
     if (t == CpuTarget::generic && std::getenv("BENCH_NO_GENERIC")) continue;
+    if (std::getenv("BENCH_ONLY") && std::string(std::getenv("BENCH_ONLY")) != cpu_target_name(t)) continue;
     impls.push_back({cpu_target_name(t), sgemm_kernel_for(t)});
   }
-  if (blas_sgemm) impls.push_back({"openblas", nullptr});
+  if (blas_sgemm && !std::getenv("BENCH_NO_BLAS")) impls.push_back({"openblas", nullptr});
   time_shapes(shape_set(set), impls, threads);
   return 0;
 }

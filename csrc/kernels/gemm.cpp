@@ -41,7 +41,8 @@ void pack_panels(const float* src, i64 ld_p, i64 ld_r, i64 n_valid, i64 k, float
         for (i64 p = 0; p < k; ++p) {
           const float* sp = s + p * ld_p;
           float* d = dst + p * R;
-          for (int r = 0; r < R; ++r) d[r] = r < nv ? sp[r] : 0.0f;
+          for (i64 r = 0; r < nv; ++r) d[r] = sp[r];
+          for (i64 r = nv; r < R; ++r) d[r] = 0.0f;
         }
       }
     } else {
@@ -60,23 +61,39 @@ void pack_panels(const float* src, i64 ld_p, i64 ld_r, i64 n_valid, i64 k, float
       }
       for (; p < k; ++p) {
         float* d = dst + p * R;
-        for (int r = 0; r < R; ++r) d[r] = r < nv ? s[r * ld_r + p] : 0.0f;
+        for (i64 r = 0; r < nv; ++r) d[r] = s[r * ld_r + p];
+        for (i64 r = nv; r < R; ++r) d[r] = 0.0f;
       }
     }
   }
 }
 
+// Any other width (small B panels of the narrow kernels): plain loops.
+void pack_any(int R, const float* src, i64 ld_p, i64 ld_r, i64 n_valid, i64 k, float* dst) {
+  for (i64 q0 = 0; q0 < n_valid; q0 += R, dst += k * R) {
+    const i64 nv = std::min<i64>(R, n_valid - q0);
+    const float* s = src + q0 * ld_r;
+    for (i64 p = 0; p < k; ++p) {
+      float* d = dst + p * R;
+      for (i64 r = 0; r < nv; ++r) d[r] = s[p * ld_p + r * ld_r];
+      for (i64 r = nv; r < R; ++r) d[r] = 0.0f;
+    }
+  }
+}
+
 void pack(int R, const float* src, i64 ld_p, i64 ld_r, i64 n_valid, i64 k, float* dst) {
+  if (n_valid <= 0) return;
   switch (R) {
     case 4: return pack_panels<4>(src, ld_p, ld_r, n_valid, k, dst);
     case 6: return pack_panels<6>(src, ld_p, ld_r, n_valid, k, dst);
     case 8: return pack_panels<8>(src, ld_p, ld_r, n_valid, k, dst);
     case 12: return pack_panels<12>(src, ld_p, ld_r, n_valid, k, dst);
     case 14: return pack_panels<14>(src, ld_p, ld_r, n_valid, k, dst);
+    case 24: return pack_panels<24>(src, ld_p, ld_r, n_valid, k, dst);
     case 16: return pack_panels<16>(src, ld_p, ld_r, n_valid, k, dst);
     case 32: return pack_panels<32>(src, ld_p, ld_r, n_valid, k, dst);
     case 48: return pack_panels<48>(src, ld_p, ld_r, n_valid, k, dst);
-    default: fail("sgemm: no packing routine for register tile width ", R);
+    default: return pack_any(R, src, ld_p, ld_r, n_valid, k, dst);
   }
 }
 
@@ -112,15 +129,32 @@ void sgemm_serial(const SgemmKernel& kern, bool ta, bool tb, i64 M, i64 N, i64 K
     for (i64 pc = 0; pc < K; pc += kc) {
       const i64 kb = std::min(kc, K - pc);
       const float beta_k = pc == 0 ? beta : 1.0f;
-      pack(int(MR), A + ic * a_ld_i + pc * a_ld_p, a_ld_p, a_ld_i, mb, kb, a_pack);
+      const float* a_blk = A + ic * a_ld_i + pc * a_ld_p;
+      // With a single B panel per block each A element is used once: read full A panels
+      // in place and pack only a ragged last one.
+      const bool direct_a =
+          kern.fn_direct_a && N <= NR && (kern.direct_a_any_stride || a_ld_i == 1);
+      const i64 m_direct = direct_a ? mb / MR * MR : 0;
+      if (kern.pack_a)
+        kern.pack_a(a_blk + m_direct * a_ld_i, a_ld_p, a_ld_i, mb - m_direct, kb,
+                    a_pack + m_direct * kb);
+      else
+        pack(int(MR), a_blk + m_direct * a_ld_i, a_ld_p, a_ld_i, mb - m_direct, kb,
+             a_pack + m_direct * kb);
       for (i64 jc = 0; jc < N; jc += nc) {
         const i64 nb = std::min(nc, N - jc);
         pack(int(NR), B + pc * b_ld_p + jc * b_ld_j, b_ld_p, b_ld_j, nb, kb, b_pack);
         // A micro-panel (MR x kb) stays in L1 while the B block streams from L2.
         for (i64 ir = 0; ir < mb; ir += MR) {
+          float* c = C + (ic + ir) * ldc + jc;
+          if (ir < m_direct) {
+            kern.fn_direct_a(kb, a_blk + ir * a_ld_i, a_ld_i, a_ld_p, b_pack, c, ldc, alpha,
+                             beta_k, MR, nb);
+            continue;
+          }
           const float* ap = a_pack + ir * kb;
           for (i64 jr = 0; jr < nb; jr += NR) {
-            kern.fn(kb, ap, b_pack + jr * kb, C + (ic + ir) * ldc + jc + jr, ldc, alpha, beta_k,
+            kern.fn(kb, ap, b_pack + jr * kb, c + jr, ldc, alpha, beta_k,
                     std::min(MR, mb - ir), std::min(NR, nb - jr));
           }
         }
@@ -142,11 +176,13 @@ void scale_c(i64 M, i64 N, float beta, float* C, i64 ldc) {
 
 }  // namespace
 
-void sgemm_with_kernel(const SgemmKernel& kern, bool ta, bool tb, i64 M, i64 N, i64 K,
+void sgemm_with_kernel(const SgemmKernel& wide, bool ta, bool tb, i64 M, i64 N, i64 K,
                        float alpha, const float* A, i64 lda, const float* B, i64 ldb,
                        float beta, float* C, i64 ldc) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0 || alpha == 0.0f) return scale_c(M, N, beta, C, ldc);
+  // Narrow N: the target may have a kernel whose tile fits N better (N = 10, N = 8).
+  const SgemmKernel& kern = wide.select ? *wide.select(&wide, N) : wide;
 
   const i64 MR = kern.mr, NR = kern.nr;
   int nt = 1;
