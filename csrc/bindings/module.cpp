@@ -76,18 +76,63 @@ py::dict stats_dict(const cr::EpochStats& s) {
   d["accuracy"] = s.accuracy;
   d["samples"] = s.samples;
   d["steps"] = s.steps;
+  d["stopped_nan"] = s.stopped_nan;
+  d["learning_rate"] = s.learning_rate;
   return d;
 }
 
+double get_num(const py::dict& d, const char* key, double dflt) {
+  return d.contains(key) ? d[key].cast<double>() : dflt;
+}
+
+// The optimizer as the Python side describes it (values already validated there; the
+// checks here are the second line of defence).
 cr::OptimConfig optim_from_dict(const py::dict& d) {
   cr::OptimConfig c;
   std::string kind = d.contains("kind") ? d["kind"].cast<std::string>() : "sgd";
   if (kind == "sgd") c.kind = cr::OptKind::SGD;
+  else if (kind == "adam") c.kind = cr::OptKind::Adam;
+  else if (kind == "rmsprop") c.kind = cr::OptKind::RMSprop;
+  else if (kind == "adagrad") c.kind = cr::OptKind::Adagrad;
   else cr::fail("unknown optimizer '", kind, "'");
-  if (d.contains("learning_rate")) c.learning_rate = d["learning_rate"].cast<double>();
-  if (d.contains("momentum")) c.momentum = d["momentum"].cast<double>();
-  if (d.contains("nesterov")) c.nesterov = d["nesterov"].cast<bool>();
+  c.learning_rate = get_num(d, "learning_rate", c.learning_rate);
+  c.momentum = get_num(d, "momentum", c.momentum);
+  c.nesterov = d.contains("nesterov") && d["nesterov"].cast<bool>();
+  c.beta1 = get_num(d, "beta_1", c.beta1);
+  c.beta2 = get_num(d, "beta_2", c.beta2);
+  c.amsgrad = d.contains("amsgrad") && d["amsgrad"].cast<bool>();
+  c.rho = get_num(d, "rho", c.rho);
+  c.epsilon = get_num(d, "epsilon", c.epsilon);
+  c.initial_accumulator = get_num(d, "initial_accumulator_value", c.initial_accumulator);
+  c.weight_decay = get_num(d, "weight_decay", 0.0);
+  c.clipvalue = get_num(d, "clipvalue", 0.0);
+  c.clipnorm = get_num(d, "clipnorm", 0.0);
   if (!(c.momentum >= 0.0 && c.momentum < 1.0)) cr::fail("momentum must be in [0, 1); received ", c.momentum);
+  if (!(c.beta1 >= 0.0 && c.beta1 < 1.0)) cr::fail("beta_1 must be in [0, 1); received ", c.beta1);
+  if (!(c.beta2 >= 0.0 && c.beta2 < 1.0)) cr::fail("beta_2 must be in [0, 1); received ", c.beta2);
+  if (!(c.rho >= 0.0 && c.rho < 1.0)) cr::fail("rho must be in [0, 1); received ", c.rho);
+  if (!(c.epsilon > 0.0)) cr::fail("epsilon must be > 0; received ", c.epsilon);
+  if (!(c.weight_decay >= 0.0)) cr::fail("weight_decay must be >= 0; received ", c.weight_decay);
+  if (!(c.clipvalue >= 0.0)) cr::fail("clipvalue must be > 0; received ", c.clipvalue);
+  if (!(c.clipnorm >= 0.0)) cr::fail("clipnorm must be > 0; received ", c.clipnorm);
+  if (d.contains("schedule") && !d["schedule"].is_none()) {
+    py::dict sd = d["schedule"].cast<py::dict>();
+    std::string sk = sd["kind"].cast<std::string>();
+    cr::Schedule& sc = c.schedule;
+    if (sk == "step") sc.kind = cr::SchedKind::Step;
+    else if (sk == "exponential") sc.kind = cr::SchedKind::Exponential;
+    else if (sk == "cosine") sc.kind = cr::SchedKind::Cosine;
+    else if (sk == "constant") sc.kind = cr::SchedKind::Constant;
+    else cr::fail("unknown learning-rate schedule '", sk, "'");
+    sc.decay_steps = get_num(sd, "decay_steps", 1.0);
+    sc.decay_rate = get_num(sd, "decay_rate", 1.0);
+    sc.staircase = sd.contains("staircase") && sd["staircase"].cast<bool>();
+    sc.alpha = get_num(sd, "alpha", 0.0);
+    sc.warmup_steps = get_num(sd, "warmup_steps", 0.0);
+    sc.warmup_start = get_num(sd, "warmup_start", 0.0);
+    if (!(sc.decay_steps > 0.0)) cr::fail("decay_steps must be > 0; received ", sc.decay_steps);
+    if (!(sc.warmup_steps >= 0.0)) cr::fail("warmup_steps must be >= 0; received ", sc.warmup_steps);
+  }
   return c;
 }
 
@@ -158,22 +203,87 @@ void bind_network(py::module_& m, const char* name) {
                           " must have shape ", shape_str(Arr<T>(info[i].shape)), "; received shape ", shape_str(a));
              std::lock_guard<std::mutex> lk(n.mutex());
              std::memcpy(n.params() + info[i].offset, a.data(), sizeof(T) * info[i].size);
+             n.weights_changed();
            },
            py::arg("index"), py::arg("value").noconvert())
       .def("train_epoch",
            [](Net& n, const Arr<T>& x, const Arr<T>& y, const py::object& sw, i64 batch,
-              bool shuffle, std::uint64_t seed) {
+              bool shuffle, std::uint64_t seed, const py::object& progress, i64 every) {
              auto c = check_xy(n, x, y, sw);
+             // The callback runs with the GIL re-acquired, between steps (never inside a
+             // parallel region). A Python exception in it (Ctrl-C included) stops the epoch
+             // and is re-raised here once the C++ loop has returned.
+             std::unique_ptr<py::error_already_set> pending;
+             cr::ProgressFn fn;
+             if (!progress.is_none()) {
+               fn = [&](i64 done, i64 total, double loss, double acc) {
+                 py::gil_scoped_acquire gil;
+                 try {
+                   if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+                   py::object r = progress(done, total, loss, acc);
+                   return r.is_none() || r.cast<bool>();
+                 } catch (py::error_already_set& e) {
+                   pending = std::make_unique<py::error_already_set>(std::move(e));
+                   return false;
+                 }
+               };
+             }
              cr::EpochStats s;
              {
                py::gil_scoped_release nogil;
                std::lock_guard<std::mutex> lk(n.mutex());
-               s = n.train_epoch(c.x, c.y, c.w, c.n, batch, shuffle, seed);
+               s = n.train_epoch(c.x, c.y, c.w, c.n, batch, shuffle, seed, fn, every);
              }
+             if (pending) throw std::move(*pending);
              return stats_dict(s);
            },
            py::arg("x").noconvert(), py::arg("y").noconvert(), py::arg("sample_weight") = py::none(),
-           py::arg("batch_size") = 32, py::arg("shuffle") = true, py::arg("seed") = 0)
+           py::arg("batch_size") = 32, py::arg("shuffle") = true, py::arg("seed") = 0,
+           py::arg("progress") = py::none(), py::arg("progress_every") = 0)
+      .def("set_regularization", &Net::set_regularization, py::arg("index"), py::arg("l1"), py::arg("l2"))
+      .def("set_stop_on_nan", &Net::set_stop_on_nan)
+      .def("set_monitor", &Net::set_monitor)
+      .def("set_lr_scale", &Net::set_lr_scale)
+      .def_property_readonly("lr_scale", &Net::lr_scale)
+      .def("current_learning_rate", &Net::current_learning_rate)
+      .def("set_step_count", &Net::set_step_count)
+      .def("param_health",
+           [](Net& n) {
+             py::list out;
+             for (auto& h : n.param_health()) {
+               py::dict d;
+               d["grad_norm"] = h.grad_norm;
+               d["grad_norm_max"] = h.grad_norm_max;
+               d["update_ratio"] = h.update_ratio;
+               d["weight_norm"] = h.weight_norm;
+               out.append(d);
+             }
+             return out;
+           })
+      .def("dead_fraction", [](Net& n) { return n.dead_fraction(); })
+      .def("get_optimizer_state",
+           [](Net& n) {
+             py::list out;
+             for (auto& s : n.optimizer_state()) {
+               Arr<T> a(py::ssize_t(s.size()));
+               std::memcpy(a.mutable_data(), s.data(), sizeof(T) * s.size());
+               out.append(a);
+             }
+             return out;
+           })
+      .def("set_optimizer_state",
+           [](Net& n, const std::vector<Arr<T>>& slots) {
+             auto& st = n.optimizer_state();
+             if (slots.size() != st.size())
+               cr::fail("optimizer state must have ", st.size(), " slots; received ", slots.size());
+             for (size_t k = 0; k < st.size(); ++k)
+               if (slots[k].ndim() != 1 || size_t(slots[k].shape(0)) != st[k].size())
+                 cr::fail("optimizer state slot ", k, " must have shape (", st[k].size(), ",); received shape ",
+                          shape_str(slots[k]));
+             std::lock_guard<std::mutex> lk(n.mutex());
+             for (size_t k = 0; k < st.size(); ++k)
+               std::memcpy(st[k].data(), slots[k].data(), sizeof(T) * st[k].size());
+           })
       .def("train_batch",
            [](Net& n, const Arr<T>& x, const Arr<T>& y, const py::object& sw) {
              auto c = check_xy(n, x, y, sw);

@@ -28,6 +28,9 @@ class Layer {
   virtual const char* kind() const = 0;
   i64 in_size() const { return in_; }
   i64 out_size() const { return out_; }
+  // Units whose outputs the monitor counts as alive/dead: out_size for Dense; the channel
+  // count for channels-last image layers (a sample's output is (H, W, units)).
+  virtual i64 units() const { return out_; }
 
   // Parameter tensors in order; the Network allocates them contiguously and calls bind().
   virtual std::vector<ParamShape> param_shapes() const { return {}; }

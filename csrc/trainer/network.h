@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <numeric>
@@ -27,11 +28,25 @@ struct ParamInfo {
 };
 
 struct EpochStats {
-  double loss = 0.0;      // mean (weighted) loss over the samples
+  double loss = 0.0;      // mean (weighted) loss over the samples, regularization included
   double accuracy = 0.0;  // mean accuracy over the samples
   i64 samples = 0;
   i64 steps = 0;
+  bool stopped_nan = false;  // the loss became NaN/inf; weights restored to the last finite state
+  double learning_rate = 0.0;  // the rate of the last step taken
 };
+
+// Per-parameter-tensor health over the steps of one epoch (the gradient monitor).
+struct ParamHealth {
+  double grad_norm = 0.0;     // mean over steps of ||g|| (loss + regularization, before clipping)
+  double grad_norm_max = 0.0; // max over steps of ||g||
+  double update_ratio = 0.0;  // mean over steps of ||Δw|| / ||w||
+  double weight_norm = 0.0;   // ||w|| after the last step
+};
+
+// Called every N steps from the epoch loop: (steps done, steps total, running loss, running
+// accuracy). Returning false stops the epoch after the current step.
+using ProgressFn = std::function<bool(i64, i64, double, double)>;
 
 template <typename T>
 class Network {
@@ -52,6 +67,13 @@ class Network {
     }
     params_.assign(total, T(0));
     grads_.assign(total, T(0));
+    for (auto& pi : params_info_) segments_.push_back({pi.offset, pi.size});
+    reg_l1_.assign(segments_.size(), 0.0);
+    reg_l2_.assign(segments_.size(), 0.0);
+    seg_stats_.assign(segments_.size(), SegmentStats{});
+    health_.assign(segments_.size(), ParamHealth{});
+    alive_.resize(layers_.size());
+    dead_fraction_.assign(layers_.size(), -1.0);
     i64 off = 0;
     for (auto& L : layers_) {
       i64 n = 0;
@@ -88,16 +110,50 @@ class Network {
     if (!(opt.learning_rate >= 0.0) || !std::isfinite(opt.learning_rate))
       fail("optimizer: learning_rate must be a finite number >= 0; received ", opt.learning_rate);
     opt_ = opt;
-    opt_state_.assign(opt.state_slots(), avec<T>(params_.size(), T(0)));
+    opt_state_.clear();
+    for (int k = 0; k < opt.state_slots(); ++k)
+      opt_state_.emplace_back(params_.size(), T(opt.state_init(k)));
     step_ = 0;
+    lr_scale_ = 1.0;
   }
+  // Base learning rate (the schedule's peak); the rate used at step t is
+  // schedule.rate(base, t) * lr_scale (lr_scale: ReduceLROnPlateau's running factor).
   void set_learning_rate(double lr) {
     if (!(lr >= 0.0) || !std::isfinite(lr))
       fail("learning_rate must be a finite number >= 0; received ", lr);
     opt_.learning_rate = lr;
   }
+  void set_lr_scale(double s) {
+    if (!(s > 0.0) || !std::isfinite(s)) fail("lr_scale must be a finite number > 0; received ", s);
+    lr_scale_ = s;
+  }
+  double lr_scale() const { return lr_scale_; }
+  double current_learning_rate() const {
+    return opt_.schedule.rate(opt_.learning_rate, step_) * lr_scale_;
+  }
   const OptimConfig& optimizer() const { return opt_; }
   i64 step_count() const { return step_; }
+  void set_step_count(i64 t) { step_ = t; }
+  std::vector<avec<T>>& optimizer_state() { return opt_state_; }
+
+  // L1/L2 penalty on one parameter tensor: loss += l1 Σ|w| + l2 Σw².
+  void set_regularization(i64 param, double l1, double l2) {
+    if (param < 0 || param >= i64(segments_.size())) fail("parameter index out of range: ", param);
+    if (!(l1 >= 0.0 && l2 >= 0.0) || !std::isfinite(l1) || !std::isfinite(l2))
+      fail("regularization factors must be finite and >= 0; received l1=", l1, " l2=", l2);
+    reg_l1_[param] = l1;
+    reg_l2_[param] = l2;
+  }
+  // The weights were set from outside: an older snapshot no longer applies.
+  void weights_changed() { have_snapshot_ = false; }
+  // Stop an epoch at the first non-finite loss and restore the last finite weights.
+  void set_stop_on_nan(bool on) { stop_on_nan_ = on; }
+  // Per-layer monitoring (gradient norms, update ratios, dead units): on by default.
+  void set_monitor(bool on) { monitor_ = on; }
+  const std::vector<ParamHealth>& param_health() const { return health_; }
+  // Per layer: fraction of ReLU-family units (channels for convolutions) that produced no
+  // positive output on any training sample of the last epoch; -1 for other layers.
+  const std::vector<double>& dead_fraction() const { return dead_fraction_; }
 
   // Reseed layers with randomness (dropout). Called once per fit.
   void seed_layers(std::uint64_t s) {
@@ -107,26 +163,44 @@ class Network {
   // One pass over X: (N, in), Y: (N, tc), SW: (N) or null. Mini-batches of `batch` (the
   // last one partial), in a seeded random order when `shuffle`.
   EpochStats train_epoch(const T* X, const T* Y, const T* SW, i64 N, i64 batch, bool shuffle,
-                         std::uint64_t seed) {
+                         std::uint64_t seed, const ProgressFn& progress = nullptr,
+                         i64 progress_every = 0) {
     require_compiled();
     check_batch(N, batch);
     reserve(std::min(batch, N));
     order_.resize(N);
     std::iota(order_.begin(), order_.end(), i64(0));
     if (shuffle) shuffle_indices(order_.data(), N, seed);
+    begin_monitor();
     EpochStats st;
+    const i64 total_steps = (N + batch - 1) / batch;
+    i64 seen = 0;
     for (i64 start = 0; start < N; start += batch) {
       const i64 B = std::min(batch, N - start);
       const T *xb, *yb, *wb;
       gather(X, Y, SW, start, B, shuffle, xb, yb, wb);
-      LossStats ls = step(xb, yb, wb, B);
+      LossStats ls = forward_backward(xb, yb, wb, B);
+      if (stop_on_nan_ && !std::isfinite(ls.loss_sum)) {
+        if (have_snapshot_) std::memcpy(params_.data(), snapshot_.data(), sizeof(T) * params_.size());
+        st.stopped_nan = true;
+        st.loss += ls.loss_sum;
+        seen += B;
+        break;
+      }
+      update(B, ls);
       st.loss += ls.loss_sum;
       st.accuracy += ls.correct;
       st.steps += 1;
+      seen += B;
+      if (progress && progress_every > 0 && (st.steps % progress_every == 0 || seen == N)) {
+        if (!progress(st.steps, total_steps, st.loss / double(seen), st.accuracy / double(seen))) break;
+      }
     }
-    st.samples = N;
-    st.loss /= double(N);
-    st.accuracy /= double(N);
+    end_monitor(st.steps);
+    st.samples = seen;
+    st.loss /= double(std::max<i64>(seen, 1));
+    st.accuracy /= double(std::max<i64>(seen, 1));
+    st.learning_rate = last_lr_;
     return st;
   }
 
@@ -135,8 +209,15 @@ class Network {
     require_compiled();
     check_batch(B, B);
     reserve(B);
-    LossStats ls = step(X, Y, SW, B);
-    return {ls.loss_sum / double(B), ls.correct / double(B), B, 1};
+    LossStats ls = forward_backward(X, Y, SW, B);
+    update(B, ls);
+    EpochStats st;
+    st.loss = ls.loss_sum / double(B);
+    st.accuracy = ls.correct / double(B);
+    st.samples = B;
+    st.steps = 1;
+    st.learning_rate = last_lr_;
+    return st;
   }
 
   // Loss and gradients of one batch; gradients are left in grads() (zeroed first).
@@ -145,7 +226,11 @@ class Network {
     check_batch(B, B);
     reserve(B);
     LossStats ls = forward_backward(X, Y, SW, B);
-    return {ls.loss_sum / double(B), ls.correct / double(B), B, 0};
+    EpochStats st;
+    st.loss = ls.loss_sum / double(B);
+    st.accuracy = ls.correct / double(B);
+    st.samples = B;
+    return st;
   }
 
   EpochStats evaluate(const T* X, const T* Y, const T* SW, i64 N, i64 batch) {
@@ -163,6 +248,7 @@ class Network {
       st.loss += ls.loss_sum;
       st.accuracy += ls.correct;
     }
+    st.loss += penalty() * double(N);
     st.samples = N;
     st.loss /= double(N);
     st.accuracy /= double(N);
@@ -243,8 +329,124 @@ class Network {
     for (size_t l = 0; l < layers_.size(); ++l) {
       layers_[l]->forward(in, acts_[l].data(), B, training);
       in = acts_[l].data();
+      if (training && monitoring_ && !alive_[l].empty()) mark_alive(l, B);
     }
     return acts_.back().data();
+  }
+
+  // OR into alive_[l] the units (channels) that were positive for some sample in the batch.
+  void mark_alive(size_t l, i64 B) {
+    const i64 out = layers_[l]->out_size(), units = i64(alive_[l].size());
+    const T* y = acts_[l].data();
+    unsigned char* a = alive_[l].data();
+    for (i64 r = 0; r < B * out / units; ++r) {
+      const T* yr = y + r * units;
+      for (i64 j = 0; j < units; ++j) a[j] |= (yr[j] > T(0));
+    }
+  }
+
+  void begin_monitor() {
+    monitoring_ = monitor_;
+    for (auto& h : health_) h = ParamHealth{};
+    for (size_t l = 0; l < layers_.size(); ++l) {
+      Act a = layers_[l]->activation();
+      i64 units = layers_[l]->units();
+      bool relu = a == Act::Relu || a == Act::LeakyRelu;
+      if (monitoring_ && relu && units > 0 && layers_[l]->out_size() % units == 0)
+        alive_[l].assign(units, 0);
+      else
+        alive_[l].clear();
+    }
+  }
+
+  void end_monitor(i64 steps) {
+    for (size_t k = 0; k < health_.size(); ++k) {
+      if (steps > 0) {
+        health_[k].grad_norm /= double(steps);
+        health_[k].update_ratio /= double(steps);
+      }
+      health_[k].weight_norm = std::sqrt(seg_stats_[k].w2);
+    }
+    for (size_t l = 0; l < layers_.size(); ++l) {
+      if (alive_[l].empty() || steps == 0) {
+        dead_fraction_[l] = -1.0;
+        continue;
+      }
+      i64 dead = 0;
+      for (unsigned char v : alive_[l]) dead += v ? 0 : 1;
+      dead_fraction_[l] = double(dead) / double(alive_[l].size());
+    }
+  }
+
+  // The regularization penalty of the current weights.
+  double penalty() const {
+    double pen = 0.0;
+    for (size_t k = 0; k < segments_.size(); ++k) {
+      if (reg_l1_[k] == 0.0 && reg_l2_[k] == 0.0) continue;
+      const T* w = params_.data() + segments_[k].offset;
+      double a = 0.0, q = 0.0;
+      for (i64 i = 0; i < segments_[k].size; ++i) {
+        a += std::fabs(double(w[i]));
+        q += double(w[i]) * double(w[i]);
+      }
+      pen += reg_l1_[k] * a + reg_l2_[k] * q;
+    }
+    return pen;
+  }
+
+  // Add the penalty's gradient to grads_; returns the penalty.
+  double regularize() {
+    double pen = 0.0;
+    for (size_t k = 0; k < segments_.size(); ++k) {
+      const double l1 = reg_l1_[k], l2 = reg_l2_[k];
+      if (l1 == 0.0 && l2 == 0.0) continue;
+      const T* w = params_.data() + segments_[k].offset;
+      T* g = grads_.data() + segments_[k].offset;
+      const T tl1 = T(l1), tl2 = T(2.0 * l2);
+      double a = 0.0, q = 0.0;
+      const i64 n = segments_[k].size;
+#pragma omp parallel for schedule(static) reduction(+ : a, q) if (n > kParallelElems)
+      for (i64 i = 0; i < n; ++i) {
+        const T wi = w[i];
+        g[i] += tl1 * T((wi > T(0)) - (wi < T(0))) + tl2 * wi;
+        a += std::fabs(double(wi));
+        q += double(wi) * double(wi);
+      }
+      pen += l1 * a + l2 * q;
+    }
+    return pen;
+  }
+
+  // Regularize, clip and apply one optimizer step to the gradients in grads_.
+  void update(i64 B, LossStats& ls) {
+    ls.loss_sum += regularize() * double(B);
+    double gscale = 1.0;
+    if (opt_.clipnorm > 0.0) {
+      double g2 = 0.0;
+      const T* g = grads_.data();
+      const i64 n = num_params();
+#pragma omp parallel for schedule(static) reduction(+ : g2) if (n > kParallelElems)
+      for (i64 i = 0; i < n; ++i) g2 += double(g[i]) * double(g[i]);
+      const double norm = std::sqrt(g2);
+      if (norm > opt_.clipnorm) gscale = opt_.clipnorm / norm;
+    }
+    if (stop_on_nan_) {
+      snapshot_.resize(params_.size());
+      std::memcpy(snapshot_.data(), params_.data(), sizeof(T) * params_.size());
+      have_snapshot_ = true;
+    }
+    last_lr_ = current_learning_rate();
+    ++step_;
+    optimizer_step(opt_, last_lr_, step_, gscale, params_.data(), grads_.data(), opt_state_,
+                   segments_, seg_stats_.data());
+    if (monitoring_) {
+      for (size_t k = 0; k < health_.size(); ++k) {
+        const double gn = std::sqrt(seg_stats_[k].g2), wn = std::sqrt(seg_stats_[k].w2);
+        health_[k].grad_norm += gn;
+        health_[k].grad_norm_max = std::max(health_[k].grad_norm_max, gn);
+        health_[k].update_ratio += wn > 0.0 ? std::sqrt(seg_stats_[k].d2) / wn : 0.0;
+      }
+    }
   }
 
   LossStats forward_backward(const T* x, const T* y, const T* w, i64 B) {
@@ -265,13 +467,6 @@ class Network {
     return ls;
   }
 
-  LossStats step(const T* x, const T* y, const T* w, i64 B) {
-    LossStats ls = forward_backward(x, y, w, B);
-    ++step_;
-    optimizer_step(opt_, params_.data(), grads_.data(), opt_state_, num_params(), step_);
-    return ls;
-  }
-
   std::vector<std::unique_ptr<Layer<T>>> layers_;
   std::vector<ParamInfo> params_info_;
   avec<T> params_, grads_;
@@ -282,7 +477,18 @@ class Network {
   Act head_ = Act::Linear;      // the activation fused into the loss, if any
   bool compiled_ = false;
   i64 step_ = 0;
+  double lr_scale_ = 1.0, last_lr_ = 0.0;
   std::mutex mu_;
+
+  std::vector<Segment> segments_;
+  std::vector<double> reg_l1_, reg_l2_;
+  bool stop_on_nan_ = false, have_snapshot_ = false;
+  avec<T> snapshot_;
+  bool monitor_ = true, monitoring_ = false;
+  std::vector<SegmentStats> seg_stats_;
+  std::vector<ParamHealth> health_;
+  std::vector<std::vector<unsigned char>> alive_;
+  std::vector<double> dead_fraction_;
 
   i64 cap_ = 0;
   std::vector<avec<T>> acts_;

@@ -14,16 +14,29 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 
 import numpy as np
 
 from . import _checks
 from . import _core
+from . import callbacks as _callbacks
 from . import layers as _layers
 from . import losses as _losses
 from . import optimizers as _optimizers
+from ._progress import ProgressBar
 
-__all__ = ["Sequential", "History", "load_model"]
+__all__ = ["Sequential", "History", "load_model", "GradientWarning"]
+
+
+class GradientWarning(UserWarning):
+    """A layer's gradients vanished or exploded during fit."""
+
+
+# A layer whose RMS kernel gradient is this many times smaller (larger) than the output
+# layer's is reported as vanishing (exploding).
+_VANISH_RATIO = 1e-3
+_EXPLODE_RATIO = 1e3
 
 _FORMAT = "chainrule.model"
 _FORMAT_VERSION = 1
@@ -42,11 +55,64 @@ class History:
         self.history: dict[str, list] = {}
         self.epoch: list[int] = []
         self.params: dict = {}
+        # layer name -> statistic -> one value per epoch: kernel_grad_norm / bias_grad_norm
+        # (mean over the epoch's steps of the L2 norm), kernel_grad_norm_max,
+        # kernel_update_ratio (mean ||Δw|| / ||w||), kernel_weight_norm, and for ReLU-family
+        # layers dead_fraction (units never positive on any training sample of the epoch).
+        self.layer_stats: dict[str, dict[str, list]] = {}
 
     def _record(self, epoch, logs):
         self.epoch.append(epoch)
         for k, v in logs.items():
             self.history.setdefault(k, []).append(v)
+
+    def _record_layers(self, stats):
+        for layer, values in stats.items():
+            dst = self.layer_stats.setdefault(layer, {})
+            for k, v in values.items():
+                dst.setdefault(k, []).append(v)
+
+    def plot(self, path=None, dpi=100):
+        """Loss and accuracy (train and validation), the learning rate, and per-layer
+        gradient norms on a log scale, as one matplotlib Figure (1000x800 pixels at the
+        default dpi). Saves a PNG when ``path`` is given. Needs matplotlib
+        (``pip install chainrule[plot]``)."""
+        try:
+            from matplotlib.figure import Figure
+        except ImportError:
+            raise ImportError("History.plot needs matplotlib: pip install matplotlib") from None
+        if not self.epoch:
+            raise ValueError("History.plot: the history is empty (no epoch was recorded)")
+        epochs = [e + 1 for e in self.epoch]
+        fig = Figure(figsize=(10, 8), dpi=dpi)
+        axes = fig.subplots(2, 2)
+        for ax, key, title in ((axes[0, 0], "loss", "loss"), (axes[0, 1], "accuracy", "accuracy")):
+            for k, style in ((key, "-"), ("val_" + key, "--")):
+                if k in self.history:
+                    ax.plot(epochs, self.history[k], style, marker="o", label=k)
+            ax.set_title(title)
+            ax.set_xlabel("epoch")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend()
+        ax = axes[1, 0]
+        if "lr" in self.history:
+            ax.plot(epochs, self.history["lr"], marker="o")
+        ax.set_title("learning rate")
+        ax.set_xlabel("epoch")
+        ax = axes[1, 1]
+        for layer, st in self.layer_stats.items():
+            g = st.get("kernel_grad_norm")
+            if g and any(v > 0 for v in g):
+                ax.plot(epochs[: len(g)], [max(v, 1e-30) for v in g], marker="o", label=layer)
+        ax.set_yscale("log")
+        ax.set_title("gradient L2 norm per layer (kernel)")
+        ax.set_xlabel("epoch")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(os.fspath(path), format="png")
+        return fig
 
     def __getitem__(self, key):
         return self.history[key]
@@ -94,6 +160,8 @@ class Sequential:
         self.metrics: list = []
         self._compiled = False
         self.history = None
+        self.stop_training = False
+        self._last_epoch_stats = {}
         for layer in layers or []:
             self.add(layer)
 
@@ -156,6 +224,13 @@ class Sequential:
         self._core = core
         self._input_shape = tuple(int(d) for d in input_shape)
         self._init_weights()
+        i = 0
+        for layer in self._layers:
+            regs = layer.regularizers()
+            for pname, *_ in layer.param_specs():
+                if pname in regs:
+                    core.set_regularization(i, regs[pname].l1, regs[pname].l2)
+                i += 1
         if self._compiled:
             self._core.compile(_losses.code(self.loss), self.optimizer._core_config())
 
@@ -249,14 +324,20 @@ class Sequential:
         return logs
 
     # -- training ------------------------------------------------------------------------
-    def fit(self, x, y, epochs=1, batch_size=32, verbose=1, validation_split=0.0,
-            validation_data=None, shuffle=True, seed=None, sample_weight=None):
+    def fit(self, x, y, epochs=1, batch_size=32, verbose=1, callbacks=None, validation_split=0.0,
+            validation_data=None, shuffle=True, seed=None, sample_weight=None, class_weight=None,
+            gradient_warnings=True):
         """Train for ``epochs`` passes over (x, y) with mini-batches of ``batch_size`` (the
         last one may be smaller), in a fresh seeded random order each epoch when ``shuffle``.
 
         ``validation_split`` holds out the last fraction of the samples (before shuffling);
-        ``validation_data=(x_val, y_val)`` gives a separate set. The reported training
-        accuracy is the running accuracy over the epoch's batches, as in Keras.
+        ``validation_data=(x_val, y_val)`` gives a separate set. ``class_weight`` ({class:
+        weight}) and ``sample_weight`` (one per sample) weight each sample's loss.
+        ``verbose``: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
+        The reported training accuracy is the running accuracy over the epoch's batches, as in
+        Keras; ``lr`` is the learning rate of the epoch's last step. Per-layer gradient
+        statistics go to ``History.layer_stats``; with ``gradient_warnings`` a
+        :class:`GradientWarning` names any layer whose gradients vanish or explode.
         Returns a :class:`History`.
         """
         self._require_compiled("fit")
@@ -271,7 +352,13 @@ class Sequential:
             seed = int(np.random.SeedSequence().entropy % (1 << 63))
         elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer or None; received {seed!r}")
+        callbacks = [] if callbacks is None else list(callbacks)
+        for cb in callbacks:
+            if not isinstance(cb, _callbacks.Callback):
+                raise TypeError(f"callbacks must be chainrule.callbacks.Callback instances; received {cb!r}")
         X, Y, SW = self._prepare(x, y, sample_weight)
+        if class_weight is not None:
+            SW = self._apply_class_weight(class_weight, Y, SW)
         val = None
         if validation_data is not None:
             if split:
@@ -291,21 +378,129 @@ class Sequential:
             SW = None if SW is None else SW[:split_at]
 
         history = History()
-        history.params = {"epochs": epochs, "batch_size": batch_size, "samples": X.shape[0],
-                          "steps": -(-X.shape[0] // batch_size)}
+        steps = -(-X.shape[0] // batch_size)
+        history.params = {"epochs": epochs, "batch_size": batch_size, "samples": X.shape[0], "steps": steps}
         self.history = history
-        for epoch in range(epochs):
-            t0 = time.perf_counter()
-            stats = self._core.train_epoch(X, Y, SW, batch_size, shuffle, _epoch_seed(seed, epoch))
-            logs = self._logs(stats)
-            if val is not None:
-                logs.update(self._logs(self._core.evaluate(val[0], val[1], val[2], max(batch_size, 256)), "val_"))
-            history._record(epoch, logs)
-            if verbose:
-                dt = time.perf_counter() - t0
-                items = " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
-                print(f"Epoch {epoch + 1}/{epochs} - {dt:.2f}s - {items}", file=sys.stdout, flush=True)
+        self.stop_training = False
+        warned = set()
+        for cb in callbacks:
+            cb.set_model(self)
+        try:
+            for cb in callbacks:
+                cb.on_train_begin({})
+            for epoch in range(epochs):
+                for cb in callbacks:
+                    cb.on_epoch_begin(epoch, {})
+                bar = None
+                if verbose == 1:
+                    print(f"Epoch {epoch + 1}/{epochs}", flush=True)
+                    bar = ProgressBar(steps)
+                t0 = time.perf_counter()
+                stats = self._core.train_epoch(X, Y, SW, batch_size, shuffle, _epoch_seed(seed, epoch),
+                                               bar.update if bar else None, bar.every if bar else 0)
+                self._last_epoch_stats = stats
+                logs = self._logs(stats)
+                if val is not None:
+                    logs.update(self._logs(self._core.evaluate(val[0], val[1], val[2], max(batch_size, 256)),
+                                           "val_"))
+                logs["lr"] = float(stats["learning_rate"])
+                layer_stats = self._layer_stats()
+                history._record(epoch, logs)
+                history._record_layers(layer_stats)
+                if gradient_warnings:
+                    self._warn_gradients(layer_stats, epoch, warned)
+                if bar is not None:
+                    bar.finish(logs)
+                elif verbose == 2:
+                    dt = time.perf_counter() - t0
+                    items = " - ".join(f"{k}: {v:.4g}" if k == "lr" else f"{k}: {v:.4f}" for k, v in logs.items())
+                    print(f"Epoch {epoch + 1}/{epochs} - {dt:.2f}s - {items}", file=sys.stdout, flush=True)
+                for cb in callbacks:
+                    cb.on_epoch_end(epoch, logs)
+                if self.stop_training:
+                    break
+        finally:
+            for cb in callbacks:
+                cb.on_train_end({})
         return history
+
+    def _apply_class_weight(self, class_weight, Y, SW):
+        if not isinstance(class_weight, dict):
+            raise TypeError(f"class_weight must be a dict {{class: weight}}; received {class_weight!r}")
+        if self.loss == "sparse_categorical_crossentropy":
+            labels = Y[:, 0].astype(np.int64)
+        elif Y.shape[1] == 1:
+            labels = (Y[:, 0] > 0.5).astype(np.int64)
+        else:
+            labels = np.argmax(Y, axis=1)
+        n_classes = max(int(math.prod(self.output_shape)), 2)
+        table = np.ones(n_classes, dtype=np.float64)
+        for k, w in class_weight.items():
+            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < n_classes:
+                raise ValueError(f"class_weight: keys must be class indices in [0, {n_classes}); received {k!r}")
+            w = float(w)
+            if not (math.isfinite(w) and w >= 0):
+                raise ValueError(f"class_weight[{k}] must be a finite number >= 0; received {w!r}")
+            table[k] = w
+        weights = table[labels]
+        if SW is not None:
+            weights = weights * SW
+        return np.ascontiguousarray(weights, dtype=self._np_dtype())
+
+    def _layer_stats(self):
+        """This epoch's gradient monitor, by layer name."""
+        health = self._core.param_health()
+        dead = self._core.dead_fraction()
+        out = {}
+        i = 0
+        core_index = 0
+        for layer in self._layers:
+            st = {}
+            for pname, shape, *_ in layer.param_specs():
+                h = health[i]
+                st[f"{pname}_grad_norm"] = h["grad_norm"]
+                if pname == "kernel":
+                    st["kernel_grad_norm_max"] = h["grad_norm_max"]
+                    st["kernel_update_ratio"] = h["update_ratio"]
+                    st["kernel_weight_norm"] = h["weight_norm"]
+                    st["kernel_grad_rms"] = h["grad_norm"] / math.sqrt(math.prod(shape))
+                i += 1
+            if layer.core_spec() is not None:
+                if dead[core_index] >= 0:
+                    st["dead_fraction"] = dead[core_index]
+                core_index += 1
+            if st:
+                out[layer.name] = st
+        return out
+
+    def _warn_gradients(self, layer_stats, epoch, warned):
+        """One GradientWarning per kind (vanishing, exploding) and fit, naming the layers."""
+        rms = [(name, st["kernel_grad_rms"], st["kernel_grad_norm"]) for name, st in layer_stats.items()
+               if "kernel_grad_rms" in st]
+        if not rms:
+            return
+        out_name, out_rms, _ = rms[-1]
+        found = {"vanishing": [], "exploding": []}
+        for name, r, norm in rms:
+            if not math.isfinite(norm):
+                found["exploding"].append(f"{name!r} (gradient norm {norm})")
+            elif name != out_name and out_rms > 0 and r < _VANISH_RATIO * out_rms:
+                found["vanishing"].append(f"{name!r} ({out_rms / max(r, 1e-300):.1e}x smaller than the output layer's)")
+            elif name != out_name and out_rms > 0 and r > _EXPLODE_RATIO * out_rms:
+                found["exploding"].append(f"{name!r} ({r / out_rms:.1e}x larger than the output layer's)")
+        remedies = {
+            "vanishing": "use ReLU-family activations with He initialisation, fewer layers, or normalised inputs",
+            "exploding": "clip gradients (clipnorm=... on the optimizer), lower the learning rate, or use "
+                         "Glorot/He initialisation",
+        }
+        for kind, layers in found.items():
+            if layers and kind not in warned:
+                warned.add(kind)
+                warnings.warn(
+                    f"{kind} gradients in epoch {epoch + 1}: RMS kernel gradient of layer(s) "
+                    f"{', '.join(layers)}; output layer {out_name!r}: {out_rms:.2e}; "
+                    f"{remedies[kind]}. Per-layer norms are in History.layer_stats.",
+                    GradientWarning, stacklevel=3)
 
     def train_on_batch(self, x, y, sample_weight=None):
         """One optimizer step on exactly this batch; returns the loss (and accuracy if

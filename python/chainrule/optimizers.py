@@ -1,31 +1,75 @@
 """Optimizers: configuration only. Each step runs in the C++ core as one fused loop over
-the model's flat parameter block."""
+the model's flat parameter block (gradient clipping and decoupled weight decay included).
+
+Update rules follow PyTorch's torch.optim formulas. Every optimizer accepts:
+- ``learning_rate``: a number or a schedule from :mod:`chainrule.schedules`;
+- ``clipvalue``: clip each gradient element to [-clipvalue, clipvalue];
+- ``clipnorm``: rescale all gradients together so their global L2 norm is at most clipnorm
+  (``g * clipnorm / max(||g||, clipnorm)``, as ``tf.clip_by_global_norm``);
+- ``weight_decay``: decoupled weight decay, ``w -= learning_rate * weight_decay * w`` before
+  the update (as AdamW; for SGD this differs from PyTorch's coupled ``weight_decay``).
+Clipping sees the gradient of the loss plus any ``kernel_regularizer`` penalty.
+"""
 
 from __future__ import annotations
 
 import math
 
-__all__ = ["Optimizer", "SGD", "get"]
+from . import schedules as _schedules
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "get"]
 
 
-def _positive_float(name, value, allow_zero=False):
+def _number(cls, name, value, lo=0.0, strict=False, hi=None, hi_strict=True):
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number; received {value!r}") from None
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0; received {value!r}")
+        raise TypeError(f"{cls}: {name} must be a number; received {value!r}") from None
+    ok = math.isfinite(v) and (v > lo if strict else v >= lo)
+    if hi is not None:
+        ok = ok and (v < hi if hi_strict else v <= hi)
+    if not ok:
+        rng = f"{'>' if strict else '>='} {lo}"
+        if hi is not None:
+            rng += f" and {'<' if hi_strict else '<='} {hi}"
+        raise ValueError(f"{cls}: {name} must be a finite number {rng}; received {value!r}")
     return v
 
 
+def _bool(cls, name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"{cls}: {name} must be True or False; received {value!r}")
+    return value
+
+
 class Optimizer:
+    """Base class: learning rate (number or schedule), clipping and weight decay."""
+
     kind = ""
 
-    def __init__(self, learning_rate):
-        self.learning_rate = _positive_float("learning_rate", learning_rate)
+    def __init__(self, learning_rate, clipvalue=None, clipnorm=None, weight_decay=0.0):
+        cls = type(self).__name__
+        if isinstance(learning_rate, (_schedules.LearningRateSchedule, dict)):
+            self.learning_rate = _schedules.get(learning_rate)
+        else:
+            self.learning_rate = _number(cls, "learning_rate", learning_rate, strict=True)
+        self.clipvalue = None if clipvalue is None else _number(cls, "clipvalue", clipvalue, strict=True)
+        self.clipnorm = None if clipnorm is None else _number(cls, "clipnorm", clipnorm, strict=True)
+        self.weight_decay = _number(cls, "weight_decay", weight_decay)
+
+    @property
+    def base_learning_rate(self) -> float:
+        lr = self.learning_rate
+        return lr.initial_learning_rate if isinstance(lr, _schedules.LearningRateSchedule) else lr
+
+    def _base_config(self):
+        lr = self.learning_rate
+        return {"class_name": type(self).__name__,
+                "learning_rate": lr.get_config() if isinstance(lr, _schedules.LearningRateSchedule) else lr,
+                "clipvalue": self.clipvalue, "clipnorm": self.clipnorm, "weight_decay": self.weight_decay}
 
     def get_config(self):
-        raise NotImplementedError
+        return self._base_config()
 
     @classmethod
     def from_config(cls, config):
@@ -34,7 +78,13 @@ class Optimizer:
         return cls(**config)
 
     def _core_config(self):
-        raise NotImplementedError
+        lr = self.learning_rate
+        cfg = {"kind": self.kind, "learning_rate": self.base_learning_rate,
+               "clipvalue": self.clipvalue or 0.0, "clipnorm": self.clipnorm or 0.0,
+               "weight_decay": self.weight_decay}
+        if isinstance(lr, _schedules.LearningRateSchedule):
+            cfg["schedule"] = lr._core_config()
+        return cfg
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "class_name")
@@ -46,37 +96,102 @@ class SGD(Optimizer):
 
     With velocity ``v`` (zero at the start): ``v = momentum * v + g`` and
     ``w -= learning_rate * v`` (Nesterov: ``w -= learning_rate * (g + momentum * v)``),
-    the form PyTorch uses; with a constant rate it equals Keras's formulation.
+    PyTorch's form; with a constant rate it equals Keras's formulation.
     """
 
     kind = "sgd"
 
-    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False):
-        super().__init__(learning_rate)
-        m = _positive_float("momentum", momentum, allow_zero=True)
-        if m >= 1.0:
-            raise ValueError(f"momentum must be in [0, 1); received {momentum!r}")
-        if not isinstance(nesterov, bool):
-            raise TypeError(f"nesterov must be True or False; received {nesterov!r}")
-        if nesterov and m == 0.0:
-            raise ValueError("nesterov=True requires momentum > 0; received momentum=0")
-        self.momentum = m
-        self.nesterov = nesterov
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.momentum = _number("SGD", "momentum", momentum, hi=1.0)
+        self.nesterov = _bool("SGD", "nesterov", nesterov)
+        if nesterov and self.momentum == 0.0:
+            raise ValueError("SGD: nesterov=True requires momentum > 0; received momentum=0")
 
     def get_config(self):
-        return {"class_name": "SGD", "learning_rate": self.learning_rate,
-                "momentum": self.momentum, "nesterov": self.nesterov}
+        return {**self._base_config(), "momentum": self.momentum, "nesterov": self.nesterov}
 
     def _core_config(self):
-        return {"kind": "sgd", "learning_rate": self.learning_rate, "momentum": self.momentum,
-                "nesterov": self.nesterov}
+        return {**super()._core_config(), "momentum": self.momentum, "nesterov": self.nesterov}
 
 
-_REGISTRY = {"sgd": SGD}
+class Adam(Optimizer):
+    """Adam (Kingma & Ba): ``m = β1 m + (1-β1) g``, ``v = β2 v + (1-β2) g²``,
+    ``w -= lr · m̂ / (√v̂ + ε)`` with bias-corrected m̂, v̂; ``amsgrad`` uses the running
+    maximum of v. PyTorch's formula (ε outside the square root)."""
+
+    kind = "adam"
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-8, amsgrad=False, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        cls = type(self).__name__
+        self.beta_1 = _number(cls, "beta_1", beta_1, hi=1.0)
+        self.beta_2 = _number(cls, "beta_2", beta_2, hi=1.0)
+        self.epsilon = _number(cls, "epsilon", epsilon, strict=True)
+        self.amsgrad = _bool(cls, "amsgrad", amsgrad)
+
+    def get_config(self):
+        return {**self._base_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
+                "epsilon": self.epsilon, "amsgrad": self.amsgrad}
+
+    def _core_config(self):
+        return {**super()._core_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
+                "epsilon": self.epsilon, "amsgrad": self.amsgrad}
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), default ``weight_decay=0.01``
+    as torch.optim.AdamW."""
+
+    def __init__(self, learning_rate=0.001, weight_decay=0.01, **kwargs):
+        super().__init__(learning_rate, weight_decay=weight_decay, **kwargs)
+
+
+class RMSprop(Optimizer):
+    """RMSprop: ``v = ρ v + (1-ρ) g²``, ``u = g / (√v + ε)`` (with momentum:
+    ``b = μ b + u``), ``w -= lr · u`` (or ``lr · b``)."""
+
+    kind = "rmsprop"
+
+    def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.rho = _number("RMSprop", "rho", rho, hi=1.0)
+        self.momentum = _number("RMSprop", "momentum", momentum, hi=1.0)
+        self.epsilon = _number("RMSprop", "epsilon", epsilon, strict=True)
+
+    def get_config(self):
+        return {**self._base_config(), "rho": self.rho, "momentum": self.momentum, "epsilon": self.epsilon}
+
+    def _core_config(self):
+        return {**super()._core_config(), "rho": self.rho, "momentum": self.momentum, "epsilon": self.epsilon}
+
+
+class Adagrad(Optimizer):
+    """Adagrad: ``a += g²``, ``w -= lr · g / (√a + ε)``, ``a`` starting at
+    ``initial_accumulator_value``."""
+
+    kind = "adagrad"
+
+    def __init__(self, learning_rate=0.01, initial_accumulator_value=0.1, epsilon=1e-7, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.initial_accumulator_value = _number("Adagrad", "initial_accumulator_value", initial_accumulator_value)
+        self.epsilon = _number("Adagrad", "epsilon", epsilon, strict=True)
+
+    def get_config(self):
+        return {**self._base_config(), "initial_accumulator_value": self.initial_accumulator_value,
+                "epsilon": self.epsilon}
+
+    def _core_config(self):
+        return {**super()._core_config(), "initial_accumulator_value": self.initial_accumulator_value,
+                "epsilon": self.epsilon}
+
+
+_REGISTRY = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad}
 
 
 def get(identifier) -> Optimizer:
-    """An optimizer from an instance, a name ('sgd') or a config dict."""
+    """An optimizer from an instance, a name ('sgd', 'adam', 'adamw', 'rmsprop', 'adagrad')
+    or a config dict."""
     if isinstance(identifier, Optimizer):
         return identifier
     if isinstance(identifier, str):

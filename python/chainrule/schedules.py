@@ -1,0 +1,132 @@
+"""Learning-rate schedules, evaluated per optimizer step inside the C++ core (as Keras's
+LearningRateSchedule are). Pass one as an optimizer's ``learning_rate``:
+
+    cr.optimizers.SGD(learning_rate=cr.schedules.CosineDecay(0.1, decay_steps=5000, warmup_steps=500))
+
+The rate at step t (t = 0 for the first update) is also available as ``schedule(t)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["LearningRateSchedule", "StepDecay", "ExponentialDecay", "CosineDecay", "get"]
+
+
+def _num(cls, name, value, lo=0.0, strict=True, hi=None):
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{cls}: {name} must be a number; received {value!r}") from None
+    ok = math.isfinite(v) and (v > lo if strict else v >= lo) and (hi is None or v <= hi)
+    if not ok:
+        rng = f"{'>' if strict else '>='} {lo}" + (f" and <= {hi}" if hi is not None else "")
+        raise ValueError(f"{cls}: {name} must be a finite number {rng}; received {value!r}")
+    return v
+
+
+class LearningRateSchedule:
+    initial_learning_rate: float
+
+    def __call__(self, step):
+        raise NotImplementedError
+
+    def _core_config(self) -> dict:
+        raise NotImplementedError
+
+    def get_config(self) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config.pop("class_name", None)
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "class_name")
+        return f"{type(self).__name__}({args})"
+
+
+class StepDecay(LearningRateSchedule):
+    """``lr = initial_learning_rate * factor ** floor(step / drop_every)``."""
+
+    def __init__(self, initial_learning_rate, drop_every, factor=0.5):
+        self.initial_learning_rate = _num("StepDecay", "initial_learning_rate", initial_learning_rate)
+        self.drop_every = _num("StepDecay", "drop_every", drop_every)
+        self.factor = _num("StepDecay", "factor", factor, hi=1.0)
+
+    def __call__(self, step):
+        return self.initial_learning_rate * self.factor ** math.floor(step / self.drop_every)
+
+    def _core_config(self):
+        return {"kind": "step", "decay_steps": self.drop_every, "decay_rate": self.factor}
+
+    def get_config(self):
+        return {"class_name": "StepDecay", "initial_learning_rate": self.initial_learning_rate,
+                "drop_every": self.drop_every, "factor": self.factor}
+
+
+class ExponentialDecay(LearningRateSchedule):
+    """``lr = initial_learning_rate * decay_rate ** (step / decay_steps)`` (integer division
+    when ``staircase``), as Keras's ExponentialDecay."""
+
+    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False):
+        self.initial_learning_rate = _num("ExponentialDecay", "initial_learning_rate", initial_learning_rate)
+        self.decay_steps = _num("ExponentialDecay", "decay_steps", decay_steps)
+        self.decay_rate = _num("ExponentialDecay", "decay_rate", decay_rate)
+        if not isinstance(staircase, bool):
+            raise TypeError(f"ExponentialDecay: staircase must be True or False; received {staircase!r}")
+        self.staircase = staircase
+
+    def __call__(self, step):
+        e = step / self.decay_steps
+        return self.initial_learning_rate * self.decay_rate ** (math.floor(e) if self.staircase else e)
+
+    def _core_config(self):
+        return {"kind": "exponential", "decay_steps": self.decay_steps, "decay_rate": self.decay_rate,
+                "staircase": self.staircase}
+
+    def get_config(self):
+        return {"class_name": "ExponentialDecay", "initial_learning_rate": self.initial_learning_rate,
+                "decay_steps": self.decay_steps, "decay_rate": self.decay_rate, "staircase": self.staircase}
+
+
+class CosineDecay(LearningRateSchedule):
+    """Linear warm-up from ``warmup_start`` to ``initial_learning_rate`` over
+    ``warmup_steps``, then cosine decay to ``alpha * initial_learning_rate`` over
+    ``decay_steps`` (then constant)."""
+
+    def __init__(self, initial_learning_rate, decay_steps, alpha=0.0, warmup_steps=0, warmup_start=0.0):
+        self.initial_learning_rate = _num("CosineDecay", "initial_learning_rate", initial_learning_rate)
+        self.decay_steps = _num("CosineDecay", "decay_steps", decay_steps)
+        self.alpha = _num("CosineDecay", "alpha", alpha, strict=False, hi=1.0)
+        self.warmup_steps = _num("CosineDecay", "warmup_steps", warmup_steps, strict=False)
+        self.warmup_start = _num("CosineDecay", "warmup_start", warmup_start, strict=False)
+
+    def __call__(self, step):
+        if step < self.warmup_steps:
+            return self.warmup_start + (self.initial_learning_rate - self.warmup_start) * step / self.warmup_steps
+        progress = min(step - self.warmup_steps, self.decay_steps) / self.decay_steps
+        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.initial_learning_rate * ((1.0 - self.alpha) * cosine + self.alpha)
+
+    def _core_config(self):
+        return {"kind": "cosine", "decay_steps": self.decay_steps, "alpha": self.alpha,
+                "warmup_steps": self.warmup_steps, "warmup_start": self.warmup_start}
+
+    def get_config(self):
+        return {"class_name": "CosineDecay", "initial_learning_rate": self.initial_learning_rate,
+                "decay_steps": self.decay_steps, "alpha": self.alpha, "warmup_steps": self.warmup_steps,
+                "warmup_start": self.warmup_start}
+
+
+_REGISTRY = {c.__name__: c for c in (StepDecay, ExponentialDecay, CosineDecay)}
+
+
+def get(config):
+    if isinstance(config, LearningRateSchedule):
+        return config
+    if isinstance(config, dict) and config.get("class_name") in _REGISTRY:
+        return _REGISTRY[config["class_name"]].from_config(config)
+    raise ValueError(f"unknown learning-rate schedule {config!r}")
