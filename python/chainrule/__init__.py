@@ -1,13 +1,15 @@
 """chainrule: backpropagation for fully connected (and convolutional) networks on CPUs,
 with the whole training epoch in a C++ core."""
 
-from . import activations, initializers, layers, losses, optimizers
-from .models import History, Sequential, load_model
+from . import activations, callbacks, initializers, layers, losses, optimizers, regularizers, schedules
+from .models import GradientWarning, History, Sequential, load_model
+from .system import cpu_info, get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
-__all__ = ["Sequential", "History", "load_model", "layers", "optimizers", "losses", "activations",
-           "initializers", "datasets", "__version__"]
+__all__ = ["Sequential", "History", "load_model", "GradientWarning", "layers", "optimizers", "losses",
+           "activations", "initializers", "regularizers", "schedules", "callbacks", "datasets",
+           "cpu_info", "set_num_threads", "get_num_threads", "__version__"]
 
 
 def __getattr__(name):
