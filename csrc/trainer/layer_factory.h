@@ -6,7 +6,10 @@
 #include <memory>
 #include <string>
 
+#include "layers/conv2d.h"
 #include "layers/dense.h"
+#include "layers/dropout.h"
+#include "layers/pooling.h"
 
 namespace cr {
 
@@ -40,6 +43,20 @@ std::unique_ptr<Layer<T>> make_layer(const LayerSpec& s) {
   if (s.kind == "dense")
     return std::make_unique<Dense<T>>(s.integer("in"), s.integer("units"), s.activation(),
                                       T(s.num("alpha", 0.0)));
+  if (s.kind == "conv2d")
+    return std::make_unique<Conv2D<T>>(s.integer("h"), s.integer("w"), s.integer("cin"),
+                                       s.integer("filters"), s.integer("kh"), s.integer("kw"),
+                                       s.integer("sh"), s.integer("sw"), s.integer("same") != 0,
+                                       s.activation(), T(s.num("alpha", 0.0)));
+  if (s.kind == "maxpool2d")
+    return std::make_unique<MaxPooling2D<T>>(s.integer("h"), s.integer("w"), s.integer("c"),
+                                             s.integer("ph"), s.integer("pw"), s.integer("sh"),
+                                             s.integer("sw"), s.integer("same") != 0);
+  if (s.kind == "avgpool2d")
+    return std::make_unique<AveragePooling2D<T>>(s.integer("h"), s.integer("w"), s.integer("c"),
+                                                 s.integer("ph"), s.integer("pw"), s.integer("sh"),
+                                                 s.integer("sw"), s.integer("same") != 0);
+  if (s.kind == "dropout") return std::make_unique<Dropout<T>>(s.integer("size"), s.num("rate"));
   fail("unknown layer kind '", s.kind, "'");
 }
 

@@ -10,6 +10,7 @@ import numbers
 
 from . import activations as _activations
 from . import initializers as _initializers
+from . import regularizers as _regularizers
 
 __all__ = ["Layer", "Dense", "get", "register"]
 
@@ -74,6 +75,11 @@ class Layer:
         """[(name, shape, initializer_name, fan_in, fan_out)] in the order the core stores them."""
         return []
 
+    def regularizers(self) -> dict:
+        """{parameter name: Regularizer} for the parameters with a penalty."""
+        reg = getattr(self, "kernel_regularizer", None)
+        return {"kernel": reg} if reg is not None else {}
+
     def count_params(self) -> int:
         return sum(math.prod(shape) for _, shape, *_ in self.param_specs())
 
@@ -102,8 +108,9 @@ class Dense(Layer):
     """
 
     def __init__(self, units, activation=None, kernel_initializer=None, bias_initializer="zeros",
-                 name=None, input_shape=None):
+                 kernel_regularizer=None, name=None, input_shape=None):
         super().__init__(name=name, input_shape=input_shape)
+        self.kernel_regularizer = _regularizers.get(kernel_regularizer)
         self.units = _positive_int("Dense", "units", units)
         self.activation = _activations.get(activation)
         if kernel_initializer is None:
@@ -136,6 +143,8 @@ class Dense(Layer):
                    activation=act.get_config() if act.name == "leaky_relu" else act.name,
                    kernel_initializer=self.kernel_initializer,
                    bias_initializer=self.bias_initializer)
+        if self.kernel_regularizer is not None:
+            cfg["kernel_regularizer"] = self.kernel_regularizer.get_config()
         return cfg
 
 
@@ -147,3 +156,256 @@ def get(config: dict) -> Layer:
     if cls is None:
         raise ValueError(f"unknown layer class {config['class_name']!r}; known: {sorted(_REGISTRY)}")
     return cls.from_config(dict(config.get("config", {})))
+
+
+# ---------------------------------------------------------------------------------------
+# Convolutional networks. Images are channels-last, (height, width, channels) per sample, as
+# in Keras: im2col rows are then contiguous patches and a convolution is one GEMM whose
+# output is already channels-last. A 2-D sample (height, width) is one channel.
+
+def _pair(layer, name, value):
+    """An int or a pair of ints, as a (rows, cols) tuple of positive ints."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{layer}: {name} must be an integer or a pair of integers; received {value!r}")
+        return (_positive_int(layer, name, value[0]), _positive_int(layer, name, value[1]))
+    v = _positive_int(layer, name, value)
+    return (v, v)
+
+
+def _padding(layer, value):
+    p = value.lower() if isinstance(value, str) else value
+    if p not in ("valid", "same"):
+        raise ValueError(f"{layer}: padding must be 'valid' or 'same'; received {value!r}")
+    return p
+
+
+def _window_out(size, window, stride, padding):
+    """Output length of one spatial axis (TensorFlow's definition), or None if the window does
+    not fit a 'valid' input."""
+    if padding == "same":
+        return -(-size // stride)
+    if window > size:
+        return None
+    return (size - window) // stride + 1
+
+
+def _image_shape(layer, input_shape, allow_2d):
+    shape = tuple(input_shape)
+    if allow_2d and len(shape) == 2:
+        shape = shape + (1,)
+    if len(shape) != 3:
+        want = "(height, width, channels) or (height, width)" if allow_2d else "(height, width, channels)"
+        raise ValueError(f"{layer} expects samples of shape {want}; received samples of shape {tuple(input_shape)}")
+    if any(d < 1 for d in shape):
+        raise ValueError(f"{layer} received samples of shape {tuple(input_shape)}: sizes must be positive")
+    return shape
+
+
+def _spatial_out(layer, shape, window, strides, padding, what):
+    h, w, _ = shape
+    oh = _window_out(h, window[0], strides[0], padding)
+    ow = _window_out(w, window[1], strides[1], padding)
+    if oh is None or ow is None:
+        raise ValueError(f"{layer}: {what} {window} is larger than the input's {h}x{w} spatial size "
+                         f"(per-sample input shape {shape}) with padding='valid'; use a smaller "
+                         f"{what}, padding='same', or a larger input")
+    return oh, ow
+
+
+@register
+class Conv2D(Layer):
+    """2-D convolution over channels-last images: ``y = activation(conv(x, kernel) + bias)``.
+
+    Input samples are (height, width, channels) — or (height, width) for one channel; output
+    samples are (out_height, out_width, filters). kernel has shape (kh, kw, in_channels,
+    filters) — Keras's layout; PyTorch's ``nn.Conv2d.weight`` is (filters, in_channels, kh, kw),
+    i.e. ``kernel.transpose(3, 2, 0, 1)``. padding 'same' pads as TensorFlow (the extra row
+    or column, if any, goes at the bottom/right). ``kernel_initializer`` defaults to He (normal)
+    for ReLU and leaky ReLU and to Glorot (uniform) otherwise, with Keras's fans
+    (fan_in = kh·kw·in_channels, fan_out = kh·kw·filters).
+    """
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", activation=None,
+                 kernel_initializer=None, bias_initializer="zeros", kernel_regularizer=None,
+                 input_shape=None, name=None):
+        super().__init__(name=name, input_shape=input_shape)
+        self.kernel_regularizer = _regularizers.get(kernel_regularizer)
+        self.filters = _positive_int("Conv2D", "filters", filters)
+        self.kernel_size = _pair("Conv2D", "kernel_size", kernel_size)
+        self.strides = _pair("Conv2D", "strides", strides)
+        self.padding = _padding("Conv2D", padding)
+        self.activation = _activations.get(activation)
+        if kernel_initializer is None:
+            kernel_initializer = _initializers.default_for(self.activation.name)
+        _initializers.get(kernel_initializer)
+        _initializers.get(bias_initializer)
+        self.kernel_initializer = kernel_initializer
+        self.bias_initializer = bias_initializer
+
+    def _label(self):
+        return f"Conv2D layer {self.name!r}" if self.name else "Conv2D"
+
+    def compute_output_shape(self, input_shape):
+        shape = _image_shape(self._label(), input_shape, allow_2d=True)
+        oh, ow = _spatial_out(self._label(), shape, self.kernel_size, self.strides, self.padding,
+                              "kernel_size")
+        return (oh, ow, self.filters)
+
+    def build(self, input_shape):
+        out = super().build(input_shape)
+        self._image = _image_shape(self._label(), self.input_shape, allow_2d=True)
+        return out
+
+    def core_spec(self):
+        h, w, c = self._image
+        return {"kind": "conv2d", "h": h, "w": w, "cin": c, "filters": self.filters,
+                "kh": self.kernel_size[0], "kw": self.kernel_size[1],
+                "sh": self.strides[0], "sw": self.strides[1], "same": int(self.padding == "same"),
+                "activation": self.activation.code, "alpha": self.activation.alpha}
+
+    def param_specs(self):
+        kh, kw = self.kernel_size
+        cin = self._image[2]
+        fan_in, fan_out = kh * kw * cin, kh * kw * self.filters
+        return [("kernel", (kh, kw, cin, self.filters), self.kernel_initializer, fan_in, fan_out),
+                ("bias", (self.filters,), self.bias_initializer, fan_in, fan_out)]
+
+    def get_config(self):
+        cfg = super().get_config()
+        act = self.activation
+        cfg.update(filters=self.filters, kernel_size=list(self.kernel_size), strides=list(self.strides),
+                   padding=self.padding,
+                   activation=act.get_config() if act.name == "leaky_relu" else act.name,
+                   kernel_initializer=self.kernel_initializer,
+                   bias_initializer=self.bias_initializer)
+        if self.kernel_regularizer is not None:
+            cfg["kernel_regularizer"] = self.kernel_regularizer.get_config()
+        return cfg
+
+
+class _Pooling2D(Layer):
+    _kind = ""
+
+    def __init__(self, pool_size=2, strides=None, padding="valid", input_shape=None, name=None):
+        super().__init__(name=name, input_shape=input_shape)
+        cls = type(self).__name__
+        self.pool_size = _pair(cls, "pool_size", pool_size)
+        self.strides = self.pool_size if strides is None else _pair(cls, "strides", strides)
+        self.padding = _padding(cls, padding)
+
+    def _label(self):
+        cls = type(self).__name__
+        return f"{cls} layer {self.name!r}" if self.name else cls
+
+    def compute_output_shape(self, input_shape):
+        shape = _image_shape(self._label(), input_shape, allow_2d=False)
+        oh, ow = _spatial_out(self._label(), shape, self.pool_size, self.strides, self.padding, "pool_size")
+        return (oh, ow, shape[2])
+
+    def core_spec(self):
+        h, w, c = self.input_shape
+        return {"kind": self._kind, "h": h, "w": w, "c": c,
+                "ph": self.pool_size[0], "pw": self.pool_size[1],
+                "sh": self.strides[0], "sw": self.strides[1], "same": int(self.padding == "same")}
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(pool_size=list(self.pool_size), strides=list(self.strides), padding=self.padding)
+        return cfg
+
+
+@register
+class MaxPooling2D(_Pooling2D):
+    """Max over (pool_size) windows of channels-last images; strides default to pool_size.
+    With padding 'same' the padded positions never win (TensorFlow)."""
+    _kind = "maxpool2d"
+
+
+@register
+class AveragePooling2D(_Pooling2D):
+    """Mean over (pool_size) windows of channels-last images; strides default to pool_size.
+    With padding 'same' the mean is over the window's real elements only (TensorFlow)."""
+    _kind = "avgpool2d"
+
+
+@register
+class Flatten(Layer):
+    """Samples of any shape to 1-D. Free: samples are stored row-major and flattened already,
+    so this layer has no C++ twin (``core_spec`` is None)."""
+
+    def compute_output_shape(self, input_shape):
+        return (math.prod(input_shape),)
+
+    def core_spec(self):
+        return None
+
+
+@register
+class Reshape(Layer):
+    """Samples to ``target_shape`` (one entry may be -1: inferred). Free, like Flatten."""
+
+    def __init__(self, target_shape, input_shape=None, name=None):
+        super().__init__(name=name, input_shape=input_shape)
+        try:
+            t = tuple(int(d) for d in target_shape)
+        except TypeError:
+            raise TypeError(f"Reshape: target_shape must be a tuple of sizes; received {target_shape!r}") from None
+        if not t or any(d == 0 or d < -1 for d in t) or t.count(-1) > 1:
+            raise ValueError(f"Reshape: target_shape must hold positive sizes and at most one -1; "
+                             f"received {target_shape!r}")
+        self.target_shape = t
+
+    def compute_output_shape(self, input_shape):
+        n = math.prod(input_shape)
+        t = self.target_shape
+        label = f"Reshape layer {self.name!r}" if self.name else "Reshape"
+        if -1 in t:
+            known = -math.prod(t)
+            if n % known:
+                raise ValueError(f"{label}: cannot reshape samples of shape {tuple(input_shape)} "
+                                 f"({n} values) to {t}")
+            t = tuple(n // known if d == -1 else d for d in t)
+        if math.prod(t) != n:
+            raise ValueError(f"{label}: cannot reshape samples of shape {tuple(input_shape)} "
+                             f"({n} values) to {t} ({math.prod(t)} values)")
+        return t
+
+    def core_spec(self):
+        return None
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(target_shape=list(self.target_shape))
+        return cfg
+
+
+@register
+class Dropout(Layer):
+    """Inverted dropout: in training each value is zeroed with probability ``rate`` and the
+    kept ones are scaled by 1/(1-rate); predict and evaluate pass values through unchanged.
+    Masks are drawn in C++ from a stream seeded by ``fit(seed=...)``."""
+
+    def __init__(self, rate, input_shape=None, name=None):
+        super().__init__(name=name, input_shape=input_shape)
+        try:
+            r = float(rate)
+        except (TypeError, ValueError):
+            raise TypeError(f"Dropout: rate must be a number in [0, 1); received {rate!r}") from None
+        if not (0.0 <= r < 1.0):
+            raise ValueError(f"Dropout: rate must be in [0, 1); received {rate!r}")
+        self.rate = r
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def core_spec(self):
+        return {"kind": "dropout", "size": math.prod(self.input_shape), "rate": self.rate}
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(rate=self.rate)
+        return cfg
+
+
+__all__ += ["Conv2D", "MaxPooling2D", "AveragePooling2D", "Flatten", "Reshape", "Dropout"]

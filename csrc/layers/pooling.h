@@ -1,0 +1,187 @@
+// 2-D max and average pooling, channels-last: x: (B, H, W, C) -> y: (B, OH, OW, C).
+// "same" padding follows TensorFlow: padded positions never win a max and are not counted
+// in an average (every window holds at least one real element). No parameters.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+
+#include "layers/layer.h"
+#include "layers/spatial.h"
+
+namespace cr {
+
+struct PoolShape {
+  i64 H, W, C;
+  Axis ah, aw;
+  i64 in_size() const { return H * W * C; }
+  i64 out_size() const { return ah.out * aw.out * C; }
+
+  static PoolShape make(const char* layer, i64 h, i64 w, i64 c, i64 ph, i64 pw, i64 sh, i64 sw,
+                        bool same) {
+    if (c < 1) fail(layer, ": input channels must be >= 1; received ", c);
+    PoolShape s;
+    s.H = h;
+    s.W = w;
+    s.C = c;
+    s.ah = Axis::make(layer, "height", h, ph, sh, same);
+    s.aw = Axis::make(layer, "width", w, pw, sw, same);
+    return s;
+  }
+  // The in-bounds window rows [h0, h1) and columns [w0, w1) of output pixel (oh, ow).
+  void window(i64 oh, i64 ow, i64& h0, i64& h1, i64& w0, i64& w1) const {
+    h0 = oh * ah.stride - ah.pad_before;
+    w0 = ow * aw.stride - aw.pad_before;
+    h1 = std::min(h0 + ah.window, H);
+    w1 = std::min(w0 + aw.window, W);
+    h0 = std::max<i64>(h0, 0);
+    w0 = std::max<i64>(w0, 0);
+  }
+};
+
+// x: (B, H, W, C) -> y: (B, OH, OW, C), argmax: (B, OH, OW, C) offsets into the sample's x
+// of the winning element (the first maximum in row-major window order, as PyTorch).
+template <typename T>
+void maxpool2d_forward(const PoolShape& s, const T* x, T* y, std::int32_t* argmax, i64 B) {
+  const i64 OH = s.ah.out, OW = s.aw.out, C = s.C;
+#pragma omp parallel for schedule(static) if (B * s.in_size() > kParallelElems)
+  for (i64 nh = 0; nh < B * OH; ++nh) {
+    const i64 n = nh / OH, oh = nh % OH;
+    const T* xs = x + n * s.in_size();
+    for (i64 ow = 0; ow < OW; ++ow) {
+      T* yo = y + (nh * OW + ow) * C;
+      std::int32_t* am = argmax + (nh * OW + ow) * C;
+      i64 h0, h1, w0, w1;
+      s.window(oh, ow, h0, h1, w0, w1);
+      const std::int32_t first = std::int32_t((h0 * s.W + w0) * C);
+      for (i64 c = 0; c < C; ++c) {
+        yo[c] = xs[first + c];
+        am[c] = first + std::int32_t(c);
+      }
+      for (i64 ih = h0; ih < h1; ++ih)
+        for (i64 iw = (ih == h0 ? w0 + 1 : w0); iw < w1; ++iw) {
+          const std::int32_t off = std::int32_t((ih * s.W + iw) * C);
+          const T* xp = xs + off;
+          for (i64 c = 0; c < C; ++c)
+            if (xp[c] > yo[c]) {
+              yo[c] = xp[c];
+              am[c] = off + std::int32_t(c);
+            }
+        }
+    }
+  }
+}
+
+// dy: (B, OH, OW, C) -> dx: (B, H, W, C) overwritten; each dy goes to its window's argmax.
+template <typename T>
+void maxpool2d_backward(const PoolShape& s, const T* dy, const std::int32_t* argmax, T* dx, i64 B) {
+  const i64 out = s.out_size(), in = s.in_size();
+#pragma omp parallel for schedule(static) if (B * in > kParallelElems)
+  for (i64 n = 0; n < B; ++n) {
+    T* dxs = dx + n * in;
+    std::fill(dxs, dxs + in, T(0));
+    const T* d = dy + n * out;
+    const std::int32_t* am = argmax + n * out;
+    for (i64 i = 0; i < out; ++i) dxs[am[i]] += d[i];
+  }
+}
+
+// x: (B, H, W, C) -> y: (B, OH, OW, C), the mean over the in-bounds window.
+template <typename T>
+void avgpool2d_forward(const PoolShape& s, const T* x, T* y, i64 B) {
+  const i64 OH = s.ah.out, OW = s.aw.out, C = s.C;
+#pragma omp parallel for schedule(static) if (B * s.in_size() > kParallelElems)
+  for (i64 nh = 0; nh < B * OH; ++nh) {
+    const i64 n = nh / OH, oh = nh % OH;
+    const T* xs = x + n * s.in_size();
+    for (i64 ow = 0; ow < OW; ++ow) {
+      T* yo = y + (nh * OW + ow) * C;
+      i64 h0, h1, w0, w1;
+      s.window(oh, ow, h0, h1, w0, w1);
+      std::fill(yo, yo + C, T(0));
+      for (i64 ih = h0; ih < h1; ++ih)
+        for (i64 iw = w0; iw < w1; ++iw) {
+          const T* xp = xs + (ih * s.W + iw) * C;
+          for (i64 c = 0; c < C; ++c) yo[c] += xp[c];
+        }
+      const T inv = T(1) / T((h1 - h0) * (w1 - w0));
+      for (i64 c = 0; c < C; ++c) yo[c] *= inv;
+    }
+  }
+}
+
+// dy: (B, OH, OW, C) -> dx: (B, H, W, C) overwritten; dy / count spread over the window.
+template <typename T>
+void avgpool2d_backward(const PoolShape& s, const T* dy, T* dx, i64 B) {
+  const i64 OH = s.ah.out, OW = s.aw.out, C = s.C, in = s.in_size();
+#pragma omp parallel for schedule(static) if (B * in > kParallelElems)
+  for (i64 n = 0; n < B; ++n) {
+    T* dxs = dx + n * in;
+    std::fill(dxs, dxs + in, T(0));
+    for (i64 oh = 0; oh < OH; ++oh)
+      for (i64 ow = 0; ow < OW; ++ow) {
+        const T* d = dy + ((n * OH + oh) * OW + ow) * C;
+        i64 h0, h1, w0, w1;
+        s.window(oh, ow, h0, h1, w0, w1);
+        const T inv = T(1) / T((h1 - h0) * (w1 - w0));
+        for (i64 ih = h0; ih < h1; ++ih)
+          for (i64 iw = w0; iw < w1; ++iw) {
+            T* dp = dxs + (ih * s.W + iw) * C;
+            for (i64 c = 0; c < C; ++c) dp[c] += inv * d[c];
+          }
+      }
+  }
+}
+
+template <typename T>
+class MaxPooling2D final : public Layer<T> {
+ public:
+  MaxPooling2D(i64 h, i64 w, i64 c, i64 ph, i64 pw, i64 sh, i64 sw, bool same)
+      : s_(PoolShape::make("MaxPooling2D", h, w, c, ph, pw, sh, sw, same)) {
+    if (s_.in_size() > std::numeric_limits<std::int32_t>::max())
+      fail("MaxPooling2D: input of ", s_.in_size(), " elements per sample is too large");
+    this->in_ = s_.in_size();
+    this->out_ = s_.out_size();
+  }
+  const char* kind() const override { return "maxpool2d"; }
+  void reserve(i64 batch) override {
+    if (i64(argmax_.size()) < batch * this->out_) argmax_.assign(batch * this->out_, 0);
+  }
+  // x: (B, H, W, C), y: (B, OH, OW, C); caches the argmax offsets for backward.
+  void forward(const T* x, T* y, i64 B, bool) override {
+    check_capacity(B);
+    maxpool2d_forward(s_, x, y, argmax_.data(), B);
+  }
+  void backward(const T*, const T*, T* dy, T* dx, i64 B) override {
+    check_capacity(B);
+    if (dx) maxpool2d_backward(s_, dy, argmax_.data(), dx, B);
+  }
+
+ private:
+  void check_capacity(i64 B) const {
+    if (B < 1 || i64(argmax_.size()) < B * this->out_)
+      fail("MaxPooling2D: batch of ", B, " exceeds the reserved capacity");
+  }
+  PoolShape s_;
+  std::vector<std::int32_t> argmax_;  // (batch, OH, OW, C)
+};
+
+template <typename T>
+class AveragePooling2D final : public Layer<T> {
+ public:
+  AveragePooling2D(i64 h, i64 w, i64 c, i64 ph, i64 pw, i64 sh, i64 sw, bool same)
+      : s_(PoolShape::make("AveragePooling2D", h, w, c, ph, pw, sh, sw, same)) {
+    this->in_ = s_.in_size();
+    this->out_ = s_.out_size();
+  }
+  const char* kind() const override { return "avgpool2d"; }
+  void forward(const T* x, T* y, i64 B, bool) override { avgpool2d_forward(s_, x, y, B); }
+  void backward(const T*, const T*, T* dy, T* dx, i64 B) override {
+    if (dx) avgpool2d_backward(s_, dy, dx, B);
+  }
+
+ private:
+  PoolShape s_;
+};
+
+}  // namespace cr

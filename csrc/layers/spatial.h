@@ -1,0 +1,39 @@
+// Window geometry shared by Conv2D and the pooling layers: output size and padding for one
+// spatial axis, "valid" or "same" exactly as TensorFlow/Keras define them. Images are
+// channels-last (H, W, C) per sample; nothing here touches data.
+#pragma once
+#include "common.h"
+
+namespace cr {
+
+struct Axis {
+  i64 in = 0, window = 0, stride = 1;
+  i64 out = 0, pad_before = 0;  // pad_after is implied: extra padding goes after (bottom/right)
+
+  // valid: out = floor((in - window) / stride) + 1, no padding.
+  // same:  out = ceil(in / stride), pad total = max((out - 1) * stride + window - in, 0),
+  //        pad_before = total / 2 (the odd element goes after, as TensorFlow).
+  static Axis make(const char* layer, const char* axis_name, i64 in, i64 window, i64 stride,
+                   bool same) {
+    if (in < 1) fail(layer, ": input ", axis_name, " must be >= 1; received ", in);
+    if (window < 1) fail(layer, ": window ", axis_name, " must be >= 1; received ", window);
+    if (stride < 1) fail(layer, ": stride along ", axis_name, " must be >= 1; received ", stride);
+    Axis a;
+    a.in = in;
+    a.window = window;
+    a.stride = stride;
+    if (same) {
+      a.out = (in + stride - 1) / stride;
+      i64 total = (a.out - 1) * stride + window - in;
+      a.pad_before = total > 0 ? total / 2 : 0;
+    } else {
+      if (window > in)
+        fail(layer, ": window ", axis_name, " ", window, " is larger than the input ", axis_name,
+             " ", in, " with padding='valid'");
+      a.out = (in - window) / stride + 1;
+    }
+    return a;
+  }
+};
+
+}  // namespace cr
