@@ -38,6 +38,9 @@ def prepare_x(name, x, sample_shape, dtype):
     if arr.ndim == 0 or arr.shape[0] == 0:
         raise ValueError(f"{name} is empty: received shape {_fmt_shape(arr.shape)}")
     if sample_shape is not None and tuple(arr.shape[1:]) != tuple(sample_shape):
+        if len(sample_shape) == 3 and tuple(arr.shape[1:]) + (1,) == tuple(sample_shape):
+            arr = arr.reshape(arr.shape + (1,))  # (n, H, W) images for (H, W, 1): one channel
+    if sample_shape is not None and tuple(arr.shape[1:]) != tuple(sample_shape):
         raise ValueError(f"{name} must have shape {_fmt_shape((None,) + tuple(sample_shape))}; "
                          f"received shape {_fmt_shape(arr.shape)}")
     check_finite(name, arr)

@@ -385,6 +385,7 @@ class Sequential:
         warned = set()
         for cb in callbacks:
             cb.set_model(self)
+        self._core.seed_layers(_epoch_seed(seed, 1 << 31))  # dropout masks follow fit(seed=)
         try:
             for cb in callbacks:
                 cb.on_train_begin({})
