@@ -19,6 +19,10 @@ namespace {
 // products (the small-network regime) never leave the calling thread.
 constexpr i64 kMinMacsPerThread = i64(1) << 18;
 
+// The dot-product form pays ~45 shuffles per output row group at the end: worth it only
+// once K is long enough.
+constexpr i64 kDotMinK = 128;
+
 i64 ceil_div(i64 a, i64 b) { return (a + b - 1) / b; }
 i64 round_up(i64 a, i64 b) { return ceil_div(a, b) * b; }
 
@@ -110,53 +114,100 @@ float* thread_buffer(int which, i64 n) {
 }
 
 // C = alpha*op(A)op(B) + beta*C on one thread. M, N, K >= 1, alpha != 0.
+void pack_a_panels(const SgemmKernel& kern, const float* src, i64 ld_p, i64 ld_i, i64 m,
+                   i64 k, float* dst) {
+  if (kern.pack_a)
+    kern.pack_a(src, ld_p, ld_i, m, k, dst);
+  else
+    pack(kern.mr, src, ld_p, ld_i, m, k, dst);
+}
+
+void pack_b_panels(const SgemmKernel& kern, const float* src, i64 ld_p, i64 ld_j, i64 n,
+                   i64 k, float* dst) {
+  if (kern.pack_b)
+    kern.pack_b(src, ld_p, ld_j, n, k, dst);
+  else
+    pack(kern.nr, src, ld_p, ld_j, n, k, dst);
+}
+
+// N fits one B panel (the 10-class layer, small convolutions): every A element is used
+// once, so A panels are read in place where the kernel can, or packed one micro-panel at a
+// time right before use (it stays in L1 instead of a whole packed block round-tripping
+// through L2).
+void sgemm_serial_one_panel(const SgemmKernel& kern, i64 M, i64 N, i64 K, float alpha,
+                            const float* A, i64 a_ld_i, i64 a_ld_p, const float* B,
+                            i64 b_ld_p, i64 b_ld_j, float beta, float* C, i64 ldc) {
+  const i64 MR = kern.mr, NR = kern.nr;
+  const i64 kc = ceil_div(K, ceil_div(K, kern.kc));
+  float* a_pack = thread_buffer(0, MR * kc);
+  float* b_pack = thread_buffer(1, NR * kc);
+  const bool direct_a = kern.fn_direct_a && (kern.direct_a_any_stride || a_ld_i == 1);
+  for (i64 pc = 0; pc < K; pc += kc) {
+    const i64 kb = std::min(kc, K - pc);
+    const float beta_k = pc == 0 ? beta : 1.0f;
+    pack_b_panels(kern, B + pc * b_ld_p, b_ld_p, b_ld_j, N, kb, b_pack);
+    for (i64 ir = 0; ir < M; ir += MR) {
+      const i64 mr = std::min(MR, M - ir);
+      const float* a = A + ir * a_ld_i + pc * a_ld_p;
+      float* c = C + ir * ldc;
+      if (direct_a && mr == MR) {
+        kern.fn_direct_a(kb, a, a_ld_i, a_ld_p, b_pack, c, ldc, alpha, beta_k, MR, N);
+      } else {
+        pack_a_panels(kern, a, a_ld_p, a_ld_i, mr, kb, a_pack);
+        kern.fn(kb, a_pack, b_pack, c, ldc, alpha, beta_k, mr, N);
+      }
+    }
+  }
+}
+
+// C = alpha*op(A)op(B) + beta*C on one thread. M, N, K >= 1, alpha != 0.
 void sgemm_serial(const SgemmKernel& kern, bool ta, bool tb, i64 M, i64 N, i64 K, float alpha,
                   const float* A, i64 lda, const float* B, i64 ldb, float beta, float* C,
                   i64 ldc) {
   const i64 MR = kern.mr, NR = kern.nr;
-  // Balanced blocks: K = 784 with kc = 384 gives 3 x 262 rather than 384+384+16.
+  // op(A)(i, p) = A[i*lda + p] or A[p*lda + i]; op(B)(p, j) = B[p*ldb + j] or B[j*ldb + p].
+  const i64 a_ld_p = ta ? lda : 1, a_ld_i = ta ? 1 : lda;
+  const i64 b_ld_p = tb ? 1 : ldb, b_ld_j = tb ? ldb : 1;
+  // Narrow N over plain A with enough K to amortise the horizontal sums: dot products.
+  if (kern.fn_dot && N <= 12 && a_ld_p == 1 && K >= kDotMinK) {
+    const i64 ld_bt = round_up(K, 16), rows = round_up(N, 2);
+    float* bt = thread_buffer(1, rows * ld_bt);
+    for (i64 j = 0; j < rows; ++j) {
+      float* d = bt + j * ld_bt;
+      if (j < N)
+        for (i64 p = 0; p < K; ++p) d[p] = B[p * b_ld_p + j * b_ld_j];
+      else
+        for (i64 p = 0; p < K; ++p) d[p] = 0.0f;
+      for (i64 p = K; p < ld_bt; ++p) d[p] = 0.0f;
+    }
+    return kern.fn_dot(M, N, K, alpha, A, lda, bt, ld_bt, beta, C, ldc);
+  }
+  if (N <= NR)
+    return sgemm_serial_one_panel(kern, M, N, K, alpha, A, a_ld_i, a_ld_p, B, b_ld_p, b_ld_j,
+                                  beta, C, ldc);
+  // Balanced blocks: K = 784 with kc = 512 gives 2 x 392 rather than 512 + 272.
   const i64 kc = ceil_div(K, ceil_div(K, kern.kc));
   const i64 mc = round_up(ceil_div(M, ceil_div(M, kern.mc)), MR);
   const i64 nc = round_up(ceil_div(N, ceil_div(N, kern.nc)), NR);
   float* a_pack = thread_buffer(0, mc * kc);
   float* b_pack = thread_buffer(1, nc * kc);
-  // op(A)(i, p) = A[i*lda + p] or A[p*lda + i]; op(B)(p, j) = B[p*ldb + j] or B[j*ldb + p].
-  const i64 a_ld_p = ta ? lda : 1, a_ld_i = ta ? 1 : lda;
-  const i64 b_ld_p = tb ? 1 : ldb, b_ld_j = tb ? ldb : 1;
 
   for (i64 ic = 0; ic < M; ic += mc) {
     const i64 mb = std::min(mc, M - ic);
     for (i64 pc = 0; pc < K; pc += kc) {
       const i64 kb = std::min(kc, K - pc);
       const float beta_k = pc == 0 ? beta : 1.0f;
-      const float* a_blk = A + ic * a_ld_i + pc * a_ld_p;
-      // With a single B panel per block each A element is used once: read full A panels
-      // in place and pack only a ragged last one.
-      const bool direct_a =
-          kern.fn_direct_a && N <= NR && (kern.direct_a_any_stride || a_ld_i == 1);
-      const i64 m_direct = direct_a ? mb / MR * MR : 0;
-      if (kern.pack_a)
-        kern.pack_a(a_blk + m_direct * a_ld_i, a_ld_p, a_ld_i, mb - m_direct, kb,
-                    a_pack + m_direct * kb);
-      else
-        pack(int(MR), a_blk + m_direct * a_ld_i, a_ld_p, a_ld_i, mb - m_direct, kb,
-             a_pack + m_direct * kb);
+      pack_a_panels(kern, A + ic * a_ld_i + pc * a_ld_p, a_ld_p, a_ld_i, mb, kb, a_pack);
       for (i64 jc = 0; jc < N; jc += nc) {
         const i64 nb = std::min(nc, N - jc);
-        pack(int(NR), B + pc * b_ld_p + jc * b_ld_j, b_ld_p, b_ld_j, nb, kb, b_pack);
+        pack_b_panels(kern, B + pc * b_ld_p + jc * b_ld_j, b_ld_p, b_ld_j, nb, kb, b_pack);
         // A micro-panel (MR x kb) stays in L1 while the B block streams from L2.
         for (i64 ir = 0; ir < mb; ir += MR) {
-          float* c = C + (ic + ir) * ldc + jc;
-          if (ir < m_direct) {
-            kern.fn_direct_a(kb, a_blk + ir * a_ld_i, a_ld_i, a_ld_p, b_pack, c, ldc, alpha,
-                             beta_k, MR, nb);
-            continue;
-          }
           const float* ap = a_pack + ir * kb;
-          for (i64 jr = 0; jr < nb; jr += NR) {
+          float* c = C + (ic + ir) * ldc + jc;
+          for (i64 jr = 0; jr < nb; jr += NR)
             kern.fn(kb, ap, b_pack + jr * kb, c + jr, ldc, alpha, beta_k,
                     std::min(MR, mb - ir), std::min(NR, nb - jr));
-          }
         }
       }
     }

@@ -27,6 +27,12 @@ using sgemm_ukernel_direct_a_fn = void (*)(i64 k, const float* a, i64 rs_i, i64 
 using sgemm_pack_fn = void (*)(const float* src, i64 ld_p, i64 ld_r, i64 n_valid, i64 k,
                                float* dst);
 
+// Dot-product form for narrow N (<= 12) with plain row-major op(A): C (M x N) from rows of
+// A (vectors along K) and bt = op(B) transposed, round_up(N, 2) rows of ld_bt floats
+// (ld_bt >= K rounded up to 16, 64-byte aligned rows), zero past N and past K.
+using sgemm_dot_fn = void (*)(i64 M, i64 N, i64 K, float alpha, const float* a, i64 lda,
+                              const float* bt, i64 ld_bt, float beta, float* c, i64 ldc);
+
 struct SgemmKernel {
   const char* name;
   int mr, nr;          // register tile
@@ -40,6 +46,8 @@ struct SgemmKernel {
   // Optional target-specific packer for A panels (R = mr), e.g. an in-register transpose;
   // nullptr: the portable packer.
   sgemm_pack_fn pack_a;
+  sgemm_pack_fn pack_b;  // same, for B panels (R = nr)
+  sgemm_dot_fn fn_dot;   // optional: narrow N, plain A, long K (see sgemm_dot_fn)
 };
 
 // Defined in the per-target files. The x86 ones exist only when CR_X86 is defined.

@@ -12,6 +12,7 @@
 // GCC 12 warns about _mm512_undefined_ps() inside its own shuffle intrinsics.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 namespace cr {
@@ -194,25 +195,127 @@ void ukernel_avx512_col_direct_a(i64 k, const float* a, i64 rs_i, i64 rs_p, cons
   col_kernel_body<NR>(k, a, rs_p, b, c, ldc, alpha, beta, m_rem, n_rem);
 }
 
-// Packing of 32-row A panels when op(A) rows are contiguous in p (plain A, row-major): a
-// transpose, done 16x16 in registers. Ragged rows and the last k % 16 steps go scalar.
-// Same contract as the portable packer: element (p, r) of panel q from
-// src[p*ld_p + (32q + r)*ld_r] to dst[(q*k + p)*32 + r], rows >= n_valid zero.
-void pack_a32_avx512(const float* src, i64 ld_p, i64 ld_r, i64 n_valid, i64 k, float* dst) {
+// Lane j of the result = sum of the 16 lanes of v[j] (v[j] for j >= NV taken as zero).
+template <int NV>
+inline __m512 hsum16(const __m512* v) {
+  auto get = [&](int j) { return j < NV ? v[j] : _mm512_setzero_ps(); };
+  __m512 w[8], u[4];
+#pragma GCC unroll 8
+  for (int m = 0; m < 8; ++m) {  // block q: [x0+x2, y0+y2, x1+x3, y1+y3]
+    const __m512 x = get(2 * m), y = get(2 * m + 1);
+    w[m] = _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y));
+  }
+#pragma GCC unroll 4
+  for (int m = 0; m < 4; ++m) {  // block q, position t: block-q partial of v[4m + t]
+    const __m512d a = _mm512_castps_pd(w[2 * m]), b = _mm512_castps_pd(w[2 * m + 1]);
+    u[m] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                         _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  }
+  const __m512 s01 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88),
+                                   _mm512_shuffle_f32x4(u[0], u[1], 0xDD));
+  const __m512 s23 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x88),
+                                   _mm512_shuffle_f32x4(u[2], u[3], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, 0x88), _mm512_shuffle_f32x4(s01, s23, 0xDD));
+}
+
+// Dot-product kernel for narrow N with plain (row-major, untransposed) A: vectors run
+// along K, so rows of A are streamed straight from memory with full-width loads — no
+// transpose, no packing of A — and each C element is a horizontal sum at the end.
+// bt: op(B) transposed, NR rows of ld_bt floats (ld_bt >= K rounded up to 16), zero past
+// N and past K. ROWS rows of C per step; a ragged last row group uses ROWS = 1.
+template <int NR, int ROWS>
+inline void dot_rows(i64 K, const float* a, i64 lda, const float* bt, i64 ld_bt, float* c,
+                     i64 ldc, float alpha, float beta, i64 n) {
+  __m512 acc[ROWS][NR];
+#pragma GCC unroll 4
+  for (int i = 0; i < ROWS; ++i)
+#pragma GCC unroll 16
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (i64 p = 0; p < K; p += 16) {
+    const __mmask16 km = K - p >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (K - p)) - 1);
+    __m512 av[ROWS];
+#pragma GCC unroll 4
+    for (int i = 0; i < ROWS; ++i) av[i] = _mm512_maskz_loadu_ps(km, a + i * lda + p);
+#pragma GCC unroll 16
+    for (int j = 0; j < NR; ++j) {
+      const __m512 bv = _mm512_load_ps(bt + j * ld_bt + p);
+#pragma GCC unroll 4
+      for (int i = 0; i < ROWS; ++i) acc[i][j] = _mm512_fmadd_ps(av[i], bv, acc[i][j]);
+    }
+  }
+  const __mmask16 nm = __mmask16((1u << n) - 1);
+#pragma GCC unroll 4
+  for (int i = 0; i < ROWS; ++i) {
+    __m512 v = _mm512_mul_ps(_mm512_set1_ps(alpha), hsum16<NR>(acc[i]));
+    if (beta != 0.0f)
+      v = _mm512_fmadd_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(nm, c + i * ldc), v);
+    _mm512_mask_storeu_ps(c + i * ldc, nm, v);
+  }
+}
+
+template <int NR>
+void dot_kernel(i64 M, i64 n, i64 K, float alpha, const float* a, i64 lda, const float* bt,
+                i64 ld_bt, float beta, float* c, i64 ldc) {
+  constexpr int ROWS = NR <= 6 ? 4 : 2;  // <= 24 accumulators
+  i64 i = 0;
+  for (; i + ROWS <= M; i += ROWS)
+    dot_rows<NR, ROWS>(K, a + i * lda, lda, bt, ld_bt, c + i * ldc, ldc, alpha, beta, n);
+  for (; i < M; ++i)
+    dot_rows<NR, 1>(K, a + i * lda, lda, bt, ld_bt, c + i * ldc, ldc, alpha, beta, n);
+}
+
+// N <= 12; bt holds round_up(N, 2) rows.
+void sgemm_dot_avx512(i64 M, i64 N, i64 K, float alpha, const float* a, i64 lda,
+                      const float* bt, i64 ld_bt, float beta, float* c, i64 ldc) {
+  switch ((N + 1) / 2) {
+    case 1: return dot_kernel<2>(M, N, K, alpha, a, lda, bt, ld_bt, beta, c, ldc);
+    case 2: return dot_kernel<4>(M, N, K, alpha, a, lda, bt, ld_bt, beta, c, ldc);
+    case 3: return dot_kernel<6>(M, N, K, alpha, a, lda, bt, ld_bt, beta, c, ldc);
+    case 4: return dot_kernel<8>(M, N, K, alpha, a, lda, bt, ld_bt, beta, c, ldc);
+    case 5: return dot_kernel<10>(M, N, K, alpha, a, lda, bt, ld_bt, beta, c, ldc);
+    default: return dot_kernel<12>(M, N, K, alpha, a, lda, bt, ld_bt, beta, c, ldc);
+  }
+}
+
+// 8 source runs (rows r, contiguous in p) x 8 steps of p -> 8 vectors, one per p, holding
+// the 8 rows: the classic 8x8 transpose. Loads pair rows r and r+4 into one ymm so that
+// the remaining shuffles are in-lane (two shuffle ports instead of one).
+inline void transpose8x8_store(const float* s, i64 ld_r, float* d, i64 ld_d) {
+  auto rows = [&](int r, int p) {
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(s + r * ld_r + p)),
+                                _mm_loadu_ps(s + (r + 4) * ld_r + p), 1);
+  };
+  for (int h = 0; h < 2; ++h) {  // p 0..3, then p 4..7
+    const __m256 r0 = rows(0, 4 * h), r1 = rows(1, 4 * h), r2 = rows(2, 4 * h),
+                 r3 = rows(3, 4 * h);
+    const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    _mm256_storeu_ps(d + (4 * h + 0) * ld_d, _mm256_shuffle_ps(t0, t2, 0x44));
+    _mm256_storeu_ps(d + (4 * h + 1) * ld_d, _mm256_shuffle_ps(t0, t2, 0xEE));
+    _mm256_storeu_ps(d + (4 * h + 2) * ld_d, _mm256_shuffle_ps(t1, t3, 0x44));
+    _mm256_storeu_ps(d + (4 * h + 3) * ld_d, _mm256_shuffle_ps(t1, t3, 0xEE));
+  }
+}
+
+// Packing of 32-wide panels whose source runs are contiguous in p (plain A for the column
+// kernels, B with trans_b for the 12x32 kernel): a transpose, 8x8 blocks in registers.
+// Ragged panels and the last k % 8 steps go scalar. Same contract as the portable packer:
+// element (p, r) of panel q from src[p*ld_p + (32q + r)*ld_r] to dst[(q*k + p)*32 + r],
+// rows >= n_valid zero.
+void pack32_avx512(const float* src, i64 ld_p, i64 ld_r, i64 n_valid, i64 k, float* dst) {
   for (i64 q0 = 0; q0 < n_valid; q0 += 32, dst += k * 32) {
     const i64 nv = std::min<i64>(32, n_valid - q0);
     const float* s = src + q0 * ld_r;
     i64 p = 0;
     if (ld_p == 1 && nv == 32) {
-      for (; p + 16 <= k; p += 16) {
-        for (int half = 0; half < 2; ++half) {
-          __m512 r[16];
-#pragma GCC unroll 16
-          for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(s + (16 * half + i) * ld_r + p);
-          transpose16(r);
-#pragma GCC unroll 16
-          for (int i = 0; i < 16; ++i) _mm512_store_ps(dst + (p + i) * 32 + 16 * half, r[i]);
-        }
+      for (; p + 8 <= k; p += 8) {
+        for (int g = 0; g < 4; ++g)
+          transpose8x8_store(s + 8 * g * ld_r + p, ld_r, dst + p * 32 + 8 * g, 32);
+      }
+    } else if (ld_r == 1 && nv == 32) {
+      for (; p < k; ++p) {
+        _mm512_store_ps(dst + p * 32, _mm512_loadu_ps(s + p * ld_p));
+        _mm512_store_ps(dst + p * 32 + 16, _mm512_loadu_ps(s + p * ld_p + 16));
       }
     }
     for (; p < k; ++p) {
@@ -227,7 +330,7 @@ void pack_a32_avx512(const float* src, i64 ld_p, i64 ld_r, i64 n_valid, i64 k, f
   static const SgemmKernel col##NR = {"avx512", 32, NR, 256, 512, 4096,                \
                                       ukernel_avx512_col<NR>,                          \
                                       ukernel_avx512_col_direct_a<NR>, false, nullptr,   \
-                                      pack_a32_avx512};
+                                      pack32_avx512, nullptr, sgemm_dot_avx512};
 CR_COL_KERNEL(2)
 CR_COL_KERNEL(4)
 CR_COL_KERNEL(6)
@@ -239,7 +342,8 @@ CR_COL_KERNEL(12)
 // Narrow products (N <= 16 or so: the 10-class output layer, small convolutions) would
 // waste most of a 32-wide tile: they get a 24x16 tile instead.
 static const SgemmKernel narrow = {"avx512", 24, 16, 144, 384, 480, ukernel_avx512<24, 1>,
-                                   ukernel_avx512_direct_a<24>, true, nullptr, nullptr};
+                                   ukernel_avx512_direct_a<24>, true, nullptr, nullptr,
+                                   nullptr, nullptr};
 
 // N <= 12: the column kernel with NR = N rounded up to even; up to 16 (or any N that a
 // 32-wide tile would mostly pad): 24x16 rows; else the 12x32 kernel.
@@ -249,7 +353,8 @@ const SgemmKernel* select_avx512(const SgemmKernel* wide, i64 N) {
   if (double((N + 15) / 16 * 16) * 1.15 < double((N + 31) / 32 * 32)) return &narrow;
   return wide;
 }
-const SgemmKernel sgemm_kernel_avx512 = {"avx512", 12, 32, 144, 384, 480, ukernel_avx512<12, 2>,
-                                         nullptr, false, select_avx512, nullptr};
+const SgemmKernel sgemm_kernel_avx512 = {"avx512", 12, 32, 1536, 512, 480, ukernel_avx512<12, 2>,
+                                         nullptr, false, select_avx512, nullptr,
+                                         pack32_avx512, nullptr};
 
 }  // namespace cr

@@ -31,6 +31,7 @@ void ukernel_generic_4x8(i64 k, const float* a, const float* b, float* c, i64 ld
 }
 }  // namespace
 
-const SgemmKernel sgemm_kernel_generic = {"generic", MR, NR, 128, 256, 2048, ukernel_generic_4x8, nullptr, false, nullptr, nullptr};
+const SgemmKernel sgemm_kernel_generic = {"generic", MR, NR, 128, 256, 2048, ukernel_generic_4x8, nullptr, false, nullptr, nullptr, nullptr,
+                                   nullptr};
 
 }  // namespace cr
