@@ -12,6 +12,10 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__SSE__) || defined(__x86_64__)
+#include <xmmintrin.h>
+#define CR_HAVE_MXCSR 1
+#endif
 
 namespace cr {
 
@@ -59,5 +63,34 @@ inline int max_threads() {
   return 1;
 #endif
 }
+
+// Flush denormals to zero (FTZ + DAZ) on every thread for the lifetime of the guard, then
+// restore each thread's previous mode. Training drives many values toward zero (momentum of
+// weights whose inputs are always 0 decays geometrically); once they turn denormal every
+// operation on them costs ~100 cycles. Values below 1.2e-38 (float) change nothing visible.
+class DenormalsFlushed {
+ public:
+  DenormalsFlushed() {
+#ifdef CR_HAVE_MXCSR
+    saved_ = _mm_getcsr();
+#pragma omp parallel
+    _mm_setcsr(_mm_getcsr() | 0x8040u);
+    _mm_setcsr(saved_ | 0x8040u);
+#endif
+  }
+  ~DenormalsFlushed() {
+#ifdef CR_HAVE_MXCSR
+    const unsigned int s = saved_;
+#pragma omp parallel
+    _mm_setcsr((_mm_getcsr() & ~0x8040u) | (s & 0x8040u));
+    _mm_setcsr(s);
+#endif
+  }
+  DenormalsFlushed(const DenormalsFlushed&) = delete;
+  DenormalsFlushed& operator=(const DenormalsFlushed&) = delete;
+
+ private:
+  unsigned int saved_ = 0;
+};
 
 }  // namespace cr

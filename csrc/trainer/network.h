@@ -168,6 +168,7 @@ class Network {
     require_compiled();
     check_batch(N, batch);
     reserve(std::min(batch, N));
+    DenormalsFlushed ftz;
     order_.resize(N);
     std::iota(order_.begin(), order_.end(), i64(0));
     if (shuffle) shuffle_indices(order_.data(), N, seed);
@@ -209,6 +210,7 @@ class Network {
     require_compiled();
     check_batch(B, B);
     reserve(B);
+    DenormalsFlushed ftz;
     LossStats ls = forward_backward(X, Y, SW, B);
     update(B, ls);
     EpochStats st;
@@ -225,6 +227,7 @@ class Network {
     require_compiled();
     check_batch(B, B);
     reserve(B);
+    DenormalsFlushed ftz;
     LossStats ls = forward_backward(X, Y, SW, B);
     EpochStats st;
     st.loss = ls.loss_sum / double(B);
@@ -237,6 +240,7 @@ class Network {
     require_compiled();
     check_batch(N, batch);
     reserve(std::min(batch, N));
+    DenormalsFlushed ftz;
     const i64 tc = target_cols(loss_, out_size());
     EpochStats st;
     for (i64 start = 0; start < N; start += batch) {
@@ -259,6 +263,7 @@ class Network {
   void predict(const T* X, i64 N, i64 batch, T* out) {
     check_batch(N, batch);
     reserve(std::min(batch, N));
+    DenormalsFlushed ftz;
     const i64 C = out_size();
     for (i64 start = 0; start < N; start += batch) {
       const i64 B = std::min(batch, N - start);
@@ -438,7 +443,7 @@ class Network {
     last_lr_ = current_learning_rate();
     ++step_;
     optimizer_step(opt_, last_lr_, step_, gscale, params_.data(), grads_.data(), opt_state_,
-                   segments_, seg_stats_.data());
+                   segments_, seg_stats_.data(), monitoring_);
     if (monitoring_) {
       for (size_t k = 0; k < health_.size(); ++k) {
         const double gn = std::sqrt(seg_stats_[k].g2), wn = std::sqrt(seg_stats_[k].w2);
