@@ -220,10 +220,6 @@ def test_sample_weighted_gradients(head, loss):
     assert batch_loss(model, x, y, sw) != pytest.approx(batch_loss(model, x, y), rel=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: csrc/losses/loss.h loss_forward_backward, fused softmax + categorical CE: the loss is "
-    "sum(t)*lse - <t,z> but the gradient is written as p - t instead of sum(t)*p - t; wrong "
-    "whenever a target row does not sum to 1 (e.g. an all-zero row); prepare_y accepts such rows"))
 def test_fused_cce_gradient_with_unnormalised_targets():
     """Targets whose rows do not sum to 1 (an all-zero row, a row summing to 2): the fused
     softmax-CE computes sum_j t_j (lse - z_j), whose gradient is p * sum(t) - t."""
@@ -273,9 +269,7 @@ def test_input_gradients(hidden, head, loss, n):
 
 # -- loss values at saturated / clipped probabilities ------------------------------------
 @pytest.mark.parametrize("head,loss", [
-    pytest.param("sigmoid", "categorical_crossentropy", marks=pytest.mark.xfail(strict=True, reason=(
-        "bug: csrc/losses/loss.h loss_forward_backward, non-fused (sparse) categorical CE clips "
-        "probabilities to [1e-7, 1] instead of [1e-7, 1 - 1e-7]: p = 1.0 costs 0, not -log(1 - 1e-7)"))),
+    ("sigmoid", "categorical_crossentropy"),
     ("softmax", "binary_crossentropy")])
 def test_non_fused_cross_entropy_clips_both_ends(head, loss):
     """Non-fused cross-entropies clip probabilities to [1e-7, 1 - 1e-7] (Keras): outputs
@@ -289,10 +283,6 @@ def test_non_fused_cross_entropy_clips_both_ends(head, loss):
     assert model.evaluate(x, y) == pytest.approx(np_loss(loss, out, y), rel=1e-9, abs=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: csrc/losses/loss.h loss_forward_backward, non-fused BCE / CCE: where p is clipped the "
-    "loss is flat but the gradient uses the clipped p ((p - t)/(p(1-p)) and -t/p, ~1e6-1e7) "
-    "instead of 0 as Keras's clip gives"))
 @pytest.mark.parametrize("head,loss", [("linear", "binary_crossentropy"),
                                        ("linear", "categorical_crossentropy")])
 def test_clipped_probabilities_get_the_gradient_of_the_clipped_loss(head, loss):

@@ -92,10 +92,12 @@ LossStats loss_forward_backward(Loss loss, Act head, T* out, const T* targets,
             p = double(sigmoid_scalar(o[j]));
             if (g) g[j] = T((p - tj) * w * invB / double(C));
             o[j] = T(p);
-          } else {
-            p = std::min(std::max(double(o[j]), kProbEps), 1.0 - kProbEps);
+          } else {  // on probabilities, clipped to [eps, 1-eps]: no gradient where clipped
+            const double y = double(o[j]);
+            p = std::min(std::max(y, kProbEps), 1.0 - kProbEps);
             li += -(tj * std::log(p) + (1.0 - tj) * std::log(1.0 - p));
-            if (g) g[j] = T((p - tj) / (p * (1.0 - p)) * w * invB / double(C));
+            const bool clipped = y != p;
+            if (g) g[j] = clipped ? T(0) : T((p - tj) / (p * (1.0 - p)) * w * invB / double(C));
           }
           ci += ((p > 0.5) == (tj > 0.5)) ? 1.0 : 0.0;
         }
@@ -113,10 +115,12 @@ LossStats loss_forward_backward(Loss loss, Act head, T* out, const T* targets,
           double s = 0.0;
           for (i64 j = 0; j < C; ++j) s += std::exp(double(o[j]) - m);
           const double lse = m + std::log(s);
+          double tsum = 1.0;  // targets need not sum to 1: d/dz (lse Σt - <t,z>) = p Σt - t
           if (sparse) {
             li = lse - double(o[label]);
           } else {
-            double tsum = 0.0, tz = 0.0;
+            double tz = 0.0;
+            tsum = 0.0;
             for (i64 j = 0; j < C; ++j) {
               tsum += double(t[j]);
               tz += double(t[j]) * double(o[j]);
@@ -128,16 +132,17 @@ LossStats loss_forward_backward(Loss loss, Act head, T* out, const T* targets,
             o[j] = T(p);
             if (g) {
               double tj = sparse ? (j == label ? 1.0 : 0.0) : double(t[j]);
-              g[j] = T((p - tj) * w * invB);
+              g[j] = T((p * tsum - tj) * w * invB);
             }
           }
         } else {
           if (head != Act::Linear) activation_forward(head, T(0), o, 1, C);
-          for (i64 j = 0; j < C; ++j) {
+          for (i64 j = 0; j < C; ++j) {  // clipped to [eps, 1-eps]: no gradient where clipped
             double tj = sparse ? (j == label ? 1.0 : 0.0) : double(t[j]);
-            double p = std::min(std::max(double(o[j]), kProbEps), 1.0);
+            const double y = double(o[j]);
+            double p = std::min(std::max(y, kProbEps), 1.0 - kProbEps);
             if (tj != 0.0) li -= tj * std::log(p);
-            if (g) g[j] = T(-tj / p * w * invB);
+            if (g) g[j] = y != p ? T(0) : T(-tj / p * w * invB);
           }
         }
         const i64 pred = argmax_row(o, C);

@@ -147,7 +147,10 @@ class Network {
   // The weights were set from outside: an older snapshot no longer applies.
   void weights_changed() { have_snapshot_ = false; }
   // Stop an epoch at the first non-finite loss and restore the last finite weights.
-  void set_stop_on_nan(bool on) { stop_on_nan_ = on; }
+  void set_stop_on_nan(bool on) {
+    stop_on_nan_ = on;
+    have_snapshot_ = false;  // a snapshot from an earlier fit is not "the last finite step"
+  }
   // Per-layer monitoring (gradient norms, update ratios, dead units): on by default.
   void set_monitor(bool on) { monitor_ = on; }
   const std::vector<ParamHealth>& param_health() const { return health_; }

@@ -102,7 +102,7 @@ class EarlyStopping(_Monitor):
                 self.best_weights = self.model.get_weights()
             return
         self.wait += 1
-        if self.wait > self.patience:
+        if self.wait >= self.patience:  # Keras: patience=0 stops at the first epoch without improvement
             self.stopped_epoch = epoch
             self.model.stop_training = True
 
