@@ -16,7 +16,14 @@ def as_array(name, value):
     """``value`` as a numeric ndarray (no copy when it already is one)."""
     if value is None:
         raise TypeError(f"{name} must be an array; received None")
-    arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+    if isinstance(value, np.ndarray):
+        arr = value
+    else:
+        try:
+            arr = np.asarray(value)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{name} must be a rectangular array of numbers; received a "
+                             f"{type(value).__name__} that numpy cannot convert ({e})") from None
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise TypeError(f"{name} must hold numbers; received an array of dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.complexfloating):
