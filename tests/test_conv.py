@@ -110,6 +110,9 @@ CONV_CASES = [
     ((5, 5, 4), 3, (1, 1), (1, 1), "valid"),    # pointwise: no im2col
     ((6, 6, 3), 2, (1, 1), (2, 2), "valid"),
     ((4, 4, 2), 2, (4, 4), (1, 1), "valid"),    # kernel = input: one output pixel
+    ((9, 8, 1), 3, (3, 2), (2, 2), "same"),     # one input channel: the direct path
+    ((6, 7, 1), 9, (2, 3), (1, 1), "same"),     # direct path, a full and a partial channel block
+    ((7, 5, 1), 8, (3, 3), (1, 2), "valid"),
 ]
 
 

@@ -156,6 +156,123 @@ void conv2d_backward_naive(const ConvShape& s, const T* x, const T* Wt, const T*
       }
 }
 
+// Direct kernels for one input channel (the first layer of an image model). There an im2col
+// row holds only KH·KW values and the GEMM has a tiny N = Cout, so copying the patches costs
+// more than the product; these loops keep a block of 8 output channels in registers instead.
+// Measured on the LeNet first layer (28x28x1 -> 24x24x8, 5x5, batch 64, 1 thread): see
+// bench/bench_cnn.py and the commit message.
+constexpr i64 kConvBlock = 8;
+
+// x: (B, H, W, 1), Wt: (KH, KW, 1, Cout), b: (Cout) -> y: (B, OH, OW, Cout) = conv + b.
+template <typename T>
+void conv2d_forward_c1(const ConvShape& s, const T* x, const T* Wt, const T* b, T* y, i64 B) {
+  const i64 H = s.H, W = s.W, KH = s.ah.window, KW = s.aw.window, Co = s.Cout;
+  const i64 SH = s.ah.stride, SW = s.aw.stride, PT = s.ah.pad_before, PL = s.aw.pad_before;
+  const i64 OH = s.OH(), OW = s.OW();
+#pragma omp parallel for schedule(static) if (B * OH * OW * Co * KH * KW > kParallelElems)
+  for (i64 nh = 0; nh < B * OH; ++nh) {
+    const i64 n = nh / OH, oh = nh % OH;
+    const T* xs = x + n * H * W;
+    const i64 kh0 = std::max<i64>(0, PT - oh * SH), kh1 = std::min(KH, H + PT - oh * SH);
+    for (i64 ow = 0; ow < OW; ++ow) {
+      T* yo = y + (nh * OW + ow) * Co;
+      const i64 kw0 = std::max<i64>(0, PL - ow * SW), kw1 = std::min(KW, W + PL - ow * SW);
+      for (i64 c0 = 0; c0 < Co; c0 += kConvBlock) {
+        if (c0 + kConvBlock <= Co) {
+          // Eight named accumulators, not an array: GCC keeps these in two vector registers
+          // (an acc[8] array stayed in memory: 4x slower on the LeNet first layer).
+          T a0 = b[c0], a1 = b[c0 + 1], a2 = b[c0 + 2], a3 = b[c0 + 3];
+          T a4 = b[c0 + 4], a5 = b[c0 + 5], a6 = b[c0 + 6], a7 = b[c0 + 7];
+          for (i64 kh = kh0; kh < kh1; ++kh) {
+            const i64 xrow = (oh * SH - PT + kh) * W + (ow * SW - PL);
+            const T* wr = Wt + kh * KW * Co + c0;
+            for (i64 kw = kw0; kw < kw1; ++kw) {
+              const T xv = xs[xrow + kw];
+              const T* w = wr + kw * Co;
+              a0 += xv * w[0]; a1 += xv * w[1]; a2 += xv * w[2]; a3 += xv * w[3];
+              a4 += xv * w[4]; a5 += xv * w[5]; a6 += xv * w[6]; a7 += xv * w[7];
+            }
+          }
+          yo[c0] = a0; yo[c0 + 1] = a1; yo[c0 + 2] = a2; yo[c0 + 3] = a3;
+          yo[c0 + 4] = a4; yo[c0 + 5] = a5; yo[c0 + 6] = a6; yo[c0 + 7] = a7;
+        } else {  // the last, partial block of channels
+          const i64 nc = Co - c0;
+          T acc[kConvBlock];
+          for (i64 c = 0; c < nc; ++c) acc[c] = b[c0 + c];
+          for (i64 kh = kh0; kh < kh1; ++kh)
+            for (i64 kw = kw0; kw < kw1; ++kw) {
+              const T xv = xs[(oh * SH - PT + kh) * W + (ow * SW - PL + kw)];
+              for (i64 c = 0; c < nc; ++c) acc[c] += xv * Wt[(kh * KW + kw) * Co + c0 + c];
+            }
+          for (i64 c = 0; c < nc; ++c) yo[c0 + c] = acc[c];
+        }
+      }
+    }
+  }
+}
+
+// dW: (KH, KW, 1, Cout) += Σ x ⊗ dz, the sum split over threads by samples: each thread adds
+// into its own (KH·KW, Cout) slice of `partial` (nt slices), reduced into dW at the end.
+// x: (B, H, W, 1), dz: (B, OH, OW, Cout).
+template <typename T>
+void conv2d_backward_weights_c1(const ConvShape& s, const T* x, const T* dz, T* dW, T* partial,
+                                int nt, i64 B) {
+  const i64 H = s.H, W = s.W, KH = s.ah.window, KW = s.aw.window, Co = s.Cout;
+  const i64 SH = s.ah.stride, SW = s.aw.stride, PT = s.ah.pad_before, PL = s.aw.pad_before;
+  const i64 OH = s.OH(), OW = s.OW(), nk = KH * KW * Co;
+  if (B * OH * OW * nk < kParallelElems) nt = 1;
+#pragma omp parallel num_threads(nt)
+  {
+#ifdef _OPENMP
+    const int t = omp_get_thread_num(), nth = omp_get_num_threads();
+#else
+    const int t = 0, nth = 1;
+#endif
+    T* dwp = partial + t * nk;
+    std::fill(dwp, dwp + nk, T(0));
+    const i64 n0 = B * t / nth, n1 = B * (t + 1) / nth;
+    for (i64 n = n0; n < n1; ++n) {
+      const T* xs = x + n * H * W;
+      const T* dzs = dz + n * OH * OW * Co;
+      // One tap at a time: its Cout-block accumulator stays in registers over all pixels.
+      for (i64 kh = 0; kh < KH; ++kh)
+        for (i64 kw = 0; kw < KW; ++kw)
+          for (i64 c0 = 0; c0 < Co; c0 += kConvBlock) {
+            const i64 nc = std::min(kConvBlock, Co - c0);
+            T acc[kConvBlock] = {};
+            T a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;  // see forward
+            for (i64 oh = 0; oh < OH; ++oh) {
+              const i64 ih = oh * SH - PT + kh;
+              if (ih < 0 || ih >= H) continue;
+              const i64 ow0 = std::max<i64>(0, (PL - kw + SW - 1) / SW);
+              const i64 ow1 = std::min(OW, (W + PL - kw + SW - 1) / SW);
+              const i64 xrow = ih * W - PL + kw;
+              const T* dr = dzs + oh * OW * Co + c0;
+              if (nc == kConvBlock) {
+                for (i64 ow = ow0; ow < ow1; ++ow) {
+                  const T xv = xs[xrow + ow * SW];
+                  const T* d = dr + ow * Co;
+                  a0 += xv * d[0]; a1 += xv * d[1]; a2 += xv * d[2]; a3 += xv * d[3];
+                  a4 += xv * d[4]; a5 += xv * d[5]; a6 += xv * d[6]; a7 += xv * d[7];
+                }
+              } else {
+                for (i64 ow = ow0; ow < ow1; ++ow)
+                  for (i64 c = 0; c < nc; ++c) acc[c] += xs[xrow + ow * SW] * dr[ow * Co + c];
+              }
+            }
+            if (nc == kConvBlock) {
+              acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3;
+              acc[4] = a4; acc[5] = a5; acc[6] = a6; acc[7] = a7;
+            }
+            T* d = dwp + (kh * KW + kw) * Co + c0;
+            for (i64 c = 0; c < nc; ++c) d[c] += acc[c];
+          }
+    }
+  }
+  for (int t = 0; t < nt; ++t)
+    for (i64 i = 0; i < nk; ++i) dW[i] += partial[t * nk + i];
+}
+
 template <typename T>
 class Conv2D final : public Layer<T> {
  public:
@@ -179,6 +296,8 @@ class Conv2D final : public Layer<T> {
     this->alpha_ = alpha;
     // A 1x1 stride-1 convolution needs no im2col: x itself is the col matrix.
     pointwise_ = kh == 1 && kw == 1 && sh == 1 && sw == 1;
+    // One input channel: direct loops (no im2col) for the forward pass and dW.
+    direct_ = cin == 1 && !pointwise_;
     const i64 col_per_sample = s_.OH() * s_.OW() * s_.K();
     chunk_ = std::max<i64>(1, kColBytes / i64(sizeof(T) * col_per_sample));
     bsum_.assign(cout, T(0));
@@ -200,6 +319,10 @@ class Conv2D final : public Layer<T> {
   bool naive() const { return naive_; }
   void reserve(i64 batch) override {
     if (pointwise_ || naive_) return;
+    if (direct_) {
+      const i64 nk = s_.K() * s_.Cout * max_threads();
+      if (i64(partial_.size()) < nk) partial_.assign(nk, T(0));
+    }
     const i64 need = std::min(batch, chunk_) * s_.OH() * s_.OW() * s_.K();
     if (i64(col_.size()) < need) col_.assign(need, T(0));
   }
@@ -214,6 +337,12 @@ class Conv2D final : public Layer<T> {
       activation_forward(this->act_, this->alpha_, y, B * P, Co);
       return;
     }
+    if (direct_) {
+      conv2d_forward_c1(s_, x, W_, b_, y, B);
+      bias_activation_forward(y, B * P, false);
+      col_holds_ = nullptr;
+      return;
+    }
     for (i64 n0 = 0; n0 < B; n0 += chunk_) {
       const i64 nb = std::min(chunk_, B - n0);
       const T* xs = x + n0 * this->in_;
@@ -224,7 +353,7 @@ class Conv2D final : public Layer<T> {
         col = col_.data();
       }
       gemm(false, false, nb * P, Co, K, T(1), col, K, W_, Co, T(0), ys, Co);
-      bias_activation_forward(ys, nb * P);
+      bias_activation_forward(ys, nb * P, true);
     }
     // Backward can reuse this col matrix when the whole batch was one chunk.
     col_holds_ = training && !pointwise_ && B <= chunk_ ? x : nullptr;
@@ -249,6 +378,15 @@ class Conv2D final : public Layer<T> {
       const T* xs = x + n0 * this->in_;
       const T* dz = dy + n0 * P * Co;
       T* dxs = dx ? dx + n0 * this->in_ : nullptr;
+      if (direct_) {
+        const int nt = int(std::min<i64>(max_threads(), i64(partial_.size()) / (K * Co)));
+        conv2d_backward_weights_c1(s_, xs, dz, dW_, partial_.data(), nt, nb);
+        if (dxs) {
+          gemm(false, true, nb * P, K, Co, T(1), dz, Co, W_, Co, T(0), col_.data(), K);
+          col2im_nhwc(s_, col_.data(), nb, dxs);
+        }
+        continue;
+      }
       if (pointwise_) {
         gemm(true, false, K, Co, nb * P, T(1), xs, K, dz, Co, T(1), dW_, Co);
         if (dxs) gemm(false, true, nb * P, K, Co, T(1), dz, Co, W_, Co, T(0), dxs, K);
@@ -272,8 +410,9 @@ class Conv2D final : public Layer<T> {
 
   // y: (rows, Cout) GEMM output, in cache: add the bias and apply the activation in one pass
   // where the activation is element-wise and cheap; otherwise a second pass.
-  void bias_activation_forward(T* y, i64 rows) {
+  void bias_activation_forward(T* y, i64 rows, bool add_bias) {
     const i64 Co = s_.Cout;
+    if (!add_bias && this->act_ == Act::Linear) return;
     const T* b = b_;
     const Act act = this->act_;
     const T alpha = this->alpha_;
@@ -285,18 +424,22 @@ class Conv2D final : public Layer<T> {
         T* yr = y + r * Co;
         if (linear) {
           for (i64 j = 0; j < Co; ++j) yr[j] += b[j];
-        } else {
+        } else if (add_bias) {
           for (i64 j = 0; j < Co; ++j) {
             const T v = yr[j] + b[j];
             yr[j] = v > T(0) ? v : slope * v;
           }
+        } else {
+          for (i64 j = 0; j < Co; ++j) yr[j] = yr[j] > T(0) ? yr[j] : slope * yr[j];
         }
       }
       return;
     }
+    if (add_bias) {
 #pragma omp parallel for schedule(static) if (rows * Co > kParallelElems)
-    for (i64 r = 0; r < rows; ++r)
-      for (i64 j = 0; j < Co; ++j) y[r * Co + j] += b[j];
+      for (i64 r = 0; r < rows; ++r)
+        for (i64 j = 0; j < Co; ++j) y[r * Co + j] += b[j];
+    }
     activation_forward(act, alpha, y, rows, Co);
   }
 
@@ -318,6 +461,8 @@ class Conv2D final : public Layer<T> {
 
   ConvShape s_{};
   bool pointwise_ = false;
+  bool direct_ = false;  // Cin == 1: direct forward and dW, col_ only for dx
+  avec<T> partial_;      // (threads, K, Cout) per-thread dW sums of the direct path
   bool naive_ = false;  // run the direct twin (CHAINRULE_CONV_NAIVE=1)
   i64 chunk_ = 1;
   avec<T> col_;
