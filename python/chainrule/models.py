@@ -609,18 +609,24 @@ class Sequential:
         """Write the model (architecture, weights, compile settings) to ``path`` as an
         uncompressed NumPy ``.npz`` archive: ``__chainrule__`` holds UTF-8 JSON metadata
         (format, version, config, compile), ``param_000``, ``param_001``, … the weights in
-        :meth:`get_weights` order. Loading never unpickles or executes anything. The file is
+        :meth:`get_weights` order, and ``optimizer_000``, … the optimizer's state (momentum,
+        Adam moments) over the flat parameter block, so training resumes exactly. Loading never unpickles or executes anything. The file is
         written to a temporary name and renamed, so a crash never leaves a partial file."""
         if not self.built:
             raise ValueError("the model is not built yet: nothing to save")
         path = os.fspath(path)
         meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "config": self.get_config()}
+        opt_state = []
         if self._compiled:
+            opt_state = self._core.get_optimizer_state()
             meta["compile"] = {"loss": self.loss, "optimizer": self.optimizer.get_config(),
-                               "metrics": list(self.metrics)}
+                               "metrics": list(self.metrics), "optimizer_step": int(self._core.step_count),
+                               "lr_scale": float(self._core.lr_scale), "optimizer_slots": len(opt_state)}
         arrays = {"__chainrule__": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
         for i, w in enumerate(self.get_weights()):
             arrays[f"param_{i:03d}"] = w
+        for i, st in enumerate(opt_state):
+            arrays[f"optimizer_{i:03d}"] = st
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         folder = os.path.dirname(os.path.abspath(path))
@@ -649,6 +655,7 @@ def load_model(path):
         if meta.get("version", 0) > _FORMAT_VERSION:
             raise ValueError(f"{path!r} was written by a newer chainrule (format version {meta['version']})")
         weights = [data[k] for k in sorted(k for k in data.files if k.startswith("param_"))]
+        opt_state = [data[k] for k in sorted(k for k in data.files if k.startswith("optimizer_"))]
     model = Sequential.from_config(meta["config"])
     if not model.built:
         raise ValueError(f"{path!r}: the saved model has no input shape")
@@ -656,4 +663,8 @@ def load_model(path):
     comp = meta.get("compile")
     if comp:
         model.compile(optimizer=_optimizers.get(comp["optimizer"]), loss=comp["loss"], metrics=comp["metrics"])
+        if opt_state:
+            model._core.set_optimizer_state([np.ascontiguousarray(a, dtype=model._np_dtype()) for a in opt_state])
+        model._core.set_step_count(int(comp.get("optimizer_step", 0)))
+        model._core.set_lr_scale(float(comp.get("lr_scale", 1.0)))
     return model
