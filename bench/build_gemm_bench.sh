@@ -29,3 +29,13 @@ done
 for p in "${pids[@]}"; do wait "$p"; done
 "$CXX" -fopenmp "$obj"/*.o -ldl -o "$out"
 echo "built $out"
+lib="$(python3 - <<'PY' 2>/dev/null || true
+import glob, os, numpy
+d = os.path.dirname(numpy.__file__)
+libs = glob.glob(os.path.join(d, "..", "numpy.libs", "*openblas*.so*")) + glob.glob(os.path.join(d, ".libs", "*openblas*.so*"))
+print(os.path.realpath(libs[0]) if libs else "")
+PY
+)"
+if [[ -n "$lib" ]]; then
+  echo "compare with numpy's OpenBLAS: OPENBLAS_LIB=$lib $out time 1 all  (unset OPENBLAS_CORETYPE)"
+fi

@@ -4,7 +4,10 @@
 //   gemm_bench check                    correctness only (exit 1 on any mismatch)
 //   gemm_bench time [threads] [set]     medians in GFLOP/s; set = train (default) | all | big
 //   gemm_bench tune MC KC NC            avx512 kernel with other cache blocks, 1024^3
-// OPENBLAS_LIB=path/to/libopenblas.so selects the BLAS to compare with (numpy's by default).
+// OPENBLAS_LIB=path/to/libopenblas.so: the BLAS to compare with (build_gemm_bench.sh
+// prints the path of numpy's). BENCH_ONLY=avx512|avx2|generic|openblas times one implementation:
+// with 2 threads, run ours and OpenBLAS in separate processes, or their idle spinning
+// threads steal each other's cores on a 2-core machine.
 #include <dlfcn.h>
 #include <omp.h>
 
@@ -51,7 +54,8 @@ int check() {
                          {12, 32, 1},  {11, 31, 3},  {25, 65, 2},  {6, 16, 64},  {5, 15, 63},
                          {50, 70, 3000}, {128, 10, 256}, {256, 10, 128}, {97, 131, 389},
                          {130, 530, 785}, {300, 40, 20}, {2, 1000, 7},  {1000, 3, 9},
-                         {37, 3, 3000}, {129, 7, 200}, {64, 8, 40}, {33, 12, 130}};
+                         {37, 3, 3000}, {129, 7, 200}, {64, 8, 40}, {33, 12, 130},
+                         {32, 32, 784}, {40, 20, 33}, {16, 25, 7}, {784, 32, 32}};
   const float ab[][2] = {{1.0f, 0.0f}, {0.5f, 0.0f}, {1.0f, 1.0f}, {-1.5f, 0.25f}, {2.0f, -1.0f}};
   int failures = 0, checks = 0;
   for (CpuTarget t : runnable_targets()) {
@@ -238,7 +242,9 @@ int main(int argc, char** argv) {
   }
   int threads = argc > 2 ? std::atoi(argv[2]) : 1;
   std::string set = argc > 3 ? argv[3] : "train";
+  const bool blas_only = std::getenv("BENCH_ONLY") && std::string(std::getenv("BENCH_ONLY")) == "openblas";
   for (CpuTarget t : runnable_targets()) {
+    if (blas_only) break;
     if (t == CpuTarget::generic && std::getenv("BENCH_NO_GENERIC")) continue;
     if (std::getenv("BENCH_ONLY") && std::string(std::getenv("BENCH_ONLY")) != cpu_target_name(t)) continue;
     impls.push_back({cpu_target_name(t), sgemm_kernel_for(t)});

@@ -15,12 +15,14 @@ from chainrule import _core, system
 
 VARIANTS = [v for v in _core._gemm_variants() if v != "ref"]
 
-# (M, N, K): 1x1x1, primes, non-multiples of every register tile (4x8, 6x16, 12x32, 24x16,
-# 32xN), k = 1, large k, the narrow N of a 10-class layer, and the MNIST MLP shapes.
+# (M, N, K): 1x1x1, primes, non-multiples of every register tile (4x8, 6x16, 8x32, 12x32,
+# 24x16, 32xN), k = 1, large k, the narrow N of a 10-class layer (column, dot-product and
+# in-place paths), and the small-MLP shapes.
 SHAPES = [
     (1, 1, 1), (7, 13, 17), (13, 7, 17), (1, 33, 5), (33, 1, 5), (12, 32, 1), (11, 31, 3),
     (25, 65, 2), (5, 15, 63), (37, 3, 3000), (128, 10, 256), (256, 10, 128), (64, 8, 40),
     (97, 131, 389), (130, 530, 70), (300, 40, 20), (2, 1000, 7), (1000, 3, 9), (33, 17, 31),
+    (32, 32, 784), (40, 20, 33), (16, 25, 7), (129, 7, 200),
 ]
 ALPHA_BETA = [(1.0, 0.0), (0.5, 0.0), (1.0, 1.0), (-1.5, 0.25), (2.0, -1.0)]
 

@@ -19,9 +19,11 @@ namespace {
 // products (the small-network regime) never leave the calling thread.
 constexpr i64 kMinMacsPerThread = i64(1) << 18;
 
-// The dot-product form pays ~45 shuffles per output row group at the end: worth it only
-// once K is long enough.
+// The dot-product form pays ~45 shuffles per output row group at the end and a transpose
+// of B up front: worth it only once K and M are long enough (measured: at M = 32 the
+// column kernel wins, at M = 128 the dot form by ~30%).
 constexpr i64 kDotMinK = 128;
+constexpr i64 kDotMinM = 64;
 
 i64 ceil_div(i64 a, i64 b) { return (a + b - 1) / b; }
 i64 round_up(i64 a, i64 b) { return ceil_div(a, b) * b; }
@@ -113,7 +115,6 @@ float* thread_buffer(int which, i64 n) {
   return b.data();
 }
 
-// C = alpha*op(A)op(B) + beta*C on one thread. M, N, K >= 1, alpha != 0.
 void pack_a_panels(const SgemmKernel& kern, const float* src, i64 ld_p, i64 ld_i, i64 m,
                    i64 k, float* dst) {
   if (kern.pack_a)
@@ -130,32 +131,40 @@ void pack_b_panels(const SgemmKernel& kern, const float* src, i64 ld_p, i64 ld_j
     pack(kern.nr, src, ld_p, ld_j, n, k, dst);
 }
 
-// N fits one B panel (the 10-class layer, small convolutions): every A element is used
-// once, so A panels are read in place where the kernel can, or packed one micro-panel at a
-// time right before use (it stays in L1 instead of a whole packed block round-tripping
-// through L2).
+// N fits one B panel (the 10-class layer, a 32-unit layer, small convolutions): every A
+// element is used once, so A is read in place where the kernel can, or packed one
+// micro-panel at a time right before use (it stays in L1 instead of a whole packed block
+// round-tripping through L2). A plain B exactly one panel wide is read in place too.
 void sgemm_serial_one_panel(const SgemmKernel& kern, i64 M, i64 N, i64 K, float alpha,
                             const float* A, i64 a_ld_i, i64 a_ld_p, const float* B,
                             i64 b_ld_p, i64 b_ld_j, float beta, float* C, i64 ldc) {
   const i64 MR = kern.mr, NR = kern.nr;
-  const i64 kc = ceil_div(K, ceil_div(K, kern.kc));
+  const bool direct = kern.fn_direct_a != nullptr;
+  const bool a_in_place = direct && (kern.direct_a_any_stride || a_ld_i == 1);
+  const bool b_in_place = direct && b_ld_j == 1 && N == NR;
+  // With both operands read in place nothing is packed: no reason to split K.
+  const i64 kc = a_in_place && b_in_place ? K : ceil_div(K, ceil_div(K, kern.kc));
   float* a_pack = thread_buffer(0, MR * kc);
   float* b_pack = thread_buffer(1, NR * kc);
-  const bool direct_a = kern.fn_direct_a && (kern.direct_a_any_stride || a_ld_i == 1);
   for (i64 pc = 0; pc < K; pc += kc) {
     const i64 kb = std::min(kc, K - pc);
     const float beta_k = pc == 0 ? beta : 1.0f;
-    pack_b_panels(kern, B + pc * b_ld_p, b_ld_p, b_ld_j, N, kb, b_pack);
+    const float* b = b_in_place ? B + pc * b_ld_p : b_pack;
+    const i64 b_rs_p = b_in_place ? b_ld_p : NR;
+    if (!b_in_place) pack_b_panels(kern, B + pc * b_ld_p, b_ld_p, b_ld_j, N, kb, b_pack);
     for (i64 ir = 0; ir < M; ir += MR) {
       const i64 mr = std::min(MR, M - ir);
       const float* a = A + ir * a_ld_i + pc * a_ld_p;
       float* c = C + ir * ldc;
-      if (direct_a && mr == MR) {
-        kern.fn_direct_a(kb, a, a_ld_i, a_ld_p, b_pack, c, ldc, alpha, beta_k, MR, N);
-      } else {
-        pack_a_panels(kern, a, a_ld_p, a_ld_i, mr, kb, a_pack);
-        kern.fn(kb, a_pack, b_pack, c, ldc, alpha, beta_k, mr, N);
+      if (a_in_place && mr == MR) {
+        kern.fn_direct_a(kb, a, a_ld_i, a_ld_p, b, b_rs_p, c, ldc, alpha, beta_k, MR, N);
+        continue;
       }
+      pack_a_panels(kern, a, a_ld_p, a_ld_i, mr, kb, a_pack);
+      if (direct)
+        kern.fn_direct_a(kb, a_pack, 1, MR, b, b_rs_p, c, ldc, alpha, beta_k, mr, N);
+      else
+        kern.fn(kb, a_pack, b_pack, c, ldc, alpha, beta_k, mr, N);
     }
   }
 }
@@ -169,7 +178,7 @@ void sgemm_serial(const SgemmKernel& kern, bool ta, bool tb, i64 M, i64 N, i64 K
   const i64 a_ld_p = ta ? lda : 1, a_ld_i = ta ? 1 : lda;
   const i64 b_ld_p = tb ? 1 : ldb, b_ld_j = tb ? ldb : 1;
   // Narrow N over plain A with enough K to amortise the horizontal sums: dot products.
-  if (kern.fn_dot && N <= 12 && a_ld_p == 1 && K >= kDotMinK) {
+  if (kern.fn_dot && N <= 12 && a_ld_p == 1 && K >= kDotMinK && M >= kDotMinM) {
     const i64 ld_bt = round_up(K, 16), rows = round_up(N, 2);
     float* bt = thread_buffer(1, rows * ld_bt);
     for (i64 j = 0; j < rows; ++j) {
@@ -233,7 +242,7 @@ void sgemm_with_kernel(const SgemmKernel& wide, bool ta, bool tb, i64 M, i64 N, 
   if (M <= 0 || N <= 0) return;
   if (K <= 0 || alpha == 0.0f) return scale_c(M, N, beta, C, ldc);
   // Narrow N: the target may have a kernel whose tile fits N better (N = 10, N = 8).
-  const SgemmKernel& kern = wide.select ? *wide.select(&wide, N) : wide;
+  const SgemmKernel& kern = wide.select ? *wide.select(&wide, M, N) : wide;
 
   const i64 MR = kern.mr, NR = kern.nr;
   int nt = 1;

@@ -16,11 +16,12 @@ namespace cr {
 using sgemm_ukernel_fn = void (*)(i64 k, const float* a, const float* b, float* c, i64 ldc,
                                   float alpha, float beta, i64 m_rem, i64 n_rem);
 
-// Variant reading op(A) in place, element (i, p) at a[i*rs_i + p*rs_p], all MR rows in
-// bounds; used where an A panel would be packed to feed a single B panel.
+// Variant for products with a single B panel: reads op(A) in place, element (i, p) at
+// a[i*rs_i + p*rs_p] with all MR rows in bounds (a packed panel is rs_i = 1, rs_p = MR),
+// and B panel rows b_rs_p apart (NR when packed; ldb when read in place, only if N == NR).
 using sgemm_ukernel_direct_a_fn = void (*)(i64 k, const float* a, i64 rs_i, i64 rs_p,
-                                           const float* b, float* c, i64 ldc, float alpha,
-                                           float beta, i64 m_rem, i64 n_rem);
+                                           const float* b, i64 b_rs_p, float* c, i64 ldc,
+                                           float alpha, float beta, i64 m_rem, i64 n_rem);
 
 // Packs n_valid rows (or columns) into R-wide panels: element (p, r) of panel q from
 // src[p*ld_p + (q*R + r)*ld_r] to dst[(q*k + p)*R + r], zero past n_valid.
@@ -40,9 +41,9 @@ struct SgemmKernel {
   sgemm_ukernel_fn fn;
   sgemm_ukernel_direct_a_fn fn_direct_a;  // optional (nullptr)
   bool direct_a_any_stride;  // fn_direct_a also takes rs_i != 1 (else only rs_i == 1)
-  // Optional: the kernel (of this target) to use for a product of width N; nullptr means
+  // Optional: the kernel (of this target) to use for an M x N product; nullptr means
   // always this one.
-  const SgemmKernel* (*select)(const SgemmKernel* self, i64 N);
+  const SgemmKernel* (*select)(const SgemmKernel* self, i64 M, i64 N);
   // Optional target-specific packer for A panels (R = mr), e.g. an in-register transpose;
   // nullptr: the portable packer.
   sgemm_pack_fn pack_a;

@@ -75,37 +75,60 @@ void ukernel_avx512(i64 k, const float* a, const float* b, float* c, i64 ldc, fl
 // The narrow kernel reading op(A) in place: element (i, p) at a[i*rs_i + p*rs_p]. For N
 // this small every A element feeds only one B panel, so packing A would cost as much as
 // the arithmetic. Rows must all be in bounds (the driver packs a ragged last panel).
-template <int MR>
+template <int MR, int NV>
 void ukernel_avx512_direct_a(i64 k, const float* a, i64 rs_i, i64 rs_p, const float* b,
-                             float* c, i64 ldc, float alpha, float beta, i64 m_rem, i64 n_rem) {
-  __m512 acc[MR];
+                             i64 b_rs_p, float* c, i64 ldc, float alpha, float beta, i64 m_rem,
+                             i64 n_rem) {
+  __m512 acc[MR][NV];
 #pragma GCC unroll 32
-  for (int i = 0; i < MR; ++i) acc[i] = _mm512_setzero_ps();
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
   if (rs_i == 1) {
-    for (i64 p = 0; p < k; ++p, a += rs_p, b += 16) {
-      const __m512 bv = _mm512_load_ps(b);
+    for (i64 p = 0; p < k; ++p, a += rs_p, b += b_rs_p) {
+      __m512 bv[NV];
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_ps(b + 16 * v);
 #pragma GCC unroll 32
-      for (int i = 0; i < MR; ++i) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(a[i]), bv, acc[i]);
+      for (int i = 0; i < MR; ++i) {
+        const __m512 ai = _mm512_set1_ps(a[i]);
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(ai, bv[v], acc[i][v]);
+      }
     }
   } else {
     // rows of A are contiguous in p: walk MR row pointers forward together.
     const float* rows[MR];
     for (int i = 0; i < MR; ++i) rows[i] = a + i * rs_i;
-    for (i64 p = 0; p < k; ++p, b += 16) {
-      const __m512 bv = _mm512_load_ps(b);
+    for (i64 p = 0; p < k; ++p, b += b_rs_p) {
+      __m512 bv[NV];
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_ps(b + 16 * v);
 #pragma GCC unroll 32
-      for (int i = 0; i < MR; ++i) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(rows[i][p]), bv, acc[i]);
+      for (int i = 0; i < MR; ++i) {
+        const __m512 ai = _mm512_set1_ps(rows[i][p]);
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(ai, bv[v], acc[i][v]);
+      }
     }
   }
-  const __mmask16 mask = n_rem >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n_rem) - 1);
+  __mmask16 mask[NV];
+#pragma GCC unroll 2
+  for (int v = 0; v < NV; ++v) {
+    const i64 cols = n_rem - 16 * v;
+    mask[v] = cols >= 16 ? __mmask16(0xFFFF) : cols > 0 ? __mmask16((1u << cols) - 1) : __mmask16(0);
+  }
   const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
 #pragma GCC unroll 32
   for (int i = 0; i < MR; ++i) {
     if (i < m_rem) {
-      float* ci = c + i * ldc;
-      __m512 v = _mm512_mul_ps(va, acc[i]);
-      if (beta != 0.0f) v = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(mask, ci), v);
-      _mm512_mask_storeu_ps(ci, mask, v);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) {
+        float* ci = c + i * ldc + 16 * v;
+        __m512 x = _mm512_mul_ps(va, acc[i][v]);
+        if (beta != 0.0f) x = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(mask[v], ci), x);
+        _mm512_mask_storeu_ps(ci, mask[v], x);
+      }
     }
   }
 }
@@ -147,12 +170,13 @@ inline void transpose16(__m512 r[16]) {
 // transposed in registers for the row-major store. a: 32 floats per k step, a_stride_p
 // apart (32 when packed, lda when read in place); b: NR floats per k step.
 template <int NR>
-inline void col_kernel_body(i64 k, const float* a, i64 a_stride_p, const float* b, float* c,
-                            i64 ldc, float alpha, float beta, i64 m_rem, i64 n_rem) {
+inline void col_kernel_body(i64 k, const float* a, i64 a_stride_p, const float* b,
+                            i64 b_stride_p, float* c, i64 ldc, float alpha, float beta,
+                            i64 m_rem, i64 n_rem) {
   __m512 acc0[NR], acc1[NR];
 #pragma GCC unroll 16
   for (int j = 0; j < NR; ++j) acc0[j] = acc1[j] = _mm512_setzero_ps();
-  for (i64 p = 0; p < k; ++p, a += a_stride_p, b += NR) {
+  for (i64 p = 0; p < k; ++p, a += a_stride_p, b += b_stride_p) {
     const __m512 a0 = _mm512_loadu_ps(a), a1 = _mm512_loadu_ps(a + 16);
 #pragma GCC unroll 16
     for (int j = 0; j < NR; ++j) {
@@ -184,15 +208,15 @@ inline void col_kernel_body(i64 k, const float* a, i64 a_stride_p, const float* 
 template <int NR>
 void ukernel_avx512_col(i64 k, const float* a, const float* b, float* c, i64 ldc, float alpha,
                         float beta, i64 m_rem, i64 n_rem) {
-  col_kernel_body<NR>(k, a, 32, b, c, ldc, alpha, beta, m_rem, n_rem);
+  col_kernel_body<NR>(k, a, 32, b, NR, c, ldc, alpha, beta, m_rem, n_rem);
 }
 // In place: only for op(A) with rows contiguous (rs_i == 1, i.e. trans_a); see driver.
 template <int NR>
 void ukernel_avx512_col_direct_a(i64 k, const float* a, i64 rs_i, i64 rs_p, const float* b,
-                                 float* c, i64 ldc, float alpha, float beta, i64 m_rem,
-                                 i64 n_rem) {
+                                 i64 b_rs_p, float* c, i64 ldc, float alpha, float beta,
+                                 i64 m_rem, i64 n_rem) {
   (void)rs_i;
-  col_kernel_body<NR>(k, a, rs_p, b, c, ldc, alpha, beta, m_rem, n_rem);
+  col_kernel_body<NR>(k, a, rs_p, b, b_rs_p, c, ldc, alpha, beta, m_rem, n_rem);
 }
 
 // Lane j of the result = sum of the 16 lanes of v[j] (v[j] for j >= NV taken as zero).
@@ -342,19 +366,28 @@ CR_COL_KERNEL(12)
 // Narrow products (N <= 16 or so: the 10-class output layer, small convolutions) would
 // waste most of a 32-wide tile: they get a 24x16 tile instead.
 static const SgemmKernel narrow = {"avx512", 24, 16, 144, 384, 480, ukernel_avx512<24, 1>,
-                                   ukernel_avx512_direct_a<24>, true, nullptr, nullptr,
+                                   ukernel_avx512_direct_a<24, 1>, true, nullptr, nullptr,
                                    nullptr, nullptr};
 
+// 8x32: for a single B panel (N <= 32) whose M is a multiple of 8 but not of 12 (batch 32),
+// where the 12-row tile would compute a third of a panel of padding.
+static const SgemmKernel wide8 = {"avx512", 8, 32, 1536, 512, 480, ukernel_avx512<8, 2>,
+                                  ukernel_avx512_direct_a<8, 2>, true, nullptr, nullptr,
+                                  pack32_avx512, nullptr};
+
 // N <= 12: the column kernel with NR = N rounded up to even; up to 16 (or any N that a
-// 32-wide tile would mostly pad): 24x16 rows; else the 12x32 kernel.
-const SgemmKernel* select_avx512(const SgemmKernel* wide, i64 N) {
+// 32-wide tile would mostly pad): 24x16 rows; else the 12x32 kernel (8x32 when that fits
+// M better and there is a single B panel).
+const SgemmKernel* select_avx512(const SgemmKernel* wide, i64 M, i64 N) {
   static const SgemmKernel* const col[] = {&col2, &col4, &col6, &col8, &col10, &col12};
   if (N <= 12) return col[(std::max<i64>(N, 1) - 1) / 2];
   if (double((N + 15) / 16 * 16) * 1.15 < double((N + 31) / 32 * 32)) return &narrow;
+  if (N <= 32 && (M + 7) / 8 * 8 < (M + 11) / 12 * 12) return &wide8;
   return wide;
 }
+
 const SgemmKernel sgemm_kernel_avx512 = {"avx512", 12, 32, 1536, 512, 480, ukernel_avx512<12, 2>,
-                                         nullptr, false, select_avx512, nullptr,
+                                         ukernel_avx512_direct_a<12, 2>, true, select_avx512, nullptr,
                                          pack32_avx512, nullptr};
 
 }  // namespace cr
