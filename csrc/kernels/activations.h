@@ -111,4 +111,73 @@ void activation_backward(Act act, T alpha, const T* y, T* dy, i64 rows, i64 cols
   }
 }
 
+// Fused epilogue of a linear layer's forward pass: y = act(y + bias) row by row, one pass
+// over the GEMM output while it is still in cache. y: (rows, cols), bias: (cols).
+template <typename T>
+void bias_activation_forward(Act act, T alpha, const T* bias, T* y, i64 rows, i64 cols) {
+#pragma omp parallel for schedule(static) if (rows * cols > kParallelElems)
+  for (i64 r = 0; r < rows; ++r) {
+    T* yr = y + r * cols;
+    switch (act) {
+      case Act::Linear:
+        for (i64 j = 0; j < cols; ++j) yr[j] += bias[j];
+        break;
+      case Act::Relu:
+        for (i64 j = 0; j < cols; ++j) {
+          T z = yr[j] + bias[j];
+          yr[j] = z > T(0) ? z : T(0);
+        }
+        break;
+      case Act::LeakyRelu:
+        for (i64 j = 0; j < cols; ++j) {
+          T z = yr[j] + bias[j];
+          yr[j] = z > T(0) ? z : alpha * z;
+        }
+        break;
+      case Act::Sigmoid:
+        for (i64 j = 0; j < cols; ++j) yr[j] = sigmoid_scalar(yr[j] + bias[j]);
+        break;
+      case Act::Tanh:
+        for (i64 j = 0; j < cols; ++j) yr[j] = std::tanh(yr[j] + bias[j]);
+        break;
+      case Act::Softmax:
+        for (i64 j = 0; j < cols; ++j) yr[j] += bias[j];
+        softmax_row(yr, cols);
+        break;
+    }
+  }
+}
+
+// Fused start of a linear layer's backward pass: dy -> dz = dy ⊙ act'(y) in place, and
+// db += Σ_rows dz, in one pass. y, dy: (rows, cols), db: (cols).
+template <typename T>
+void activation_backward_bias(Act act, T alpha, const T* y, T* dy, T* db, i64 rows, i64 cols) {
+  if (act == Act::Softmax) {  // row-coupled: its own pass, then the column sums
+    activation_backward(act, alpha, y, dy, rows, cols);
+    act = Act::Linear;
+  }
+  for (i64 r = 0; r < rows; ++r) {
+    const T* yr = y + r * cols;
+    T* d = dy + r * cols;
+    switch (act) {
+      case Act::Linear:
+      case Act::Softmax:
+        break;
+      case Act::Relu:
+        for (i64 j = 0; j < cols; ++j) d[j] = yr[j] > T(0) ? d[j] : T(0);
+        break;
+      case Act::LeakyRelu:
+        for (i64 j = 0; j < cols; ++j) d[j] = yr[j] > T(0) ? d[j] : alpha * d[j];
+        break;
+      case Act::Sigmoid:
+        for (i64 j = 0; j < cols; ++j) d[j] *= yr[j] * (T(1) - yr[j]);
+        break;
+      case Act::Tanh:
+        for (i64 j = 0; j < cols; ++j) d[j] *= T(1) - yr[j] * yr[j];
+        break;
+    }
+    for (i64 j = 0; j < cols; ++j) db[j] += d[j];
+  }
+}
+
 }  // namespace cr

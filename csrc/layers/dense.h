@@ -31,23 +31,13 @@ class Dense final : public Layer<T> {
   void forward(const T* x, T* y, i64 B, bool) override {
     const i64 in = this->in_, out = this->out_;
     gemm(false, false, B, out, in, T(1), x, in, W_, out, T(0), y, out);
-    const T* b = b_;
-#pragma omp parallel for schedule(static) if (B * out > kParallelElems)
-    for (i64 i = 0; i < B; ++i) {
-      T* yr = y + i * out;
-      for (i64 j = 0; j < out; ++j) yr[j] += b[j];
-    }
-    activation_forward(this->act_, this->alpha_, y, B, out);
+    bias_activation_forward(this->act_, this->alpha_, b_, y, B, out);
   }
 
-  // dy: (B, out) -> dz in place; dW += xᵀ·dz; db += Σ_rows dz; dx = dz·Wᵀ
+  // dy: (B, out) -> dz in place (with db += Σ_rows dz); dW += xᵀ·dz; dx = dz·Wᵀ
   void backward(const T* x, const T* y, T* dy, T* dx, i64 B) override {
     const i64 in = this->in_, out = this->out_;
-    activation_backward(this->act_, this->alpha_, y, dy, B, out);
-    for (i64 i = 0; i < B; ++i) {
-      const T* d = dy + i * out;
-      for (i64 j = 0; j < out; ++j) db_[j] += d[j];
-    }
+    activation_backward_bias(this->act_, this->alpha_, y, dy, db_, B, out);
     gemm(true, false, in, out, B, T(1), x, in, dy, out, T(1), dW_, out);
     if (dx) gemm(false, true, B, in, out, T(1), dy, out, W_, out, T(0), dx, in);
   }
