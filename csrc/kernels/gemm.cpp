@@ -241,7 +241,7 @@ void sgemm_with_kernel(const SgemmKernel& wide, bool ta, bool tb, i64 M, i64 N, 
                        float beta, float* C, i64 ldc) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0 || alpha == 0.0f) return scale_c(M, N, beta, C, ldc);
-  // Narrow N: the target may have a kernel whose tile fits N better (N = 10, N = 8).
+  // The target may have a kernel whose tile fits this M x N better (N = 10, M = 32).
   const SgemmKernel& kern = wide.select ? *wide.select(&wide, M, N) : wide;
 
   const i64 MR = kern.mr, NR = kern.nr;
@@ -252,23 +252,22 @@ void sgemm_with_kernel(const SgemmKernel& wide, bool ta, bool tb, i64 M, i64 N, 
 #endif
   const i64 blocks_m = ceil_div(M, MR), blocks_n = ceil_div(N, NR);
   // Split C into a tm x tn grid of independent sub-products (each thread packs its own
-  // panels: no barriers). Pick the grid with the smallest per-thread tile, counting the
-  // packing each thread repeats.
+  // panels: no barriers, no shared buffers). Use as many threads as the tiles allow, and
+  // among those grids the one with the smallest per-thread tile plus the packing each
+  // thread repeats (its A rows and B columns, K deep: rows + cols per unit of K).
   int best_tm = 1, best_tn = 1;
   if (nt > 1) {
     double best = -1.0;
-    for (int t = nt; t >= 2; --t) {
+    for (int t = nt; t >= 2 && best < 0; --t) {
       for (int tm = 1; tm <= t; ++tm) {
         if (t % tm) continue;
         const int tn = t / tm;
         if (tm > blocks_m || tn > blocks_n) continue;
         const double rows = double(ceil_div(blocks_m, tm) * MR);
         const double cols = double(ceil_div(blocks_n, tn) * NR);
-        const double cost = rows * cols + 2.0 * (rows + cols) * 8.0 + 0.0 * t;
-        const double score = cost;  // lower is better; prefer more threads on ties
-        if (best < 0 || score < best * 0.999) best = score, best_tm = tm, best_tn = tn;
+        const double cost = rows * cols + 16.0 * (rows + cols);
+        if (best < 0 || cost < best * 0.999) best = cost, best_tm = tm, best_tn = tn;
       }
-      if (best >= 0) break;  // the largest usable thread count wins
     }
     nt = best_tm * best_tn;
   }
@@ -279,8 +278,10 @@ void sgemm_with_kernel(const SgemmKernel& wide, bool ta, bool tb, i64 M, i64 N, 
   {
     const int t = omp_get_thread_num();
     const int ti = t / best_tn, tj = t % best_tn;
-    const i64 i0 = blocks_m * ti / best_tm * MR, i1 = std::min(M, blocks_m * (ti + 1) / best_tm * MR);
-    const i64 j0 = blocks_n * tj / best_tn * NR, j1 = std::min(N, blocks_n * (tj + 1) / best_tn * NR);
+    const i64 i0 = blocks_m * ti / best_tm * MR;
+    const i64 i1 = std::min(M, blocks_m * (ti + 1) / best_tm * MR);
+    const i64 j0 = blocks_n * tj / best_tn * NR;
+    const i64 j1 = std::min(N, blocks_n * (tj + 1) / best_tn * NR);
     if (i1 > i0 && j1 > j0) {
       const float* a = A + (ta ? i0 : i0 * lda);
       const float* b = B + (tb ? j0 * ldb : j0);

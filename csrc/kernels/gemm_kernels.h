@@ -1,6 +1,8 @@
 // Internal interface between the portable GEMM driver (gemm.cpp: blocking, packing, threads)
 // and the per-target micro-kernels (gemm_ukernel_{generic,avx2,avx512}.cpp).
 // Not part of the public API; the Python test hook (sgemm_variant) is declared here too.
+// Only fn is required of a target; the other entry points are optional fast paths (the
+// AVX-512 target has them all), each with a defined fallback in the driver.
 #pragma once
 #include "common.h"
 #include "kernels/cpu.h"
@@ -39,7 +41,7 @@ struct SgemmKernel {
   int mr, nr;          // register tile
   i64 mc, kc, nc;      // cache blocks: A block mc x kc, B block kc x nc
   sgemm_ukernel_fn fn;
-  sgemm_ukernel_direct_a_fn fn_direct_a;  // optional (nullptr)
+  sgemm_ukernel_direct_a_fn fn_direct_a;  // optional: single-B-panel path (nullptr)
   bool direct_a_any_stride;  // fn_direct_a also takes rs_i != 1 (else only rs_i == 1)
   // Optional: the kernel (of this target) to use for an M x N product; nullptr means
   // always this one.
