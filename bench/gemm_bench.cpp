@@ -3,7 +3,8 @@
 // training shapes. Not part of the library; build with bench/build_gemm_bench.sh.
 //   gemm_bench check                    correctness only (exit 1 on any mismatch)
 //   gemm_bench time [threads] [set]     medians in GFLOP/s; set = train (default) | all | big
-//   gemm_bench tune MC KC NC            avx512 kernel with other cache blocks, 1024^3
+//   gemm_bench tune MC KC NC [set]      best kernel (or BENCH_TUNE_TARGET) with other
+//                                       cache blocks; set defaults to big (1024^3)
 // OPENBLAS_LIB=path/to/libopenblas.so: the BLAS to compare with (build_gemm_bench.sh
 // prints the path of numpy's). BENCH_ONLY=avx512|avx2|generic|openblas times one implementation:
 // with 2 threads, run ours and OpenBLAS in separate processes, or their idle spinning
@@ -236,7 +237,10 @@ int main(int argc, char** argv) {
   if (!only || std::string(only) == "openblas") load_blas();
   std::vector<Impl> impls;
   if (mode == "tune") {
-    static SgemmKernel k = *sgemm_kernel_for(cpu_best_target());
+    CpuTarget tt = cpu_best_target();
+    if (const char* v = std::getenv("BENCH_TUNE_TARGET")) cpu_target_from_name(v, &tt);
+    if (!sgemm_kernel_for(tt)) return 2;
+    static SgemmKernel k = *sgemm_kernel_for(tt);
     if (argc > 4) k.mc = std::atol(argv[2]), k.kc = std::atol(argv[3]), k.nc = std::atol(argv[4]);
     impls.push_back({std::string(k.name) + "*", &k});
     if (blas_sgemm) impls.push_back({"openblas", nullptr});

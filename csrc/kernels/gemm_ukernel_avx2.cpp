@@ -56,7 +56,7 @@ void ukernel_avx2_6x16(i64 k, const float* a, const float* b, float* c, i64 ldc,
 }
 }  // namespace
 
-const SgemmKernel sgemm_kernel_avx2 = {"avx2", MR, NR, 144, 256, 2048, ukernel_avx2_6x16, nullptr, false, nullptr, nullptr, nullptr,
+const SgemmKernel sgemm_kernel_avx2 = {"avx2", MR, NR, 1536, 256, 480, ukernel_avx2_6x16, nullptr, false, nullptr, nullptr, nullptr,
                                    nullptr};
 
 }  // namespace cr
