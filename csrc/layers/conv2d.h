@@ -305,6 +305,7 @@ class Conv2D final : public Layer<T> {
     naive_ = env && env[0] == '1';
   }
   const char* kind() const override { return "conv2d"; }
+  i64 units() const override { return s_.Cout; }  // channels-last: a unit is an output channel
   const ConvShape& shape() const { return s_; }
   std::vector<ParamShape> param_shapes() const override {
     return {{"kernel", {s_.ah.window, s_.aw.window, s_.Cin, s_.Cout}}, {"bias", {s_.Cout}}};
