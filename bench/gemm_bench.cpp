@@ -87,7 +87,8 @@ int check() {
             const double tol = 1e-5 * std::sqrt(double(K)) * 4 + 1e-5;
             if (!(worst <= tol)) {
               ++failures;
-              std::printf("FAIL %-7s M=%lld N=%lld K=%lld ta=%d tb=%d alpha=%g beta=%g pad=%d err=%g\n",
+              std::printf("FAIL %-7s M=%lld N=%lld K=%lld ta=%d tb=%d alpha=%g beta=%g "
+                          "pad=%d err=%g\n",
                           cpu_target_name(t), (long long)M, (long long)N, (long long)K, ta, tb,
                           s[0], s[1], pad, worst);
             }
@@ -127,7 +128,8 @@ void load_blas() {
   blas_sgemm = (cblas_sgemm64_fn)dlsym(h, "scipy_cblas_sgemm64_");
   if (!blas_sgemm) blas_sgemm = (cblas_sgemm64_fn)dlsym(h, "cblas_sgemm");
   blas_set_threads = (blas_set_threads_fn)dlsym(h, "scipy_openblas_set_num_threads64_");
-  if (!blas_set_threads) blas_set_threads = (blas_set_threads_fn)dlsym(h, "openblas_set_num_threads");
+  if (!blas_set_threads)
+    blas_set_threads = (blas_set_threads_fn)dlsym(h, "openblas_set_num_threads");
 }
 
 // ---------------------------------------------------------------- timing
@@ -157,7 +159,8 @@ void time_shapes(const std::vector<Shape>& shapes, const std::vector<Impl>& impl
   for (auto& im : impls) std::printf(" %9s", im.name.c_str());
   if (blas_sgemm && impls.size() > 1) std::printf("  best/blas");
   std::printf("   (GFLOP/s, median, %d thread%s)\n", threads, threads > 1 ? "s" : "");
-  const double target_batch = std::atof(std::getenv("BENCH_BATCH_S") ? std::getenv("BENCH_BATCH_S") : "0.002");
+  const char* batch_env = std::getenv("BENCH_BATCH_S");
+  const double target_batch = batch_env ? std::atof(batch_env) : 0.002;
   const int rounds = std::atoi(std::getenv("BENCH_ROUNDS") ? std::getenv("BENCH_ROUNDS") : "31");
   for (const Shape& s : shapes) {
     const i64 lda = s.ta ? s.M : s.K, ldb = s.tb ? s.K : s.N;
@@ -169,14 +172,18 @@ void time_shapes(const std::vector<Shape>& shapes, const std::vector<Impl>& impl
       for (int w = 0; w < 3; ++w) run_impl(impls[q], s, A.data(), lda, B.data(), ldb, C.data());
       double t0 = now();
       int n = 0;
-      while (now() - t0 < target_batch / 2 || n < 1) run_impl(impls[q], s, A.data(), lda, B.data(), ldb, C.data()), ++n;
+      while (now() - t0 < target_batch / 2 || n < 1) {
+        run_impl(impls[q], s, A.data(), lda, B.data(), ldb, C.data());
+        ++n;
+      }
       reps[q] = std::max(1, int(n * target_batch / (now() - t0)));
     }
     std::vector<std::vector<double>> times(impls.size());
     for (int r = 0; r < rounds; ++r)
       for (std::size_t q = 0; q < impls.size(); ++q) {
         double t0 = now();
-        for (int i = 0; i < reps[q]; ++i) run_impl(impls[q], s, A.data(), lda, B.data(), ldb, C.data());
+        for (int i = 0; i < reps[q]; ++i)
+          run_impl(impls[q], s, A.data(), lda, B.data(), ldb, C.data());
         times[q].push_back((now() - t0) / reps[q]);
       }
     std::printf("%-14s %5lld %5lld %5lld", s.label, (long long)s.M, (long long)s.N, (long long)s.K);
@@ -218,7 +225,8 @@ std::vector<Shape> shape_set(const std::string& set) {
     add("conv2", false, false, 32 * 8 * 8, 16, 200);
   }
   if (set == "big" || set == "all" || set == "train") add("1024^3", false, false, 1024, 1024, 1024);
-  for (std::size_t i = 0; i < v.size(); ++i) v[i].label = names[names.size() - v.size() + i].c_str();
+  for (std::size_t i = 0; i < v.size(); ++i)
+    v[i].label = names[names.size() - v.size() + i].c_str();
   return v;
 }
 
@@ -249,11 +257,12 @@ int main(int argc, char** argv) {
   }
   int threads = argc > 2 ? std::atoi(argv[2]) : 1;
   std::string set = argc > 3 ? argv[3] : "train";
-  const bool blas_only = std::getenv("BENCH_ONLY") && std::string(std::getenv("BENCH_ONLY")) == "openblas";
+  const std::string only_name = only ? only : "";
+  const bool blas_only = only_name == "openblas";
   for (CpuTarget t : runnable_targets()) {
     if (blas_only) break;
     if (t == CpuTarget::generic && std::getenv("BENCH_NO_GENERIC")) continue;
-    if (std::getenv("BENCH_ONLY") && std::string(std::getenv("BENCH_ONLY")) != cpu_target_name(t)) continue;
+    if (only && only_name != cpu_target_name(t)) continue;
     impls.push_back({cpu_target_name(t), sgemm_kernel_for(t)});
   }
   if (blas_sgemm && !std::getenv("BENCH_NO_BLAS")) impls.push_back({"openblas", nullptr});

@@ -56,7 +56,8 @@ def test_variants_listed():
 
 
 @pytest.mark.parametrize("variant", ["ref"] + VARIANTS)
-@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("trans_a,trans_b",
+                         [(False, False), (True, False), (False, True), (True, True)])
 def test_gemm_matches_float64(variant, trans_a, trans_b):
     """Against an independent float64 oracle (numpy), so 'ref' itself is checked too."""
     rng = np.random.default_rng(0)

@@ -56,7 +56,8 @@ void ukernel_avx2_6x16(i64 k, const float* a, const float* b, float* c, i64 ldc,
 }
 }  // namespace
 
-const SgemmKernel sgemm_kernel_avx2 = {"avx2", MR, NR, 1536, 256, 480, ukernel_avx2_6x16, nullptr, false, nullptr, nullptr, nullptr,
-                                   nullptr};
+// Only the plain packed kernel: the optional fast paths fall back to it.
+const SgemmKernel sgemm_kernel_avx2 = {"avx2", MR, NR, 1536, 256, 480, ukernel_avx2_6x16,
+                                    nullptr, false, nullptr, nullptr, nullptr, nullptr};
 
 }  // namespace cr

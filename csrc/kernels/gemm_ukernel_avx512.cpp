@@ -47,7 +47,9 @@ void ukernel_avx512(i64 k, const float* a, const float* b, float* c, i64 ldc, fl
 #pragma GCC unroll 2
   for (int v = 0; v < NV; ++v) {
     const i64 cols = n_rem - 16 * v;
-    mask[v] = cols >= 16 ? __mmask16(0xFFFF) : cols > 0 ? __mmask16((1u << cols) - 1) : __mmask16(0);
+    mask[v] = cols >= 16  ? __mmask16(0xFFFF)
+              : cols > 0 ? __mmask16((1u << cols) - 1)
+                         : __mmask16(0);
   }
   const __m512 va = _mm512_set1_ps(alpha);
   if (beta == 0.0f) {
@@ -66,7 +68,8 @@ void ukernel_avx512(i64 k, const float* a, const float* b, float* c, i64 ldc, fl
         for (int v = 0; v < NV; ++v) {
           float* ci = c + i * ldc + 16 * v;
           const __m512 old = _mm512_maskz_loadu_ps(mask[v], ci);
-          _mm512_mask_storeu_ps(ci, mask[v], _mm512_fmadd_ps(va, acc[i][v], _mm512_mul_ps(vb, old)));
+          const __m512 x = _mm512_fmadd_ps(va, acc[i][v], _mm512_mul_ps(vb, old));
+          _mm512_mask_storeu_ps(ci, mask[v], x);
         }
   }
 }
@@ -116,7 +119,9 @@ void ukernel_avx512_direct_a(i64 k, const float* a, i64 rs_i, i64 rs_p, const fl
 #pragma GCC unroll 2
   for (int v = 0; v < NV; ++v) {
     const i64 cols = n_rem - 16 * v;
-    mask[v] = cols >= 16 ? __mmask16(0xFFFF) : cols > 0 ? __mmask16((1u << cols) - 1) : __mmask16(0);
+    mask[v] = cols >= 16  ? __mmask16(0xFFFF)
+              : cols > 0 ? __mmask16((1u << cols) - 1)
+                         : __mmask16(0);
   }
   const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
 #pragma GCC unroll 32
@@ -386,8 +391,11 @@ const SgemmKernel* select_avx512(const SgemmKernel* wide, i64 M, i64 N) {
   return wide;
 }
 
-const SgemmKernel sgemm_kernel_avx512 = {"avx512", 12, 32, 1536, 512, 480, ukernel_avx512<12, 2>,
-                                         ukernel_avx512_direct_a<12, 2>, true, select_avx512, nullptr,
-                                         pack32_avx512, nullptr};
+const SgemmKernel sgemm_kernel_avx512 = {"avx512",       12, 32, 1536, 512, 480,
+                                         ukernel_avx512<12, 2>,
+                                         ukernel_avx512_direct_a<12, 2>,
+                                         true,           select_avx512,
+                                         nullptr,        pack32_avx512,
+                                         nullptr};
 
 }  // namespace cr
