@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -244,8 +245,8 @@ class Sequential:
         counts = {}
         for layer in self._layers:
             if layer.name is None:
-                base = "".join("_" + c.lower() if c.isupper() and i else c.lower()
-                               for i, c in enumerate(type(layer).__name__))
+                # Keras's snake case: Dense -> dense, Conv2D -> conv2d, MaxPooling2D -> max_pooling2d
+                base = re.sub(r"(?<=[a-z])([A-Z])", r"_\1", type(layer).__name__).lower()
                 while True:
                     k = counts.get(base, 0)
                     counts[base] = k + 1
