@@ -24,11 +24,16 @@ template <int MR, int NV>
 void ukernel_avx512(i64 k, const float* a, const float* b, float* c, i64 ldc, float alpha,
                     float beta, i64 m_rem, i64 n_rem) {
   constexpr int NR = 16 * NV;
+  // The C tile is touched only after the k loop: start pulling its lines in now.
+#pragma GCC unroll 32
+  for (int i = 0; i < MR; ++i)
+    if (i < m_rem) _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
   __m512 acc[MR][NV];
 #pragma GCC unroll 32
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
+#pragma GCC unroll 4
   for (i64 p = 0; p < k; ++p) {
     __m512 bv[NV];
 #pragma GCC unroll 2
