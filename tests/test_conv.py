@@ -241,6 +241,58 @@ def test_maxpool_gradient_goes_to_the_argmax_only():
     np.testing.assert_allclose(g[1], [0.0, 2 * 0.7, 0.0, 0.0], atol=1e-15)
 
 
+def maxpool_grad_ref(x, dy, pool, strides, padding):
+    """dx of max pooling: each dy to the first maximum of its window in row-major order."""
+    n, H, W, C = x.shape
+    oh, pt, _ = tf_pads(H, pool[0], strides[0], padding)
+    ow, pl, _ = tf_pads(W, pool[1], strides[1], padding)
+    dx = np.zeros(x.shape)
+    for s in range(n):
+        for a in range(oh):
+            for b in range(ow):
+                h0, w0 = max(a * strides[0] - pt, 0), max(b * strides[1] - pl, 0)
+                h1, w1 = min(a * strides[0] - pt + pool[0], H), min(b * strides[1] - pl + pool[1], W)
+                for c in range(C):
+                    win = x[s, h0:h1, w0:w1, c]
+                    i, j = np.unravel_index(np.argmax(win), win.shape)  # first maximum
+                    dx[s, h0 + i, w0 + j, c] += dy[s, a, b, c]
+    return dx
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape,pool,strides,padding", [
+    ((6, 6, 8), (2, 2), None, "valid"),    # the 2x2 fast path, whole vectors of channels
+    ((7, 9, 11), (2, 2), None, "valid"),   # fast path: odd last row/column unread, ragged C
+    ((8, 6, 3), (2, 2), None, "same"),     # even sizes: 'same' has no padding, fast path
+    ((7, 5, 6), (2, 2), None, "same"),     # ceil mode: last windows hang over, general path
+    ((6, 6, 4), (2, 2), (1, 1), "valid"),  # overlapping windows, general path
+])
+def test_maxpool_ties_and_odd_shapes_route_gradient_to_first_max(dtype, shape, pool, strides, padding):
+    """Small integers make ties in most windows: the gradient must go to the first maximum
+    in row-major window order (PyTorch's choice) on the 2x2 path and the general path, and
+    rows/columns that no window reads must get exactly zero."""
+    rng = np.random.default_rng(11)
+    n = 3
+    size = int(np.prod(shape))
+    m = compiled([Dense(size), Reshape(shape), MaxPooling2D(pool, strides=strides, padding=padding),
+                  Flatten()], (size,), dtype=dtype, loss="mse")
+    x = rng.integers(-2, 3, size=(n,) + shape).astype(np.float64)
+    # Identity Dense: its input is the pooling input; its weight gradient is then x^T . dx
+    # and its bias gradient the batch sum of dx, so feed one sample at a time.
+    m.set_weights([np.eye(size), np.zeros(size)])
+    y_pool = m.predict(x.reshape(n, -1))
+    want_y = pool_ref(x, pool, strides or pool, padding, "max")
+    np.testing.assert_array_equal(y_pool, want_y.reshape(n, -1))
+    for s in range(n):
+        target = rng.normal(size=(1, y_pool.shape[1]))
+        _, g = m.compute_gradients(x[s:s + 1].reshape(1, -1), target)
+        dy = 2.0 * (y_pool[s:s + 1] - target) / target.size  # mse gradient
+        want = maxpool_grad_ref(x[s:s + 1], dy.reshape((1,) + want_y.shape[1:]), pool,
+                                strides or pool, padding)
+        tol = 1e-6 if dtype == "float32" else 1e-14
+        np.testing.assert_allclose(g[1], want.reshape(-1), rtol=tol, atol=tol)
+
+
 def test_avgpool_gradient_spreads_evenly():
     m = compiled([Dense(4), Reshape((2, 2, 1)), AveragePooling2D(2), Flatten()], (1,), loss="mse")
     m.set_weights([np.zeros((1, 4)), np.array([0.1, 0.7, -0.2, 0.3])])
