@@ -9,7 +9,8 @@ Every measurement runs in its own process (bench/worker.py); contenders are inte
 the table gives the median and the minimum over rounds of the per-epoch time, the ratio
 peer median / chainrule median (> 1: chainrule is faster), the achieved GFLOP/s and its share
 of the machine's GEMM peak (numpy's BLAS at 2048³, same thread count, measured in this run),
-and peak resident memory. Results are also written as JSON (--out).
+peak resident memory (RSS MB) and what the contender adds to it on top of Python, numpy and
+the loaded data set (+RSS). Results are also written as JSON (--out).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def available(contender):
 def bench_training(name, threads, rounds, epochs, warmup, contenders_ok, log):
     workload, batch, contenders, gflop = WORKLOADS[name]
     contenders = [c for c in contenders if c in contenders_ok]
-    res = {c: {"epoch_s": [], "peak_rss_mb": []} for c in contenders}
+    res = {c: {"epoch_s": [], "peak_rss_mb": [], "data_rss_mb": []} for c in contenders}
     for r in range(rounds):
         order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
         for c in order:
@@ -86,6 +87,7 @@ def bench_training(name, threads, rounds, epochs, warmup, contenders_ok, log):
                 continue
             res[c]["epoch_s"] += out["epoch_s"]
             res[c]["peak_rss_mb"].append(out["peak_rss_mb"])
+            res[c]["data_rss_mb"].append(out.get("data_rss_mb", 0.0))
             log(f"  {name} t{threads} round {r + 1}: {c} {', '.join(f'{t:.3f}' for t in out['epoch_s'])} s")
     for c in contenders:
         ts = res[c]["epoch_s"]
@@ -94,6 +96,8 @@ def bench_training(name, threads, rounds, epochs, warmup, contenders_ok, log):
             res[c]["min_s"] = min(ts)
             res[c]["gflops"] = gflop / res[c]["median_s"]
             res[c]["peak_rss_mb"] = max(res[c]["peak_rss_mb"])
+            # what the contender adds on top of Python + numpy + the data set
+            res[c]["added_rss_mb"] = res[c]["peak_rss_mb"] - max(res[c]["data_rss_mb"])
     return {"workload": workload, "batch": batch, "threads": threads, "gflop_per_epoch": gflop, "results": res}
 
 
@@ -161,7 +165,7 @@ def main():
     lines.append(f"chainrule benchmark — {report['machine']['processor'] or platform.machine()}, "
                  f"{os.cpu_count()} cores, torch {report['machine'].get('torch', '-')}; "
                  f"median (min) seconds per MNIST epoch over {a.rounds} processes x {a.epochs} epoch(s)")
-    hdr = f"{'workload':<10} {'thr':>3}  {'contender':<10} {'median s':>9} {'min s':>8} {'peer/cr':>8} {'GFLOP/s':>8} {'%peak':>6} {'RSS MB':>7}"
+    hdr = f"{'workload':<10} {'thr':>3}  {'contender':<10} {'median s':>9} {'min s':>8} {'peer/cr':>8} {'GFLOP/s':>8} {'%peak':>6} {'RSS MB':>7} {'+RSS':>6}"
     lines += [hdr, "-" * len(hdr)]
     for entry in report["training"]:
         res = entry["results"]
@@ -175,7 +179,7 @@ def main():
             pk = f"{100 * r['gflops'] / peak:.0f}%" if peak else "-"
             lines.append(f"{entry['workload'] + str(entry['batch']):<10} {entry['threads']:>3}  {c:<10} "
                          f"{r['median_s']:>9.3f} {r['min_s']:>8.3f} {ratio:>8} {r['gflops']:>8.1f} {pk:>6} "
-                         f"{r['peak_rss_mb']:>7.0f}")
+                         f"{r['peak_rss_mb']:>7.0f} {r['added_rss_mb']:>6.0f}")
         lines.append("")
     if report["gemm"]:
         lines.append("GEMM GFLOP/s (median), chainrule vs numpy's BLAS:")

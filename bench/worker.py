@@ -36,17 +36,28 @@ def mnist_dir():
 
 def load_mnist_train():
     """Training images as float32 in [0, 1], (60000, 784), and int64 labels — read with
-    numpy only, so no contender pays for another's imports."""
+    numpy only, so no contender pays for another's imports, and streamed in chunks so the
+    loader's own transient memory stays small next to what training uses."""
     d = mnist_dir()
     with gzip.open(os.path.join(d, "train-images-idx3-ubyte.gz")) as f:
-        x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 784)
+        n = int.from_bytes(f.read(16)[4:8], "big")
+        x = np.empty((n, 784), np.float32)
+        for i in range(0, n, 5000):
+            k = min(5000, n - i)
+            x[i:i + k] = np.frombuffer(f.read(784 * k), np.uint8).reshape(k, 784)
+    x /= 255.0
     with gzip.open(os.path.join(d, "train-labels-idx1-ubyte.gz")) as f:
         y = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
-    return (x.astype(np.float32) / 255.0), y
+    return x, y
 
 
 def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def current_rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 # -- chainrule ------------------------------------------------------------------------------
@@ -251,9 +262,10 @@ def main():
         print(json.dumps({"gemm": run_gemm(a.contender, a.threads), "peak_rss_mb": peak_rss_mb()}))
         return
     x, y = load_mnist_train()
+    data_rss = current_rss_mb()  # Python + numpy + the data, before the contender is imported
     fn = {"chainrule": run_chainrule, "torch": run_torch, "sklearn": run_sklearn, "numpy": run_numpy}[a.contender]
     times, extra = fn(a.workload, x, y, a.batch, a.epochs, a.warmup, a.threads)
-    print(json.dumps({"epoch_s": times, "peak_rss_mb": peak_rss_mb(), **extra}))
+    print(json.dumps({"epoch_s": times, "peak_rss_mb": peak_rss_mb(), "data_rss_mb": data_rss, **extra}))
 
 
 if __name__ == "__main__":

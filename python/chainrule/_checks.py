@@ -32,7 +32,17 @@ def as_array(name, value):
 
 
 def check_finite(name, arr):
-    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+    """Raise if a float array holds NaN or inf. Works through the data in chunks so a large
+    training set costs no second array-sized temporary."""
+    if not np.issubdtype(arr.dtype, np.floating) or arr.size == 0:
+        return
+    flat = arr.reshape(-1) if arr.flags.c_contiguous else None
+    if flat is None:
+        ok = bool(np.isfinite(arr).all())
+    else:
+        step = 1 << 20
+        ok = all(np.isfinite(flat[i:i + step]).all() for i in range(0, flat.size, step))
+    if not ok:
         bad = np.argwhere(~np.isfinite(arr))[0]
         where = tuple(int(i) for i in bad)
         raise ValueError(f"{name} contains NaN or infinite values (first at index {where}: {arr[where]!r})")
