@@ -7,7 +7,10 @@ naive twin (CHAINRULE_CONV_NAIVE=1), central finite differences in float64, and 
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -175,6 +178,82 @@ def test_pooling_forward_matches_oracle(op, cls, shape, pool, strides, padding):
     got = m.predict(x)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+
+
+# Float32, one input channel, valid windows, filters a multiple of 8: the per-target SIMD
+# kernels (conv_kernels_impl.h). Odd widths leave a tail after the pixel blocks (4/8/12 per
+# target), a 10-wide kernel splits its taps into blocks of 8 + 2, strides take the general
+# addressing. Each target runs in its own process (CHAINRULE_CPU_TARGET picks it, as for
+# sgemm) and is compared with the naive twin (forward, all gradients) and the numpy oracle.
+C1_SIMD_CASES = [
+    # (input (H, W, 1), filters, kernel, strides, activation)
+    ((28, 28, 1), 8, (5, 5), (1, 1), "relu"),     # LeNet's first layer
+    ((9, 11, 1), 16, (3, 2), (2, 1), None),
+    ((13, 7, 1), 8, (4, 4), (3, 2), "relu"),
+    ((6, 14, 1), 24, (2, 10), (1, 1), "relu"),
+    ((5, 5, 1), 8, (5, 5), (1, 1), "tanh"),       # one output pixel; tanh: portable epilogue
+]
+
+_C1_SIMD_SCRIPT = r"""
+import json, os, sys
+import numpy as np
+import chainrule as cr
+from chainrule import system
+from chainrule.layers import Conv2D, Dense, Flatten
+from chainrule.optimizers import SGD
+cases = json.loads(sys.argv[1])
+out = {"kernel": system.cpu_info()["kernel"], "cases": []}
+rng = np.random.default_rng(21)
+for shape, filters, kernel, strides, act in cases:
+    def build():
+        m = cr.Sequential([Conv2D(filters, kernel, strides=strides, activation=act), Flatten(),
+                           Dense(3)], dtype="float32", seed=1)
+        m.build(tuple(shape))
+        m.compile(optimizer=SGD(0.01), loss="mse")
+        return m
+    fast = build()
+    os.environ["CHAINRULE_CONV_NAIVE"] = "1"
+    naive = build()
+    del os.environ["CHAINRULE_CONV_NAIVE"]
+    w = fast.get_weights()
+    w[1] = rng.normal(size=w[1].shape).astype(np.float32)  # nonzero conv bias
+    fast.set_weights(w)
+    naive.set_weights(w)
+    x = rng.normal(size=(5,) + tuple(shape)).astype(np.float32)
+    y = rng.normal(size=(5, 3)).astype(np.float32)
+    conv_only = cr.Sequential([Conv2D(filters, kernel, strides=strides, activation=act)],
+                              dtype="float32", seed=1)
+    conv_only.build(tuple(shape))
+    conv_only.set_weights(w[:2])
+    _, gf = fast.compute_gradients(x, y)
+    _, gn = naive.compute_gradients(x, y)
+    out["cases"].append({"y": conv_only.predict(x).tolist(), "x": x.tolist(), "k": w[0].tolist(),
+                         "b": w[1].tolist(),
+                         "grad_err": [float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
+                                      for a, b in zip(gf, gn)]})
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("target", ["generic", "avx2", "avx512"])
+def test_conv2d_one_channel_simd_kernels_match_naive_twin(target):
+    env = dict(os.environ, CHAINRULE_CPU_TARGET=target)
+    env.pop("CHAINRULE_CONV_NAIVE", None)
+    proc = subprocess.run([sys.executable, "-c", _C1_SIMD_SCRIPT, json.dumps(C1_SIMD_CASES)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    if res["kernel"] != target:
+        pytest.skip(f"this CPU does not run the {target} kernels")
+    for (shape, filters, kernel, strides, act), r in zip(C1_SIMD_CASES, res["cases"]):
+        want = conv2d_ref(np.array(r["x"], np.float64), np.array(r["k"], np.float64),
+                          np.array(r["b"], np.float64), strides, "valid")
+        if act == "relu":
+            want = np.maximum(want, 0)
+        elif act == "tanh":
+            want = np.tanh(want)
+        assert rel_err(np.array(r["y"]).reshape(want.shape), want) < 1e-5, (shape, kernel)
+        assert max(r["grad_err"]) < 1e-5, (shape, kernel, r["grad_err"])
 
 
 # ------------------------------------------------------------------ gradients (float64 FD)

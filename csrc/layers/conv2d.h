@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "kernels/gemm.h"
+#include "layers/conv_kernels.h"
 #include "layers/layer.h"
 #include "layers/spatial.h"
 
@@ -273,6 +274,73 @@ void conv2d_backward_weights_c1(const ConvShape& s, const T* x, const T* dz, T* 
     for (i64 i = 0; i < nk; ++i) dW[i] += partial[t * nk + i];
 }
 
+// The per-target SIMD kernels (conv_kernels.h) cover float, one input channel, windows that
+// never hang over the edge (no padding read), Cout a multiple of 8; anything else runs the
+// portable loops above. The overloads below return false where the kernels do not apply.
+inline bool conv_c1_simd_applies(const ConvShape& s) {
+  return s.Cin == 1 && s.Cout % 8 == 0 && s.ah.pad_before == 0 && s.aw.pad_before == 0 &&
+         (s.OH() - 1) * s.ah.stride + s.ah.window <= s.H &&
+         (s.OW() - 1) * s.aw.stride + s.aw.window <= s.W;
+}
+inline ConvC1Geometry conv_c1_geometry(const ConvShape& s) {
+  return {s.H, s.W, s.ah.window, s.aw.window, s.ah.stride, s.aw.stride, s.OH(), s.OW(), s.Cout};
+}
+
+// y = conv(x, W) + b, then ReLU if relu; parallel over output rows.
+template <typename T>
+bool conv2d_forward_c1_simd(const ConvShape&, const T*, const T*, const T*, bool, T*, i64) {
+  return false;
+}
+inline bool conv2d_forward_c1_simd(const ConvShape& s, const float* x, const float* Wt,
+                                   const float* b, bool relu, float* y, i64 B) {
+  if (!conv_c1_simd_applies(s)) return false;
+  const ConvC1Geometry g = conv_c1_geometry(s);
+  const ConvKernels& k = conv_kernels();
+  const i64 rows = B * s.OH();
+  const i64 macs = rows * s.OW() * s.Cout * s.ah.window * s.aw.window;
+  const int nt = macs > 4 * kParallelElems ? max_threads() : 1;
+#pragma omp parallel num_threads(nt)
+  {
+#ifdef _OPENMP
+    const int t = omp_get_thread_num(), nth = omp_get_num_threads();
+#else
+    const int t = 0, nth = 1;
+#endif
+    k.c1_forward(g, x, Wt, b, relu, y, rows * t / nth, rows * (t + 1) / nth);
+  }
+  return true;
+}
+
+// dW += Σ x ⊗ dz: each of nt threads sums its share of the samples into its own slice of
+// `partial` ((KH·KW·Cout) each), reduced into dW at the end.
+template <typename T>
+bool conv2d_backward_weights_c1_simd(const ConvShape&, const T*, const T*, T*, T*, int, i64) {
+  return false;
+}
+inline bool conv2d_backward_weights_c1_simd(const ConvShape& s, const float* x, const float* dz,
+                                            float* dW, float* partial, int nt, i64 B) {
+  if (!conv_c1_simd_applies(s)) return false;
+  const ConvC1Geometry g = conv_c1_geometry(s);
+  const ConvKernels& k = conv_kernels();
+  const i64 nk = s.K() * s.Cout;
+  if (B * s.OH() * s.OW() * nk < 4 * kParallelElems) nt = 1;
+  nt = int(std::min<i64>(nt, B));
+#pragma omp parallel num_threads(nt)
+  {
+#ifdef _OPENMP
+    const int t = omp_get_thread_num(), nth = omp_get_num_threads();
+#else
+    const int t = 0, nth = 1;
+#endif
+    float* dwp = partial + t * nk;
+    std::fill(dwp, dwp + nk, 0.0f);
+    k.c1_weights(g, x, dz, dwp, B * t / nth, B * (t + 1) / nth);
+  }
+  for (int t = 0; t < nt; ++t)
+    for (i64 i = 0; i < nk; ++i) dW[i] += partial[t * nk + i];
+  return true;
+}
+
 template <typename T>
 class Conv2D final : public Layer<T> {
  public:
@@ -339,8 +407,12 @@ class Conv2D final : public Layer<T> {
       return;
     }
     if (direct_) {
-      conv2d_forward_c1(s_, x, W_, b_, y, B);
-      bias_activation_forward(y, B * P, false);
+      const bool relu = this->act_ == Act::Relu;
+      if (!((relu || this->act_ == Act::Linear) &&
+            conv2d_forward_c1_simd(s_, x, W_, b_, relu, y, B))) {
+        conv2d_forward_c1(s_, x, W_, b_, y, B);
+        bias_activation_forward(y, B * P, false);
+      }
       col_holds_ = nullptr;
       return;
     }
@@ -381,7 +453,8 @@ class Conv2D final : public Layer<T> {
       T* dxs = dx ? dx + n0 * this->in_ : nullptr;
       if (direct_) {
         const int nt = int(std::min<i64>(max_threads(), i64(partial_.size()) / (K * Co)));
-        conv2d_backward_weights_c1(s_, xs, dz, dW_, partial_.data(), nt, nb);
+        if (!conv2d_backward_weights_c1_simd(s_, xs, dz, dW_, partial_.data(), nt, nb))
+          conv2d_backward_weights_c1(s_, xs, dz, dW_, partial_.data(), nt, nb);
         if (dxs) {
           gemm(false, true, nb * P, K, Co, T(1), dz, Co, W_, Co, T(0), col_.data(), K);
           col2im_nhwc(s_, col_.data(), nb, dxs);
