@@ -154,9 +154,15 @@ def main():
             log(f"{name} at {t} thread(s)")
             report["training"].append(bench_training(name, t, a.rounds, a.epochs, a.warmup, ok, log))
 
+    # `import X` in a fresh interpreter, numpy included (bench/worker.py imports numpy first)
+    code = "import time; t = time.perf_counter(); import {}; print(time.perf_counter() - t)"
     for c in [x for x in ("chainrule", "torch") if x in ok]:
-        vals = [run_worker([c, "import"], 1) for _ in range(5)]
-        vals = [v["import_s"] for v in vals if "import_s" in v]
+        vals = []
+        for _ in range(5):
+            r = subprocess.run([sys.executable, "-c", code.format(c)], capture_output=True, text=True,
+                               env=child_env(1))
+            if r.returncode == 0:
+                vals.append(float(r.stdout.strip().splitlines()[-1]))
         if vals:
             report["import"][c] = statistics.median(vals)
 

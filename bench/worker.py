@@ -4,7 +4,7 @@
 
 Prints one JSON line: per-epoch seconds (warm-up epochs excluded), peak RSS, and extras.
 Contenders: chainrule, torch, sklearn, numpy. Workloads: mlp (784-512-256-10), small
-(784-32-10), lenet (conv8-5x5 > pool > conv16-5x5 > pool > dense10), gemm, import.
+(784-32-10), lenet (conv8-5x5 > pool > conv16-5x5 > pool > dense10), gemm.
 Every training contender does the same work per epoch: a fresh random order, mini-batches
 (last one partial), forward, softmax cross-entropy, backward, SGD momentum 0.9 step, and the
 running loss and accuracy.
@@ -247,17 +247,12 @@ def run_gemm(contender, threads):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("contender", choices=["chainrule", "torch", "sklearn", "numpy"])
-    p.add_argument("workload", choices=["mlp", "small", "lenet", "gemm", "import"])
+    p.add_argument("workload", choices=["mlp", "small", "lenet", "gemm"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--warmup", type=int, default=1)
     a = p.parse_args()
-    if a.workload == "import":
-        t0 = time.perf_counter()
-        __import__(a.contender)
-        print(json.dumps({"import_s": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}))
-        return
     if a.workload == "gemm":
         print(json.dumps({"gemm": run_gemm(a.contender, a.threads), "peak_rss_mb": peak_rss_mb()}))
         return
