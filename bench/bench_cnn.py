@@ -32,7 +32,10 @@ BATCH, LR, MOMENTUM = 64, 0.05, 0.9
 
 
 def load(path):
-    sys.path.insert(0, os.path.join(REPO, "python"))
+    # The chainrule on PYTHONPATH (e.g. a private build) wins; the source tree is the fallback.
+    import importlib.util
+    if importlib.util.find_spec("chainrule") is None:
+        sys.path.insert(0, os.path.join(REPO, "python"))
     from chainrule.datasets import load_mnist
     (x, y), _ = load_mnist(path, download=False, normalize=True)
     return x, y
