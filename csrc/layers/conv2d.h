@@ -274,6 +274,55 @@ void conv2d_backward_weights_c1(const ConvShape& s, const T* x, const T* dz, T* 
     for (i64 i = 0; i < nk; ++i) dW[i] += partial[t * nk + i];
 }
 
+// Row helpers of the piecewise-linear activations (ReLU: slope 0, leaky ReLU, identity:
+// slope 1), written with GCC vector types: GCC will not if-convert the scalar select
+// `v > 0 ? v : slope * v` at baseline, and the branchy loop mispredicts on every other sign
+// (0.19 ms of the LeNet conv2 forward, 0.1 ms of its backward per batch).
+// y[j] = act(y[j] + b[j]) for j < n (b may be null: no bias).
+template <typename T>
+inline void leaky_relu_bias_row(T* y, const T* b, i64 n, T slope) {
+  typedef T V __attribute__((vector_size(16)));
+  constexpr i64 L = 16 / sizeof(T);
+  const V zero = {}, sl = zero + slope;
+  i64 j = 0;
+  for (; j + L <= n; j += L) {
+    V v, bv = zero;
+    __builtin_memcpy(&v, y + j, 16);
+    if (b) __builtin_memcpy(&bv, b + j, 16);
+    v += bv;
+    v = v > zero ? v : v * sl;
+    __builtin_memcpy(y + j, &v, 16);
+  }
+  for (; j < n; ++j) {
+    const T v = y[j] + (b ? b[j] : T(0));
+    y[j] = v > T(0) ? v : slope * v;
+  }
+}
+
+// d[j] = y[j] > 0 ? d[j] : slope * d[j] (the activation's derivative at its output y), and
+// bsum[j] += the result, for j < n.
+template <typename T>
+inline void leaky_relu_backward_sum_row(const T* y, T* d, T* bsum, i64 n, T slope) {
+  typedef T V __attribute__((vector_size(16)));
+  constexpr i64 L = 16 / sizeof(T);
+  const V zero = {}, sl = zero + slope;
+  i64 j = 0;
+  for (; j + L <= n; j += L) {
+    V yv, g, acc;
+    __builtin_memcpy(&yv, y + j, 16);
+    __builtin_memcpy(&g, d + j, 16);
+    __builtin_memcpy(&acc, bsum + j, 16);
+    g = yv > zero ? g : g * sl;
+    acc += g;
+    __builtin_memcpy(d + j, &g, 16);
+    __builtin_memcpy(bsum + j, &acc, 16);
+  }
+  for (; j < n; ++j) {
+    d[j] = y[j] > T(0) ? d[j] : slope * d[j];
+    bsum[j] += d[j];
+  }
+}
+
 // The per-target SIMD kernels (conv_kernels.h) cover float, one input channel, windows that
 // never hang over the edge (no padding read), Cout a multiple of 8; anything else runs the
 // portable loops above. The overloads below return false where the kernels do not apply.
@@ -438,12 +487,12 @@ class Conv2D final : public Layer<T> {
   void backward(const T* x, const T* y, T* dy, T* dx, i64 B) override {
     check_capacity(B);
     const i64 P = s_.OH() * s_.OW(), K = s_.K(), Co = s_.Cout;
-    activation_backward(this->act_, this->alpha_, y, dy, B * P, Co);
     if (naive_) {
+      activation_backward(this->act_, this->alpha_, y, dy, B * P, Co);
       conv2d_backward_naive(s_, x, W_, dy, dW_, db_, dx, B);
       return;
     }
-    bias_backward(dy, B * P);
+    activation_backward_bias(y, dy, B * P);
     const bool have_col = col_holds_ == x && col_batch_ == B && B <= chunk_;
     col_holds_ = nullptr;
     for (i64 n0 = 0; n0 < B; n0 += chunk_) {
@@ -490,23 +539,11 @@ class Conv2D final : public Layer<T> {
     const T* b = b_;
     const Act act = this->act_;
     const T alpha = this->alpha_;
-    if (act == Act::Relu || act == Act::Linear || act == Act::LeakyRelu) {
+    if (act == Act::Relu || act == Act::LeakyRelu) {
       const T slope = act == Act::Relu ? T(0) : alpha;
-      const bool linear = act == Act::Linear;
+      const T* bias = add_bias ? b : nullptr;
 #pragma omp parallel for schedule(static) if (rows * Co > kParallelElems)
-      for (i64 r = 0; r < rows; ++r) {
-        T* yr = y + r * Co;
-        if (linear) {
-          for (i64 j = 0; j < Co; ++j) yr[j] += b[j];
-        } else if (add_bias) {
-          for (i64 j = 0; j < Co; ++j) {
-            const T v = yr[j] + b[j];
-            yr[j] = v > T(0) ? v : slope * v;
-          }
-        } else {
-          for (i64 j = 0; j < Co; ++j) yr[j] = yr[j] > T(0) ? yr[j] : slope * yr[j];
-        }
-      }
+      for (i64 r = 0; r < rows; ++r) leaky_relu_bias_row(y + r * Co, bias, Co, slope);
       return;
     }
     if (add_bias) {
@@ -517,19 +554,29 @@ class Conv2D final : public Layer<T> {
     activation_forward(act, alpha, y, rows, Co);
   }
 
-  // db += Σ_rows dz, summed in blocks of rows so float32 sums over large batches keep
-  // their precision.
-  void bias_backward(const T* dz, i64 rows) {
+  // dy -> dz = dy ⊙ act'(y) in place and db += Σ_rows dz, one pass for the piecewise-linear
+  // activations (a second pass for the others). Summed in blocks of rows so float32 sums over
+  // large batches keep their precision.
+  void activation_backward_bias(const T* y, T* dz, i64 rows) {
     const i64 Co = s_.Cout;
+    const Act act = this->act_;
+    const bool piecewise = act == Act::Relu || act == Act::LeakyRelu || act == Act::Linear;
+    if (!piecewise) activation_backward(act, this->alpha_, y, dz, rows, Co);
+    const T slope = act == Act::LeakyRelu ? this->alpha_ : T(0);
+    const bool masked = piecewise && act != Act::Linear;
+    T* __restrict bs = bsum_.data();
     constexpr i64 kBlock = 256;
     for (i64 r0 = 0; r0 < rows; r0 += kBlock) {
       const i64 r1 = std::min(rows, r0 + kBlock);
-      std::fill(bsum_.begin(), bsum_.end(), T(0));
-      for (i64 r = r0; r < r1; ++r) {
-        const T* d = dz + r * Co;
-        for (i64 j = 0; j < Co; ++j) bsum_[j] += d[j];
+      std::fill(bs, bs + Co, T(0));
+      if (masked) {
+        for (i64 r = r0; r < r1; ++r)
+          leaky_relu_backward_sum_row(y + r * Co, dz + r * Co, bs, Co, slope);
+      } else {
+        for (i64 r = r0; r < r1; ++r)
+          for (i64 j = 0; j < Co; ++j) bs[j] += dz[r * Co + j];
       }
-      for (i64 j = 0; j < Co; ++j) db_[j] += bsum_[j];
+      for (i64 j = 0; j < Co; ++j) db_[j] += bs[j];
     }
   }
 
