@@ -209,34 +209,11 @@ class Network {
   }
 
   // One optimizer step on exactly this batch (Keras train_on_batch).
-  EpochStats train_batch(const T* X, const T* Y, const T* SW, i64 B) {
-    require_compiled();
-    check_batch(B, B);
-    reserve(B);
-    DenormalsFlushed ftz;
-    LossStats ls = forward_backward(X, Y, SW, B);
-    update(B, ls);
-    EpochStats st;
-    st.loss = ls.loss_sum / double(B);
-    st.accuracy = ls.correct / double(B);
-    st.samples = B;
-    st.steps = 1;
-    st.learning_rate = last_lr_;
-    return st;
-  }
+  EpochStats train_batch(const T* X, const T* Y, const T* SW, i64 B) { return one_batch(X, Y, SW, B, true); }
 
   // Loss and gradients of one batch; gradients are left in grads() (zeroed first).
   EpochStats compute_gradients(const T* X, const T* Y, const T* SW, i64 B) {
-    require_compiled();
-    check_batch(B, B);
-    reserve(B);
-    DenormalsFlushed ftz;
-    LossStats ls = forward_backward(X, Y, SW, B);
-    EpochStats st;
-    st.loss = ls.loss_sum / double(B);
-    st.accuracy = ls.correct / double(B);
-    st.samples = B;
-    return st;
+    return one_batch(X, Y, SW, B, false);
   }
 
   EpochStats evaluate(const T* X, const T* Y, const T* SW, i64 N, i64 batch) {
@@ -303,6 +280,22 @@ class Network {
   static void check_batch(i64 N, i64 batch) {
     if (N < 1) fail("no samples: the input has 0 rows");
     if (batch < 1) fail("batch_size must be >= 1; received ", batch);
+  }
+
+  EpochStats one_batch(const T* X, const T* Y, const T* SW, i64 B, bool take_step) {
+    require_compiled();
+    check_batch(B, B);
+    reserve(B);
+    DenormalsFlushed ftz;
+    LossStats ls = forward_backward(X, Y, SW, B);
+    if (take_step) update(B, ls);
+    EpochStats st;
+    st.loss = ls.loss_sum / double(B);
+    st.accuracy = ls.correct / double(B);
+    st.samples = B;
+    st.steps = take_step ? 1 : 0;
+    st.learning_rate = take_step ? last_lr_ : 0.0;
+    return st;
   }
 
   // Point xb/yb/wb at the rows of this batch: the user's arrays directly when in order,

@@ -77,8 +77,27 @@ class Layer:
 
     def regularizers(self) -> dict:
         """{parameter name: Regularizer} for the parameters with a penalty."""
-        reg = getattr(self, "kernel_regularizer", None)
+        reg = getattr(self, "kernel_regularizer", None)  # set by _configure_weights
         return {"kernel": reg} if reg is not None else {}
+
+    def _configure_weights(self, activation, kernel_initializer, bias_initializer, kernel_regularizer):
+        """Shared by layers with a kernel, a bias and an output activation (Dense, Conv2D)."""
+        self.activation = _activations.get(activation)
+        if kernel_initializer is None:
+            kernel_initializer = _initializers.default_for(self.activation.name)
+        _initializers.get(kernel_initializer)
+        _initializers.get(bias_initializer)
+        self.kernel_initializer = kernel_initializer
+        self.bias_initializer = bias_initializer
+        self.kernel_regularizer = _regularizers.get(kernel_regularizer)
+
+    def _weights_config(self) -> dict:
+        act = self.activation
+        cfg = {"activation": act.get_config() if act.name == "leaky_relu" else act.name,
+               "kernel_initializer": self.kernel_initializer, "bias_initializer": self.bias_initializer}
+        if self.kernel_regularizer is not None:
+            cfg["kernel_regularizer"] = self.kernel_regularizer.get_config()
+        return cfg
 
     def count_params(self) -> int:
         return sum(math.prod(shape) for _, shape, *_ in self.param_specs())
@@ -110,15 +129,8 @@ class Dense(Layer):
     def __init__(self, units, activation=None, kernel_initializer=None, bias_initializer="zeros",
                  kernel_regularizer=None, name=None, input_shape=None):
         super().__init__(name=name, input_shape=input_shape)
-        self.kernel_regularizer = _regularizers.get(kernel_regularizer)
         self.units = _positive_int("Dense", "units", units)
-        self.activation = _activations.get(activation)
-        if kernel_initializer is None:
-            kernel_initializer = _initializers.default_for(self.activation.name)
-        _initializers.get(kernel_initializer)
-        _initializers.get(bias_initializer)
-        self.kernel_initializer = kernel_initializer
-        self.bias_initializer = bias_initializer
+        self._configure_weights(activation, kernel_initializer, bias_initializer, kernel_regularizer)
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 1:
@@ -138,13 +150,7 @@ class Dense(Layer):
 
     def get_config(self):
         cfg = super().get_config()
-        act = self.activation
-        cfg.update(units=self.units,
-                   activation=act.get_config() if act.name == "leaky_relu" else act.name,
-                   kernel_initializer=self.kernel_initializer,
-                   bias_initializer=self.bias_initializer)
-        if self.kernel_regularizer is not None:
-            cfg["kernel_regularizer"] = self.kernel_regularizer.get_config()
+        cfg.update(units=self.units, **self._weights_config())
         return cfg
 
 
@@ -230,18 +236,11 @@ class Conv2D(Layer):
                  kernel_initializer=None, bias_initializer="zeros", kernel_regularizer=None,
                  input_shape=None, name=None):
         super().__init__(name=name, input_shape=input_shape)
-        self.kernel_regularizer = _regularizers.get(kernel_regularizer)
         self.filters = _positive_int("Conv2D", "filters", filters)
         self.kernel_size = _pair("Conv2D", "kernel_size", kernel_size)
         self.strides = _pair("Conv2D", "strides", strides)
         self.padding = _padding("Conv2D", padding)
-        self.activation = _activations.get(activation)
-        if kernel_initializer is None:
-            kernel_initializer = _initializers.default_for(self.activation.name)
-        _initializers.get(kernel_initializer)
-        _initializers.get(bias_initializer)
-        self.kernel_initializer = kernel_initializer
-        self.bias_initializer = bias_initializer
+        self._configure_weights(activation, kernel_initializer, bias_initializer, kernel_regularizer)
 
     def _label(self):
         return f"Conv2D layer {self.name!r}" if self.name else "Conv2D"
@@ -273,14 +272,8 @@ class Conv2D(Layer):
 
     def get_config(self):
         cfg = super().get_config()
-        act = self.activation
         cfg.update(filters=self.filters, kernel_size=list(self.kernel_size), strides=list(self.strides),
-                   padding=self.padding,
-                   activation=act.get_config() if act.name == "leaky_relu" else act.name,
-                   kernel_initializer=self.kernel_initializer,
-                   bias_initializer=self.bias_initializer)
-        if self.kernel_regularizer is not None:
-            cfg["kernel_regularizer"] = self.kernel_regularizer.get_config()
+                   padding=self.padding, **self._weights_config())
         return cfg
 
 
