@@ -335,15 +335,20 @@ class Network {
     return acts_.back().data();
   }
 
-  // OR into alive_[l] the units (channels) that were positive for some sample in the batch.
+  // Keep in alive_[l] a running maximum of the layer's outputs, `width` values wide (a
+  // multiple of the unit count, so output element e lands in slot e % width and unit
+  // e % units): long contiguous max-reductions that vectorize even for 8 channels. A unit is
+  // alive once the maximum over its slots is positive (folded in end_monitor).
   void mark_alive(size_t l, i64 B) {
-    const i64 out = layers_[l]->out_size(), units = i64(alive_[l].size());
+    const i64 n = B * layers_[l]->out_size(), width = i64(alive_[l].size());
     const T* y = acts_[l].data();
-    unsigned char* a = alive_[l].data();
-    for (i64 r = 0; r < B * out / units; ++r) {
-      const T* yr = y + r * units;
-      for (i64 j = 0; j < units; ++j) a[j] |= (yr[j] > T(0));
+    T* a = alive_[l].data();
+    i64 e = 0;
+    for (; e + width <= n; e += width) {
+#pragma omp simd
+      for (i64 j = 0; j < width; ++j) a[j] = std::max(a[j], y[e + j]);
     }
+    for (i64 j = 0; e + j < n; ++j) a[j] = std::max(a[j], y[e + j]);
   }
 
   void begin_monitor() {
@@ -353,8 +358,12 @@ class Network {
       Act a = layers_[l]->activation();
       i64 units = layers_[l]->units();
       bool relu = a == Act::Relu || a == Act::LeakyRelu;
-      if (monitoring_ && relu && units > 0 && layers_[l]->out_size() % units == 0)
-        alive_[l].assign(units, 0);
+      const i64 out = layers_[l]->out_size();
+      if (monitoring_ && relu && units > 0 && out % units == 0) {
+        i64 width = units;  // widen to ~256 values, staying a multiple of units and dividing out
+        while (width < 256 && out % (2 * width) == 0) width *= 2;
+        alive_[l].assign(width, T(0));
+      }
       else
         alive_[l].clear();
     }
@@ -373,9 +382,14 @@ class Network {
         dead_fraction_[l] = -1.0;
         continue;
       }
+      const i64 units = layers_[l]->units(), width = i64(alive_[l].size());
       i64 dead = 0;
-      for (unsigned char v : alive_[l]) dead += v ? 0 : 1;
-      dead_fraction_[l] = double(dead) / double(alive_[l].size());
+      for (i64 u = 0; u < units; ++u) {
+        T m = T(0);
+        for (i64 j = u; j < width; j += units) m = std::max(m, alive_[l][j]);
+        dead += m > T(0) ? 0 : 1;
+      }
+      dead_fraction_[l] = double(dead) / double(units);
     }
   }
 
@@ -488,7 +502,7 @@ class Network {
   bool monitor_ = true, monitoring_ = false;
   std::vector<SegmentStats> seg_stats_;
   std::vector<ParamHealth> health_;
-  std::vector<std::vector<unsigned char>> alive_;
+  std::vector<avec<T>> alive_;  // per layer: running max of each unit's output
   std::vector<double> dead_fraction_;
 
   i64 cap_ = 0;
