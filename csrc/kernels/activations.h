@@ -115,7 +115,7 @@ void activation_backward(Act act, T alpha, const T* y, T* dy, i64 rows, i64 cols
 // over the GEMM output while it is still in cache. y: (rows, cols), bias: (cols).
 template <typename T>
 void bias_activation_forward(Act act, T alpha, const T* bias, T* y, i64 rows, i64 cols) {
-#pragma omp parallel for schedule(static) if (rows * cols > kParallelElems)
+#pragma omp parallel for schedule(static) if (rows * cols >= kParallelElems)
   for (i64 r = 0; r < rows; ++r) {
     T* yr = y + r * cols;
     switch (act) {
@@ -149,34 +149,41 @@ void bias_activation_forward(Act act, T alpha, const T* bias, T* y, i64 rows, i6
 }
 
 // Fused start of a linear layer's backward pass: dy -> dz = dy ⊙ act'(y) in place, and
-// db += Σ_rows dz, in one pass. y, dy: (rows, cols), db: (cols).
+// db += Σ_rows dz, in one pass. y, dy: (rows, cols), db: (cols). Threads split the columns,
+// so each owns its part of db and no reduction is needed.
 template <typename T>
 void activation_backward_bias(Act act, T alpha, const T* y, T* dy, T* db, i64 rows, i64 cols) {
   if (act == Act::Softmax) {  // row-coupled: its own pass, then the column sums
     activation_backward(act, alpha, y, dy, rows, cols);
     act = Act::Linear;
   }
-  for (i64 r = 0; r < rows; ++r) {
-    const T* yr = y + r * cols;
-    T* d = dy + r * cols;
-    switch (act) {
-      case Act::Linear:
-      case Act::Softmax:
-        break;
-      case Act::Relu:
-        for (i64 j = 0; j < cols; ++j) d[j] = yr[j] > T(0) ? d[j] : T(0);
-        break;
-      case Act::LeakyRelu:
-        for (i64 j = 0; j < cols; ++j) d[j] = yr[j] > T(0) ? d[j] : alpha * d[j];
-        break;
-      case Act::Sigmoid:
-        for (i64 j = 0; j < cols; ++j) d[j] *= yr[j] * (T(1) - yr[j]);
-        break;
-      case Act::Tanh:
-        for (i64 j = 0; j < cols; ++j) d[j] *= T(1) - yr[j] * yr[j];
-        break;
+  constexpr i64 kColBlock = 64;
+  const i64 nblk = (cols + kColBlock - 1) / kColBlock;
+#pragma omp parallel for schedule(static) if (rows * cols > kParallelElems && nblk > 1)
+  for (i64 blk = 0; blk < nblk; ++blk) {
+    const i64 c0 = blk * kColBlock, c1 = std::min(cols, c0 + kColBlock);
+    for (i64 r = 0; r < rows; ++r) {
+      const T* yr = y + r * cols;
+      T* d = dy + r * cols;
+      switch (act) {
+        case Act::Linear:
+        case Act::Softmax:
+          break;
+        case Act::Relu:
+          for (i64 j = c0; j < c1; ++j) d[j] = yr[j] > T(0) ? d[j] : T(0);
+          break;
+        case Act::LeakyRelu:
+          for (i64 j = c0; j < c1; ++j) d[j] = yr[j] > T(0) ? d[j] : alpha * d[j];
+          break;
+        case Act::Sigmoid:
+          for (i64 j = c0; j < c1; ++j) d[j] *= yr[j] * (T(1) - yr[j]);
+          break;
+        case Act::Tanh:
+          for (i64 j = c0; j < c1; ++j) d[j] *= T(1) - yr[j] * yr[j];
+          break;
+      }
+      for (i64 j = c0; j < c1; ++j) db[j] += d[j];
     }
-    for (i64 j = 0; j < cols; ++j) db[j] += d[j];
   }
 }
 

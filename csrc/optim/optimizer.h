@@ -94,8 +94,10 @@ constexpr i64 kStepBlock = 2048;
 // kVariant selects the branch-free inner loop: SGD 0 plain / 1 momentum / 2 Nesterov;
 // Adam 0 / 1 AMSGrad; RMSprop 0 / 1 momentum. Every choice is a template parameter so the
 // loop has no data-dependent branches or conditional stores and vectorizes.
+// The gradient is zeroed as it is consumed, so the next step's backward pass can accumulate
+// into it without a separate pass over the whole block.
 template <OptKind K, int kVariant, bool kClip, bool kStats, typename T>
-SegmentStats step_segment(const OptimConfig& c, T lr, i64 t, T gscale, T* p, const T* g,
+SegmentStats step_segment(const OptimConfig& c, T lr, i64 t, T gscale, T* p, T* g,
                           T* s0, T* s1, T* s2, i64 n) {
   const T cv = T(c.clipvalue), eps = T(c.epsilon);
   const T mu = T(c.momentum), b1 = T(c.beta1), b2 = T(c.beta2), rho = T(c.rho);
@@ -111,6 +113,7 @@ SegmentStats step_segment(const OptimConfig& c, T lr, i64 t, T gscale, T* p, con
 #pragma omp simd reduction(+ : bg2, bd2, bw2)
     for (i64 i = lo; i < hi; ++i) {
       const T graw = g[i];
+      g[i] = T(0);
       T gi = graw * gscale;
       if constexpr (kClip) gi = std::min(std::max(gi, -cv), cv);
       const T w0 = p[i];
@@ -164,7 +167,7 @@ SegmentStats step_segment(const OptimConfig& c, T lr, i64 t, T gscale, T* p, con
 
 template <OptKind K, int kVariant, typename T>
 SegmentStats step_segment(bool stats, const OptimConfig& c, T lr, i64 t, T gscale, T* p,
-                          const T* g, T* s0, T* s1, T* s2, i64 n) {
+                          T* g, T* s0, T* s1, T* s2, i64 n) {
   const bool clip = c.clipvalue > 0.0;
   if (stats) {
     return clip ? step_segment<K, kVariant, true, true>(c, lr, t, gscale, p, g, s0, s1, s2, n)
@@ -177,10 +180,10 @@ SegmentStats step_segment(bool stats, const OptimConfig& c, T lr, i64 t, T gscal
 }  // namespace detail
 
 // One optimizer step (t counts from 1) with learning rate `lr` over every segment;
-// gscale multiplies the gradients first (global-norm clipping). stats: one per segment,
-// filled when `with_stats` (the gradient monitor), else left zero.
+// gscale multiplies the gradients first (global-norm clipping). Leaves the gradients zeroed.
+// stats: one per segment, filled when `with_stats` (the gradient monitor), else left zero.
 template <typename T>
-void optimizer_step(const OptimConfig& c, double lr, i64 t, double gscale, T* p, const T* g,
+void optimizer_step(const OptimConfig& c, double lr, i64 t, double gscale, T* p, T* g,
                     std::vector<avec<T>>& state, const std::vector<Segment>& segs,
                     SegmentStats* stats, bool with_stats) {
   for (size_t k = 0; k < segs.size(); ++k) {
@@ -192,7 +195,7 @@ void optimizer_step(const OptimConfig& c, double lr, i64 t, double gscale, T* p,
     const bool ws = with_stats;
     const T tlr = T(lr), gs = T(gscale);
     T* pk = p + off;
-    const T* gk = g + off;
+    T* gk = g + off;
     switch (c.kind) {
       case OptKind::SGD:
         if (c.momentum == 0.0) st = step_segment<OptKind::SGD, 0>(ws, c, tlr, t, gs, pk, gk, s[0], s[1], s[2], n);

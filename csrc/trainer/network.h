@@ -312,7 +312,7 @@ class Network {
     const i64* idx = order_.data() + start;
     T* xd = xbuf_.data();
     T* yd = ybuf_.data();
-#pragma omp parallel for schedule(static) if (B * in > 4 * kParallelElems)
+#pragma omp parallel for schedule(static) if (B * in > kParallelElems)
     for (i64 r = 0; r < B; ++r) {
       std::memcpy(xd + r * in, X + idx[r] * in, sizeof(T) * in);
       std::memcpy(yd + r * tc, Y + idx[r] * tc, sizeof(T) * tc);
@@ -454,6 +454,7 @@ class Network {
     ++step_;
     optimizer_step(opt_, last_lr_, step_, gscale, params_.data(), grads_.data(), opt_state_,
                    segments_, seg_stats_.data(), monitoring_);
+    grads_zero_ = true;  // the step consumed and zeroed them
     if (monitoring_) {
       for (size_t k = 0; k < health_.size(); ++k) {
         const double gn = std::sqrt(seg_stats_[k].g2), wn = std::sqrt(seg_stats_[k].w2);
@@ -470,7 +471,8 @@ class Network {
     std::memcpy(probs_.data(), out, sizeof(T) * B * C);
     T* dcur = gbuf_[0].data();
     LossStats ls = loss_forward_backward<T>(loss_, head_, probs_.data(), y, w, B, C, dcur);
-    std::fill(grads_.begin(), grads_.end(), T(0));
+    if (!grads_zero_) std::fill(grads_.begin(), grads_.end(), T(0));
+    grads_zero_ = false;
     int which = 0;
     for (i64 l = i64(layers_.size()) - 1; l >= 0; --l) {
       const T* lin = l == 0 ? x : acts_[l - 1].data();
@@ -495,6 +497,7 @@ class Network {
   double lr_scale_ = 1.0, last_lr_ = 0.0;
   std::mutex mu_;
 
+  bool grads_zero_ = false;  // grads_ is all zeros (left so by the last optimizer step)
   std::vector<Segment> segments_;
   std::vector<double> reg_l1_, reg_l2_;
   bool stop_on_nan_ = false, have_snapshot_ = false;
