@@ -4,6 +4,7 @@
 // CPU-specific code lives in the gemm_ukernel_*.cpp micro-kernels. Also the simple float64
 // dgemm (gradient checks). Not here: the naive reference twins (gemm_ref.cpp).
 #include "kernels/gemm.h"
+#include "kernels/activations.h"
 
 #include <algorithm>
 #include <cstring>
@@ -105,6 +106,41 @@ void pack(int R, const float* src, i64 ld_p, i64 ld_r, i64 n_valid, i64 k, float
 
 // Per-thread packing buffers, grown on first need and reused: no allocation per call in
 // steady state. (OpenMP keeps its worker threads alive, so these persist too.)
+// Apply the epilogue to rows [0, m) x columns [0, n) of a finished block of C whose first
+// column is column j0 of the whole product (the bias index).
+void apply_epilogue(const GemmEpilogue* ep, float* c, i64 ldc, i64 m, i64 n, i64 j0) {
+  if (!ep) return;
+  const float* b = ep->bias + j0;
+  const Act act = Act(ep->act);
+  const float alpha = ep->alpha;
+  for (i64 i = 0; i < m; ++i) {
+    float* r = c + i * ldc;
+    switch (act) {
+      case Act::Relu:
+        for (i64 j = 0; j < n; ++j) {
+          const float z = r[j] + b[j];
+          r[j] = z > 0.0f ? z : 0.0f;
+        }
+        break;
+      case Act::LeakyRelu:
+        for (i64 j = 0; j < n; ++j) {
+          const float z = r[j] + b[j];
+          r[j] = z > 0.0f ? z : alpha * z;
+        }
+        break;
+      case Act::Sigmoid:
+        for (i64 j = 0; j < n; ++j) r[j] = sigmoid_scalar(r[j] + b[j]);
+        break;
+      case Act::Tanh:
+        for (i64 j = 0; j < n; ++j) r[j] = std::tanh(r[j] + b[j]);
+        break;
+      default:
+        for (i64 j = 0; j < n; ++j) r[j] += b[j];
+        break;
+    }
+  }
+}
+
 float* thread_buffer(int which, i64 n) {
   static thread_local avec<float> bufs[2];
   avec<float>& b = bufs[which];
@@ -137,7 +173,8 @@ void pack_b_panels(const SgemmKernel& kern, const float* src, i64 ld_p, i64 ld_j
 // round-tripping through L2). A plain B exactly one panel wide is read in place too.
 void sgemm_serial_one_panel(const SgemmKernel& kern, i64 M, i64 N, i64 K, float alpha,
                             const float* A, i64 a_ld_i, i64 a_ld_p, const float* B,
-                            i64 b_ld_p, i64 b_ld_j, float beta, float* C, i64 ldc) {
+                            i64 b_ld_p, i64 b_ld_j, float beta, float* C, i64 ldc,
+                            const GemmEpilogue* ep, i64 j0) {
   const i64 MR = kern.mr, NR = kern.nr;
   const bool direct = kern.fn_direct_a != nullptr;
   const bool a_in_place = direct && (kern.direct_a_any_stride || a_ld_i == 1);
@@ -152,19 +189,21 @@ void sgemm_serial_one_panel(const SgemmKernel& kern, i64 M, i64 N, i64 K, float 
     const float* b = b_in_place ? B + pc * b_ld_p : b_pack;
     const i64 b_rs_p = b_in_place ? b_ld_p : NR;
     if (!b_in_place) pack_b_panels(kern, B + pc * b_ld_p, b_ld_p, b_ld_j, N, kb, b_pack);
+    const bool last = pc + kb >= K;
     for (i64 ir = 0; ir < M; ir += MR) {
       const i64 mr = std::min(MR, M - ir);
       const float* a = A + ir * a_ld_i + pc * a_ld_p;
       float* c = C + ir * ldc;
       if (a_in_place && mr == MR) {
         kern.fn_direct_a(kb, a, a_ld_i, a_ld_p, b, b_rs_p, c, ldc, alpha, beta_k, MR, N);
-        continue;
+      } else {
+        pack_a_panels(kern, a, a_ld_p, a_ld_i, mr, kb, a_pack);
+        if (direct)
+          kern.fn_direct_a(kb, a_pack, 1, MR, b, b_rs_p, c, ldc, alpha, beta_k, mr, N);
+        else
+          kern.fn(kb, a_pack, b_pack, c, ldc, alpha, beta_k, mr, N);
       }
-      pack_a_panels(kern, a, a_ld_p, a_ld_i, mr, kb, a_pack);
-      if (direct)
-        kern.fn_direct_a(kb, a_pack, 1, MR, b, b_rs_p, c, ldc, alpha, beta_k, mr, N);
-      else
-        kern.fn(kb, a_pack, b_pack, c, ldc, alpha, beta_k, mr, N);
+      if (last) apply_epilogue(ep, c, ldc, mr, N, j0);
     }
   }
 }
@@ -172,7 +211,7 @@ void sgemm_serial_one_panel(const SgemmKernel& kern, i64 M, i64 N, i64 K, float 
 // C = alpha*op(A)op(B) + beta*C on one thread. M, N, K >= 1, alpha != 0.
 void sgemm_serial(const SgemmKernel& kern, bool ta, bool tb, i64 M, i64 N, i64 K, float alpha,
                   const float* A, i64 lda, const float* B, i64 ldb, float beta, float* C,
-                  i64 ldc) {
+                  i64 ldc, const GemmEpilogue* ep = nullptr, i64 j0 = 0) {
   const i64 MR = kern.mr, NR = kern.nr;
   // op(A)(i, p) = A[i*lda + p] or A[p*lda + i]; op(B)(p, j) = B[p*ldb + j] or B[j*ldb + p].
   const i64 a_ld_p = ta ? lda : 1, a_ld_i = ta ? 1 : lda;
@@ -189,11 +228,12 @@ void sgemm_serial(const SgemmKernel& kern, bool ta, bool tb, i64 M, i64 N, i64 K
         for (i64 p = 0; p < K; ++p) d[p] = 0.0f;
       for (i64 p = K; p < ld_bt; ++p) d[p] = 0.0f;
     }
-    return kern.fn_dot(M, N, K, alpha, A, lda, bt, ld_bt, beta, C, ldc);
+    kern.fn_dot(M, N, K, alpha, A, lda, bt, ld_bt, beta, C, ldc);
+    return apply_epilogue(ep, C, ldc, M, N, j0);  // N <= 12: the whole C is a few KB
   }
   if (N <= NR)
     return sgemm_serial_one_panel(kern, M, N, K, alpha, A, a_ld_i, a_ld_p, B, b_ld_p, b_ld_j,
-                                  beta, C, ldc);
+                                  beta, C, ldc, ep, j0);
   // Balanced blocks: K = 784 with kc = 512 gives 2 x 392 rather than 512 + 272.
   const i64 kc = ceil_div(K, ceil_div(K, kern.kc));
   const i64 mc = round_up(ceil_div(M, ceil_div(M, kern.mc)), MR);
@@ -206,6 +246,7 @@ void sgemm_serial(const SgemmKernel& kern, bool ta, bool tb, i64 M, i64 N, i64 K
     for (i64 pc = 0; pc < K; pc += kc) {
       const i64 kb = std::min(kc, K - pc);
       const float beta_k = pc == 0 ? beta : 1.0f;
+      const bool last = pc + kb >= K;
       pack_a_panels(kern, A + ic * a_ld_i + pc * a_ld_p, a_ld_p, a_ld_i, mb, kb, a_pack);
       for (i64 jc = 0; jc < N; jc += nc) {
         const i64 nb = std::min(nc, N - jc);
@@ -214,9 +255,11 @@ void sgemm_serial(const SgemmKernel& kern, bool ta, bool tb, i64 M, i64 N, i64 K
         for (i64 ir = 0; ir < mb; ir += MR) {
           const float* ap = a_pack + ir * kb;
           float* c = C + (ic + ir) * ldc + jc;
-          for (i64 jr = 0; jr < nb; jr += NR)
-            kern.fn(kb, ap, b_pack + jr * kb, c + jr, ldc, alpha, beta_k,
-                    std::min(MR, mb - ir), std::min(NR, nb - jr));
+          for (i64 jr = 0; jr < nb; jr += NR) {
+            const i64 mr = std::min(MR, mb - ir), nr = std::min(NR, nb - jr);
+            kern.fn(kb, ap, b_pack + jr * kb, c + jr, ldc, alpha, beta_k, mr, nr);
+            if (last) apply_epilogue(ep, c + jr, ldc, mr, nr, j0 + jc + jr);
+          }
         }
       }
     }
@@ -238,9 +281,12 @@ void scale_c(i64 M, i64 N, float beta, float* C, i64 ldc) {
 
 void sgemm_with_kernel(const SgemmKernel& wide, bool ta, bool tb, i64 M, i64 N, i64 K,
                        float alpha, const float* A, i64 lda, const float* B, i64 ldb,
-                       float beta, float* C, i64 ldc) {
+                       float beta, float* C, i64 ldc, const GemmEpilogue* ep) {
   if (M <= 0 || N <= 0) return;
-  if (K <= 0 || alpha == 0.0f) return scale_c(M, N, beta, C, ldc);
+  if (K <= 0 || alpha == 0.0f) {
+    scale_c(M, N, beta, C, ldc);
+    return apply_epilogue(ep, C, ldc, M, N, 0);
+  }
   // The target may have a kernel whose tile fits this M x N better (N = 10, M = 32).
   const SgemmKernel& kern = wide.select ? *wide.select(&wide, M, N) : wide;
 
@@ -271,7 +317,8 @@ void sgemm_with_kernel(const SgemmKernel& wide, bool ta, bool tb, i64 M, i64 N, 
     }
     nt = best_tm * best_tn;
   }
-  if (nt <= 1) return sgemm_serial(kern, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  if (nt <= 1)
+    return sgemm_serial(kern, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ep, 0);
 
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
@@ -286,7 +333,7 @@ void sgemm_with_kernel(const SgemmKernel& wide, bool ta, bool tb, i64 M, i64 N, 
       const float* a = A + (ta ? i0 : i0 * lda);
       const float* b = B + (tb ? j0 * ldb : j0);
       sgemm_serial(kern, ta, tb, i1 - i0, j1 - j0, K, alpha, a, lda, b, ldb, beta,
-                   C + i0 * ldc + j0, ldc);
+                   C + i0 * ldc + j0, ldc, ep, j0);
     }
   }
 #endif
@@ -309,13 +356,20 @@ void sgemm_variant(CpuTarget t, bool ta, bool tb, i64 M, i64 N, i64 K, float alp
                    i64 ldc) {
   const SgemmKernel* k = sgemm_kernel_for(t);
   if (!k) fail("sgemm: kernel variant '", cpu_target_name(t), "' cannot run on this CPU");
-  sgemm_with_kernel(*k, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  sgemm_with_kernel(*k, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, nullptr);
 }
 
 void sgemm(bool ta, bool tb, i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda,
            const float* B, i64 ldb, float beta, float* C, i64 ldc) {
   static const SgemmKernel* kern = sgemm_kernel_for(cpu_target());
-  sgemm_with_kernel(*kern, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  sgemm_with_kernel(*kern, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, nullptr);
+}
+
+void sgemm_bias_act(bool ta, bool tb, i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda,
+                    const float* B, i64 ldb, float* C, i64 ldc, const GemmEpilogue& ep) {
+  if (Act(ep.act) == Act::Softmax) fail("sgemm_bias_act: softmax cannot be a tile epilogue");
+  static const SgemmKernel* kern = sgemm_kernel_for(cpu_target());
+  sgemm_with_kernel(*kern, ta, tb, M, N, K, alpha, A, lda, B, ldb, 0.0f, C, ldc, &ep);
 }
 
 // float64: the simple loop-ordered kernel (row-parallel), kept for gradient checks.

@@ -10,6 +10,20 @@ namespace cr {
 // Fast float32 path: packed, cache-blocked, SIMD micro-kernel chosen at run time, OpenMP.
 void sgemm(bool trans_a, bool trans_b, i64 M, i64 N, i64 K, float alpha, const float* A,
            i64 lda, const float* B, i64 ldb, float beta, float* C, i64 ldc);
+// A fused epilogue for a linear layer's forward product: C = act(C + bias) applied to each
+// register tile right after its last K block, while the tile is still in L1. act is an
+// element-wise activation code of kernels/activations.h (never softmax, which couples a
+// row); bias has one value per column of C.
+struct GemmEpilogue {
+  const float* bias = nullptr;
+  int act = 0;  // Act::Linear
+  float alpha = 0.0f;
+};
+// sgemm with beta = 0 followed by the epilogue: C = act(alpha·op(A)·op(B) + bias).
+void sgemm_bias_act(bool trans_a, bool trans_b, i64 M, i64 N, i64 K, float alpha,
+                    const float* A, i64 lda, const float* B, i64 ldb, float* C, i64 ldc,
+                    const GemmEpilogue& ep);
+
 // float64 (gradient checks, reference training): correct first, reasonably fast.
 void dgemm(bool trans_a, bool trans_b, i64 M, i64 N, i64 K, double alpha, const double* A,
            i64 lda, const double* B, i64 ldb, double beta, double* C, i64 ldc);

@@ -6,6 +6,7 @@
 #pragma once
 #include "common.h"
 #include "kernels/cpu.h"
+#include "kernels/gemm.h"
 
 namespace cr {
 
@@ -78,7 +79,7 @@ const SgemmKernel* sgemm_kernel_for(CpuTarget t);
 // The portable driver around one kernel (blocking from `kern`); benchmarks pass tuned copies.
 void sgemm_with_kernel(const SgemmKernel& kern, bool trans_a, bool trans_b, i64 M, i64 N, i64 K,
                        float alpha, const float* A, i64 lda, const float* B, i64 ldb,
-                       float beta, float* C, i64 ldc);
+                       float beta, float* C, i64 ldc, const GemmEpilogue* ep = nullptr);
 
 // sgemm forced onto one target's micro-kernel (test hook and benchmarks). Throws
 // std::invalid_argument if that target cannot run here.

@@ -1,5 +1,7 @@
 // Dense (fully connected) layer: y = act(x·W + b), W: (in, out), b: (out).
 #pragma once
+#include <type_traits>
+
 #include "kernels/gemm.h"
 #include "layers/layer.h"
 
@@ -30,6 +32,13 @@ class Dense final : public Layer<T> {
   // x: (B, in), y: (B, out)
   void forward(const T* x, T* y, i64 B, bool) override {
     const i64 in = this->in_, out = this->out_;
+    if constexpr (std::is_same_v<T, float>) {
+      if (this->act_ != Act::Softmax) {  // bias + activation on each tile as the GEMM finishes it
+        sgemm_bias_act(false, false, B, out, in, 1.0f, x, in, W_, out, y, out,
+                       GemmEpilogue{b_, int(this->act_), this->alpha_});
+        return;
+      }
+    }
     gemm(false, false, B, out, in, T(1), x, in, W_, out, T(0), y, out);
     bias_activation_forward(this->act_, this->alpha_, b_, y, B, out);
   }
