@@ -193,7 +193,8 @@ def main():
             for shape, d in rows.items():
                 cr_, np_ = d.get("chainrule"), d.get("numpy")
                 ratio = f"{cr_ / np_:.2f}x" if cr_ and np_ else "-"
-                lines.append(f"  t{t} {shape:<13} chainrule {cr_ or 0:>7.1f}  numpy {np_ or 0:>7.1f}  cr/np {ratio}")
+                fmt = lambda v: f"{v:>7.1f}" if v else f"{'-':>7}"
+                lines.append(f"  t{t} {shape:<13} chainrule {fmt(cr_)}  numpy {fmt(np_)}  cr/np {ratio}")
     if report["import"]:
         lines.append("import time (median of 5 fresh processes): " +
                      ", ".join(f"{c} {v:.3f} s" for c, v in report["import"].items()))
