@@ -112,23 +112,26 @@ LossStats loss_forward_backward(Loss loss, Act head, T* out, const T* targets,
         if (head == Act::Softmax) {  // from the logits: logsumexp(z) - sum_j t_j z_j
           double m = double(o[0]);
           for (i64 j = 1; j < C; ++j) m = std::max(m, double(o[j]));
-          double s = 0.0;
-          for (i64 j = 0; j < C; ++j) s += std::exp(double(o[j]) - m);
-          const double lse = m + std::log(s);
-          double tsum = 1.0;  // targets need not sum to 1: d/dz (lse Σt - <t,z>) = p Σt - t
+          double tsum = 1.0, tz;  // targets need not sum to 1: d/dz (lse Σt - <t,z>) = p Σt - t
           if (sparse) {
-            li = lse - double(o[label]);
+            tz = double(o[label]);
           } else {
-            double tz = 0.0;
-            tsum = 0.0;
+            tsum = tz = 0.0;
             for (i64 j = 0; j < C; ++j) {
               tsum += double(t[j]);
               tz += double(t[j]) * double(o[j]);
             }
-            li = lse * tsum - tz;
           }
+          double s = 0.0;  // each exp once: o holds exp(z - m) until it is normalised
           for (i64 j = 0; j < C; ++j) {
-            double p = std::exp(double(o[j]) - lse);
+            const double e = std::exp(double(o[j]) - m);
+            o[j] = T(e);
+            s += e;
+          }
+          li = (m + std::log(s)) * tsum - tz;
+          const double inv_s = 1.0 / s;
+          for (i64 j = 0; j < C; ++j) {
+            const double p = double(o[j]) * inv_s;
             o[j] = T(p);
             if (g) {
               double tj = sparse ? (j == label ? 1.0 : 0.0) : double(t[j]);
