@@ -183,7 +183,6 @@ class Network {
       const i64 B = std::min(batch, N - start);
       const T *xb, *yb, *wb;
       gather(X, Y, SW, start, B, shuffle, xb, yb, wb);
-      if (shuffle) prefetch_rows(X, start + B, std::min(batch, N - start - B));
       LossStats ls = forward_backward(xb, yb, wb, B);
       if (stop_on_nan_ && !std::isfinite(ls.loss_sum)) {
         if (have_snapshot_) std::memcpy(params_.data(), snapshot_.data(), sizeof(T) * params_.size());
@@ -297,20 +296,6 @@ class Network {
     st.steps = take_step ? 1 : 0;
     st.learning_rate = take_step ? last_lr_ : 0.0;
     return st;
-  }
-
-  // Ask for the next batch's (randomly placed) input rows while this batch computes, so
-  // the gather finds them in cache. Only for small batches: a large one would evict the
-  // weights the GEMMs are using.
-  void prefetch_rows(const T* X, i64 start, i64 B) {
-    const i64 in = in_size();
-    if (B <= 0 || B * in * i64(sizeof(T)) > (i64(1) << 17)) return;
-    const i64* idx = order_.data() + start;
-    const i64 bytes = in * i64(sizeof(T));
-    for (i64 r = 0; r < B; ++r) {
-      const char* row = reinterpret_cast<const char*>(X + idx[r] * in);
-      for (i64 off = 0; off < bytes; off += 64) __builtin_prefetch(row + off, 0, 2);
-    }
   }
 
   // Point xb/yb/wb at the rows of this batch: the user's arrays directly when in order,
