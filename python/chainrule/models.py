@@ -22,6 +22,7 @@ import numpy as np
 from . import _checks
 from . import _core
 from . import callbacks as _callbacks
+from . import initializers as _initializers
 from . import layers as _layers
 from . import losses as _losses
 from . import optimizers as _optimizers
@@ -216,22 +217,14 @@ class Sequential:
             shape = layer.build(shape)
         specs = [layer.core_spec() for layer in self._layers]
         specs = [s for s in specs if s is not None]
-        np_dtype, net_cls = _DTYPES[self.dtype]
-        core = net_cls(specs)
+        core = _DTYPES[self.dtype][1](specs)
         expected = [(name, tuple(shape)) for layer in self._layers for name, shape, *_ in layer.param_specs()]
         got = [(p["name"], tuple(p["shape"])) for p in core.params_info()]
         if expected != got:  # a layer's param_specs and its C++ twin disagree: a bug, not user error
             raise RuntimeError(f"internal error: parameter layout mismatch {expected} != {got}")
         self._core = core
         self._input_shape = tuple(int(d) for d in input_shape)
-        self._init_weights()
-        i = 0
-        for layer in self._layers:
-            regs = layer.regularizers()
-            for pname, *_ in layer.param_specs():
-                if pname in regs:
-                    core.set_regularization(i, regs[pname].l1, regs[pname].l2)
-                i += 1
+        self._init_params()
         if self._compiled:
             self._core.compile(_losses.code(self.loss), self.optimizer._core_config())
 
@@ -256,15 +249,18 @@ class Sequential:
                 layer.name = cand
                 used.add(cand)
 
-    def _init_weights(self):
+    def _init_params(self):
+        """Initial weights (seeded) and weight penalties, parameter by parameter."""
         rng = np.random.default_rng(self.seed)
-        np_dtype = _DTYPES[self.dtype][0]
+        np_dtype = self._np_dtype()
         i = 0
         for layer in self._layers:
+            regs = layer.regularizers()
             for name, shape, init, fan_in, fan_out in layer.param_specs():
-                from . import initializers
-                w = initializers.get(init)(tuple(shape), fan_in, fan_out, rng)
+                w = _initializers.get(init)(tuple(shape), fan_in, fan_out, rng)
                 self._core.set_param(i, np.ascontiguousarray(w, dtype=np_dtype))
+                if name in regs:
+                    self._core.set_regularization(i, regs[name].l1, regs[name].l2)
                 i += 1
 
     def _ensure_built(self, x_arr):
