@@ -113,9 +113,9 @@ StepF32 step_f32_for_cpu();
 // stats: one per segment, filled when `with_stats` (the gradient monitor), else left zero.
 template <typename T>
 void optimizer_step(const OptimConfig& c, double lr, i64 t, double gscale, T* p, T* g,
-                    std::vector<avec<T>>& state, const std::vector<Segment>& segs,
+                    std::vector<avec<T>>& state, const Segment* segs, size_t nsegs,
                     SegmentStats* stats, bool with_stats) {
-  for (size_t k = 0; k < segs.size(); ++k) {
+  for (size_t k = 0; k < nsegs; ++k) {
     const i64 off = segs[k].offset, n = segs[k].size;
     T* s[3] = {nullptr, nullptr, nullptr};
     for (size_t j = 0; j < state.size() && j < 3; ++j) s[j] = state[j].data() + off;

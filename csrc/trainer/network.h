@@ -68,6 +68,9 @@ class Network {
     params_.assign(total, T(0));
     grads_.assign(total, T(0));
     for (auto& pi : params_info_) segments_.push_back({pi.offset, pi.size});
+    layer_segs_.assign(layers_.size() + 1, 0);  // layer l owns segments [layer_segs_[l], layer_segs_[l+1])
+    for (auto& pi : params_info_) layer_segs_[pi.layer + 1] += 1;
+    for (size_t l = 0; l < layers_.size(); ++l) layer_segs_[l + 1] += layer_segs_[l];
     reg_l1_.assign(segments_.size(), 0.0);
     reg_l2_.assign(segments_.size(), 0.0);
     seg_stats_.assign(segments_.size(), SegmentStats{});
@@ -183,15 +186,14 @@ class Network {
       const i64 B = std::min(batch, N - start);
       const T *xb, *yb, *wb;
       gather(X, Y, SW, start, B, shuffle, xb, yb, wb);
-      LossStats ls = forward_backward(xb, yb, wb, B);
-      if (stop_on_nan_ && !std::isfinite(ls.loss_sum)) {
+      LossStats ls;
+      if (!train_step(xb, yb, wb, B, ls)) {
         if (have_snapshot_) std::memcpy(params_.data(), snapshot_.data(), sizeof(T) * params_.size());
         st.stopped_nan = true;
         st.loss += ls.loss_sum;
         seen += B;
         break;
       }
-      update(B, ls);
       st.loss += ls.loss_sum;
       st.accuracy += ls.correct;
       st.steps += 1;
@@ -287,8 +289,9 @@ class Network {
     check_batch(B, B);
     reserve(B);
     DenormalsFlushed ftz;
-    LossStats ls = forward_backward(X, Y, SW, B);
-    if (take_step) update(B, ls);
+    LossStats ls;
+    if (take_step) train_step(X, Y, SW, B, ls);
+    else ls = forward_backward(X, Y, SW, B, false);
     EpochStats st;
     st.loss = ls.loss_sum / double(B);
     st.accuracy = ls.correct / double(B);
@@ -409,42 +412,51 @@ class Network {
     return pen;
   }
 
-  // Add the penalty's gradient to grads_; returns the penalty.
-  double regularize() {
-    double pen = 0.0;
-    for (size_t k = 0; k < segments_.size(); ++k) {
-      const double l1 = reg_l1_[k], l2 = reg_l2_[k];
-      if (l1 == 0.0 && l2 == 0.0) continue;
-      const T* w = params_.data() + segments_[k].offset;
-      T* g = grads_.data() + segments_[k].offset;
-      const T tl1 = T(l1), tl2 = T(2.0 * l2);
-      double a = 0.0, q = 0.0;
-      const i64 n = segments_[k].size;
+  // Add the penalty's gradient to segment k's gradient; returns the penalty.
+  double regularize(size_t k) {
+    const double l1 = reg_l1_[k], l2 = reg_l2_[k];
+    if (l1 == 0.0 && l2 == 0.0) return 0.0;
+    const T* w = params_.data() + segments_[k].offset;
+    T* g = grads_.data() + segments_[k].offset;
+    const T tl1 = T(l1), tl2 = T(2.0 * l2);
+    double a = 0.0, q = 0.0;
+    const i64 n = segments_[k].size;
 #pragma omp parallel for schedule(static) reduction(+ : a, q) if (n > kParallelElems)
-      for (i64 i = 0; i < n; ++i) {
-        const T wi = w[i];
-        g[i] += tl1 * T((wi > T(0)) - (wi < T(0))) + tl2 * wi;
-        a += std::fabs(double(wi));
-        q += double(wi) * double(wi);
+    for (i64 i = 0; i < n; ++i) {
+      const T wi = w[i];
+      g[i] += tl1 * T((wi > T(0)) - (wi < T(0))) + tl2 * wi;
+      a += std::fabs(double(wi));
+      q += double(wi) * double(wi);
+    }
+    return l1 * a + l2 * q;
+  }
+
+  // Optimizer step on segments [k0, k1): penalty gradients first, then the fused loop;
+  // returns the penalty. gscale: global-norm clipping factor.
+  double step_segments(size_t k0, size_t k1, double gscale) {
+    double pen = 0.0;
+    for (size_t k = k0; k < k1; ++k) pen += regularize(k);
+    optimizer_step(opt_, last_lr_, step_, gscale, params_.data(), grads_.data(), opt_state_,
+                   segments_.data() + k0, k1 - k0, seg_stats_.data() + k0, monitoring_);
+    if (monitoring_) {
+      for (size_t k = k0; k < k1; ++k) {
+        const double gn = std::sqrt(seg_stats_[k].g2), wn = std::sqrt(seg_stats_[k].w2);
+        health_[k].grad_norm += gn;
+        health_[k].grad_norm_max = std::max(health_[k].grad_norm_max, gn);
+        health_[k].update_ratio += wn > 0.0 ? std::sqrt(seg_stats_[k].d2) / wn : 0.0;
       }
-      pen += l1 * a + l2 * q;
     }
     return pen;
   }
 
-  // Regularize, clip and apply one optimizer step to the gradients in grads_.
-  void update(i64 B, LossStats& ls) {
-    ls.loss_sum += regularize() * double(B);
-    double gscale = 1.0;
-    if (opt_.clipnorm > 0.0) {
-      double g2 = 0.0;
-      const T* g = grads_.data();
-      const i64 n = num_params();
-#pragma omp parallel for schedule(static) reduction(+ : g2) if (n > kParallelElems)
-      for (i64 i = 0; i < n; ++i) g2 += double(g[i]) * double(g[i]);
-      const double norm = std::sqrt(g2);
-      if (norm > opt_.clipnorm) gscale = opt_.clipnorm / norm;
-    }
+  // One training step: forward, loss, backward, optimizer. Each layer's parameters are
+  // updated as soon as its backward pass has produced their gradients (still in cache; its
+  // weights are no longer needed once it has computed dx). Global-norm clipping needs every
+  // gradient first, so with clipnorm the step runs after the whole backward pass.
+  // Returns false, with nothing updated, when stop_on_nan is set and the loss is not finite.
+  bool train_step(const T* x, const T* y, const T* w, i64 B, LossStats& ls) {
+    ls = forward_loss(x, y, w, B);
+    if (stop_on_nan_ && !std::isfinite(ls.loss_sum)) return false;
     if (stop_on_nan_) {
       snapshot_.resize(params_.size());
       std::memcpy(snapshot_.data(), params_.data(), sizeof(T) * params_.size());
@@ -452,35 +464,66 @@ class Network {
     }
     last_lr_ = current_learning_rate();
     ++step_;
-    optimizer_step(opt_, last_lr_, step_, gscale, params_.data(), grads_.data(), opt_state_,
-                   segments_, seg_stats_.data(), monitoring_);
-    grads_zero_ = true;  // the step consumed and zeroed them
-    if (monitoring_) {
-      for (size_t k = 0; k < health_.size(); ++k) {
-        const double gn = std::sqrt(seg_stats_[k].g2), wn = std::sqrt(seg_stats_[k].w2);
-        health_[k].grad_norm += gn;
-        health_[k].grad_norm_max = std::max(health_[k].grad_norm_max, gn);
-        health_[k].update_ratio += wn > 0.0 ? std::sqrt(seg_stats_[k].d2) / wn : 0.0;
+    const bool per_layer = opt_.clipnorm <= 0.0;
+    double pen = 0.0;
+    backward(x, B, per_layer ? &pen : nullptr);
+    if (!per_layer) {
+      double g2 = 0.0;
+      for (size_t k = 0; k < segments_.size(); ++k) {
+        pen += regularize(k);
+        const T* g = grads_.data() + segments_[k].offset;
+        const i64 n = segments_[k].size;
+#pragma omp parallel for schedule(static) reduction(+ : g2) if (n > kParallelElems)
+        for (i64 i = 0; i < n; ++i) g2 += double(g[i]) * double(g[i]);
+      }
+      const double norm = std::sqrt(g2);
+      const double gscale = norm > opt_.clipnorm ? opt_.clipnorm / norm : 1.0;
+      // penalties already added: step without adding them again
+      optimizer_step(opt_, last_lr_, step_, gscale, params_.data(), grads_.data(), opt_state_,
+                     segments_.data(), segments_.size(), seg_stats_.data(), monitoring_);
+      if (monitoring_) {
+        for (size_t k = 0; k < segments_.size(); ++k) {
+          const double gn = std::sqrt(seg_stats_[k].g2), wn = std::sqrt(seg_stats_[k].w2);
+          health_[k].grad_norm += gn;
+          health_[k].grad_norm_max = std::max(health_[k].grad_norm_max, gn);
+          health_[k].update_ratio += wn > 0.0 ? std::sqrt(seg_stats_[k].d2) / wn : 0.0;
+        }
       }
     }
+    grads_zero_ = true;  // the optimizer consumed and zeroed them
+    ls.loss_sum += pen * double(B);
+    return true;
   }
 
-  LossStats forward_backward(const T* x, const T* y, const T* w, i64 B) {
+  // Forward pass and loss; the loss gradient w.r.t. the output is left in gbuf_[0].
+  LossStats forward_loss(const T* x, const T* y, const T* w, i64 B) {
     const i64 C = out_size();
     T* out = forward(x, B, true);
     std::memcpy(probs_.data(), out, sizeof(T) * B * C);
-    T* dcur = gbuf_[0].data();
-    LossStats ls = loss_forward_backward<T>(loss_, head_, probs_.data(), y, w, B, C, dcur);
+    return loss_forward_backward<T>(loss_, head_, probs_.data(), y, w, B, C, gbuf_[0].data());
+  }
+
+  // Backward pass from the loss gradient in gbuf_[0]. With `pen` non-null, each layer's
+  // parameters take their optimizer step right after its backward (penalties summed in).
+  void backward(const T* x, i64 B, double* pen) {
     if (!grads_zero_) std::fill(grads_.begin(), grads_.end(), T(0));
     grads_zero_ = false;
+    T* dcur = gbuf_[0].data();
     int which = 0;
     for (i64 l = i64(layers_.size()) - 1; l >= 0; --l) {
       const T* lin = l == 0 ? x : acts_[l - 1].data();
       T* dx = l == 0 ? nullptr : gbuf_[1 - which].data();
       layers_[l]->backward(lin, acts_[l].data(), dcur, dx, B);
+      if (pen) *pen += step_segments(layer_segs_[l], layer_segs_[l + 1], 1.0);
       dcur = dx;
       which = 1 - which;
     }
+  }
+
+  // Loss and gradients without a step (compute_gradients).
+  LossStats forward_backward(const T* x, const T* y, const T* w, i64 B, bool) {
+    LossStats ls = forward_loss(x, y, w, B);
+    backward(x, B, nullptr);
     return ls;
   }
 
@@ -499,6 +542,7 @@ class Network {
 
   bool grads_zero_ = false;  // grads_ is all zeros (left so by the last optimizer step)
   std::vector<Segment> segments_;
+  std::vector<size_t> layer_segs_;
   std::vector<double> reg_l1_, reg_l2_;
   bool stop_on_nan_ = false, have_snapshot_ = false;
   avec<T> snapshot_;
