@@ -431,22 +431,25 @@ class Network {
     return l1 * a + l2 * q;
   }
 
-  // Optimizer step on segments [k0, k1): penalty gradients first, then the fused loop;
-  // returns the penalty. gscale: global-norm clipping factor.
-  double step_segments(size_t k0, size_t k1, double gscale) {
+  // Penalty gradients of segments [k0, k1) added to their gradients; returns the penalty.
+  double add_penalties(size_t k0, size_t k1) {
     double pen = 0.0;
     for (size_t k = k0; k < k1; ++k) pen += regularize(k);
+    return pen;
+  }
+
+  // The fused optimizer loop over segments [k0, k1), and the monitor's per-step sums.
+  // gscale: global-norm clipping factor.
+  void apply_step(size_t k0, size_t k1, double gscale) {
     optimizer_step(opt_, last_lr_, step_, gscale, params_.data(), grads_.data(), opt_state_,
                    segments_.data() + k0, k1 - k0, seg_stats_.data() + k0, monitoring_);
-    if (monitoring_) {
-      for (size_t k = k0; k < k1; ++k) {
-        const double gn = std::sqrt(seg_stats_[k].g2), wn = std::sqrt(seg_stats_[k].w2);
-        health_[k].grad_norm += gn;
-        health_[k].grad_norm_max = std::max(health_[k].grad_norm_max, gn);
-        health_[k].update_ratio += wn > 0.0 ? std::sqrt(seg_stats_[k].d2) / wn : 0.0;
-      }
+    if (!monitoring_) return;
+    for (size_t k = k0; k < k1; ++k) {
+      const double gn = std::sqrt(seg_stats_[k].g2), wn = std::sqrt(seg_stats_[k].w2);
+      health_[k].grad_norm += gn;
+      health_[k].grad_norm_max = std::max(health_[k].grad_norm_max, gn);
+      health_[k].update_ratio += wn > 0.0 ? std::sqrt(seg_stats_[k].d2) / wn : 0.0;
     }
-    return pen;
   }
 
   // One training step: forward, loss, backward, optimizer. Each layer's parameters are
@@ -468,27 +471,15 @@ class Network {
     double pen = 0.0;
     backward(x, B, per_layer ? &pen : nullptr);
     if (!per_layer) {
+      const size_t nseg = segments_.size();
+      pen = add_penalties(0, nseg);
       double g2 = 0.0;
-      for (size_t k = 0; k < segments_.size(); ++k) {
-        pen += regularize(k);
-        const T* g = grads_.data() + segments_[k].offset;
-        const i64 n = segments_[k].size;
+      const T* g = grads_.data();
+      const i64 n = num_params();
 #pragma omp parallel for schedule(static) reduction(+ : g2) if (n > kParallelElems)
-        for (i64 i = 0; i < n; ++i) g2 += double(g[i]) * double(g[i]);
-      }
+      for (i64 i = 0; i < n; ++i) g2 += double(g[i]) * double(g[i]);
       const double norm = std::sqrt(g2);
-      const double gscale = norm > opt_.clipnorm ? opt_.clipnorm / norm : 1.0;
-      // penalties already added: step without adding them again
-      optimizer_step(opt_, last_lr_, step_, gscale, params_.data(), grads_.data(), opt_state_,
-                     segments_.data(), segments_.size(), seg_stats_.data(), monitoring_);
-      if (monitoring_) {
-        for (size_t k = 0; k < segments_.size(); ++k) {
-          const double gn = std::sqrt(seg_stats_[k].g2), wn = std::sqrt(seg_stats_[k].w2);
-          health_[k].grad_norm += gn;
-          health_[k].grad_norm_max = std::max(health_[k].grad_norm_max, gn);
-          health_[k].update_ratio += wn > 0.0 ? std::sqrt(seg_stats_[k].d2) / wn : 0.0;
-        }
-      }
+      apply_step(0, nseg, norm > opt_.clipnorm ? opt_.clipnorm / norm : 1.0);
     }
     grads_zero_ = true;  // the optimizer consumed and zeroed them
     ls.loss_sum += pen * double(B);
@@ -514,7 +505,10 @@ class Network {
       const T* lin = l == 0 ? x : acts_[l - 1].data();
       T* dx = l == 0 ? nullptr : gbuf_[1 - which].data();
       layers_[l]->backward(lin, acts_[l].data(), dcur, dx, B);
-      if (pen) *pen += step_segments(layer_segs_[l], layer_segs_[l + 1], 1.0);
+      if (pen) {
+        *pen += add_penalties(layer_segs_[l], layer_segs_[l + 1]);
+        apply_step(layer_segs_[l], layer_segs_[l + 1], 1.0);
+      }
       dcur = dx;
       which = 1 - which;
     }
