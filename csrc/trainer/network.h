@@ -290,14 +290,20 @@ class Network {
     reserve(B);
     DenormalsFlushed ftz;
     LossStats ls;
-    if (take_step) train_step(X, Y, SW, B, ls);
-    else ls = forward_backward(X, Y, SW, B, false);
+    bool stepped = false;
+    if (take_step) {
+      stepped = train_step(X, Y, SW, B, ls);
+    } else {
+      ls = forward_loss(X, Y, SW, B);
+      backward(X, B, nullptr);
+    }
     EpochStats st;
     st.loss = ls.loss_sum / double(B);
     st.accuracy = ls.correct / double(B);
     st.samples = B;
-    st.steps = take_step ? 1 : 0;
-    st.learning_rate = take_step ? last_lr_ : 0.0;
+    st.steps = stepped ? 1 : 0;
+    st.stopped_nan = take_step && !stepped;
+    st.learning_rate = stepped ? last_lr_ : 0.0;
     return st;
   }
 
@@ -512,13 +518,6 @@ class Network {
       dcur = dx;
       which = 1 - which;
     }
-  }
-
-  // Loss and gradients without a step (compute_gradients).
-  LossStats forward_backward(const T* x, const T* y, const T* w, i64 B, bool) {
-    LossStats ls = forward_loss(x, y, w, B);
-    backward(x, B, nullptr);
-    return ls;
   }
 
   std::vector<std::unique_ptr<Layer<T>>> layers_;
