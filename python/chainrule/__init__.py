@@ -2,7 +2,8 @@
 with the whole training epoch in a C++ core."""
 
 from . import activations, callbacks, initializers, layers, losses, optimizers, regularizers, schedules
-from .models import GradientWarning, History, Sequential, load_model
+from .models import GradientWarning, History, Sequential
+from .saving import load_model
 from .system import cpu_info, get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
