@@ -30,6 +30,22 @@ template <typename... Args>
   throw std::invalid_argument(os.str());
 }
 
+// Size limits. Every element count the core allocates is computed through checked_mul, so a
+// size that cannot be represented is an argument error, never a wrapped product: a single
+// sample's input or output, one parameter tensor, all parameters together, and one sample's
+// im2col matrix each hold at most kMaxElems values (2^31 - 1); products with the batch size
+// (buffers) are checked against kMaxBufferElems.
+constexpr i64 kMaxElems = (i64(1) << 31) - 1;
+constexpr i64 kMaxBufferElems = i64(1) << 40;
+
+// a * b for sizes >= 0, or an argument error naming `what` when it exceeds `limit`.
+inline i64 checked_mul(i64 a, i64 b, const char* what, i64 limit = kMaxElems) {
+  if (a < 0 || b < 0) fail(what, " must be >= 0; received ", a, " x ", b);
+  if (a != 0 && b > limit / a)
+    fail(what, " is too large: ", a, " x ", b, " exceeds the limit of ", limit, " elements");
+  return a * b;
+}
+
 // 64-byte aligned allocator: buffers start on a cache line, SIMD loads never split one.
 template <typename T>
 struct AlignedAllocator {

@@ -610,16 +610,21 @@ def test_terminate_on_nan_stops_and_restores_the_weights_before_the_diverging_st
     assert stop is not None and len(hist.epoch) == stop + 1 < 30
     assert "TerminateOnNaN" in capsys.readouterr().err
     losses = hist.history["loss"]
-    assert not np.isfinite(losses[stop]) and np.isfinite(losses[:stop]).all()
+    assert np.isfinite(losses[:stop]).all()
     final = model.get_weights()
     assert all(np.isfinite(w).all() for w in final)
-    # One step per epoch: the loss of epoch `stop` was measured on the weights left by epoch
-    # stop-1 (the diverging step); the weights put back are those before that step, i.e.
-    # the weights at the end of epoch stop-2 (or the initial ones).
-    before = per_epoch[stop - 2] if stop >= 2 else w_init
-    for a, b in zip(final, before):
+    # One step per epoch. The step of epoch `stop` either found a non-finite loss (measured on
+    # the weights left by epoch stop-1: the diverging step was stop-1's) or made non-finite
+    # weights (the diverging step was its own). Either way the weights put back are those
+    # before the diverging step, whose loss was finite: measured by the next epoch's step.
+    states = [w_init] + per_epoch[:stop]
+    if np.isfinite(losses[stop]):
+        k = stop          # the weights this step made were not finite: back to before it
+    else:
+        k = stop - 1      # the loss of the weights left by step stop-1 was not finite
+    for a, b in zip(final, states[k]):
         np.testing.assert_array_equal(a, b)
-    assert model.evaluate(x, y) == pytest.approx(losses[stop - 1], rel=1e-5)
+    assert model.evaluate(x, y) == pytest.approx(losses[k], rel=1e-5)
 
 
 def test_terminate_on_nan_never_restores_weights_from_an_earlier_fit():

@@ -37,6 +37,68 @@ struct Checked {
   const T* y = nullptr;
   const T* w = nullptr;
   i64 n = 0;
+  Arr<T> w_owner;  // keeps a converted sample_weight alive while the core reads it
+};
+
+// Every entry point that reads or changes a network runs its C++ work through here, after
+// validating its arguments with the GIL held: release the GIL, then take the network's
+// mutex. The lock order is thus always mutex -> GIL (the progress and poll hooks re-take
+// the GIL while the mutex is held) and no thread waits for the mutex while holding the
+// GIL, so the two locks cannot deadlock. Concurrent calls wait for each other.
+template <typename Net, typename F>
+auto locked(Net& n, F&& f) -> decltype(f()) {
+  py::gil_scoped_release nogil;
+  std::lock_guard<std::mutex> lk(n.mutex());
+  return f();
+}
+
+// A member function bound to run under locked().
+template <typename Net, typename R, typename... A>
+auto locked_call(R (Net::*fn)(A...)) {
+  return [fn](Net& n, A... args) -> R { return locked(n, [&] { return (n.*fn)(args...); }); };
+}
+template <typename Net, typename R, typename... A>
+auto locked_call(R (Net::*fn)(A...) const) {
+  return [fn](Net& n, A... args) -> R { return locked(n, [&] { return (n.*fn)(args...); }); };
+}
+
+// Python hooks of a long C++ loop: an optional progress callback and a signal poll. Both
+// run with the GIL re-taken, between batches (never inside a parallel region). A Python
+// exception in either (KeyboardInterrupt from Ctrl-C included) stops the loop after the
+// current batch and is re-raised by rethrow() once the loop has returned.
+class LoopHooks {
+ public:
+  explicit LoopHooks(const py::object& progress_cb) : progress_cb_(progress_cb) {
+    poll = [this] {
+      py::gil_scoped_acquire gil;
+      return PyErr_CheckSignals() == 0 || keep_error();
+    };
+    if (!progress_cb_.is_none())
+      progress = [this](i64 done, i64 total, double loss, double acc) {
+        py::gil_scoped_acquire gil;
+        try {
+          if (PyErr_CheckSignals() != 0) return keep_error();
+          py::object r = progress_cb_(done, total, loss, acc);
+          return r.is_none() || r.cast<bool>();
+        } catch (py::error_already_set& e) {
+          pending_ = std::make_unique<py::error_already_set>(std::move(e));
+          return false;
+        }
+      };
+  }
+  void rethrow() {
+    if (pending_) throw std::move(*pending_);
+  }
+  cr::ProgressFn progress;
+  cr::PollFn poll;
+
+ private:
+  bool keep_error() {  // the Python error indicator is set: keep it for rethrow()
+    pending_ = std::make_unique<py::error_already_set>();
+    return false;
+  }
+  py::object progress_cb_;
+  std::unique_ptr<py::error_already_set> pending_;
 };
 
 // Validate (x, y, sample_weight) against the network before any C++ work starts.
@@ -51,21 +113,38 @@ Checked<T> check_xy(cr::Network<T>& net, const Arr<T>& x, const Arr<T>& y, const
   if (y.ndim() != 2 || y.shape(0) != c.n || y.shape(1) != tc)
     cr::fail("y must have shape (", c.n, ", ", tc, ") for loss '", cr::loss_name(net.loss()),
              "'; received shape ", shape_str(y));
-  if (net.loss() == cr::Loss::SparseCategoricalCE) {
-    const T* yy = y.data();
-    for (i64 i = 0; i < c.n; ++i) {
-      T v = yy[i];
-      if (!(v >= T(0) && v < T(C)) || v != std::floor(v))
-        cr::fail("y: labels must be integers in [0, ", C, "); received ", double(v), " at index ", i);
+  // Targets outside the loss's domain would train on a loss that is not bounded below.
+  const T* yy = y.data();
+  const i64 ny = c.n * tc;
+  for (i64 i = 0; i < ny; ++i) {
+    const T v = yy[i];
+    const char* want = nullptr;
+    switch (net.loss()) {
+      case cr::Loss::SparseCategoricalCE:
+        if (!(v >= T(0) && v < T(C)) || v != std::floor(v))
+          cr::fail("y: labels must be integers in [0, ", C, "); received ", double(v), " at index ", i);
+        break;
+      case cr::Loss::BinaryCE:
+        if (!(v >= T(0) && v <= T(1))) want = "targets in [0, 1]";
+        break;
+      case cr::Loss::CategoricalCE:
+        if (!(v >= T(0) && v <= T(1))) want = "targets in [0, 1] (one-hot or class probabilities)";
+        break;
+      case cr::Loss::MSE:
+        if (!std::isfinite(v)) want = "finite targets";
+        break;
     }
+    if (want)
+      cr::fail("y: ", cr::loss_name(net.loss()), " needs ", want, "; received ", double(v),
+               " at index (", i / tc, ", ", i % tc, ")");
   }
   c.x = x.data();
   c.y = y.data();
   if (!sw.is_none()) {
-    auto w = sw.cast<Arr<T>>();
-    if (w.ndim() != 1 || w.shape(0) != c.n)
-      cr::fail("sample_weight must have shape (", c.n, ",); received shape ", shape_str(w));
-    c.w = w.data();
+    c.w_owner = sw.cast<Arr<T>>();
+    if (c.w_owner.ndim() != 1 || c.w_owner.shape(0) != c.n)
+      cr::fail("sample_weight must have shape (", c.n, ",); received shape ", shape_str(c.w_owner));
+    c.w = c.w_owner.data();
   }
   return c;
 }
@@ -78,6 +157,8 @@ py::dict stats_dict(const cr::EpochStats& s) {
   d["steps"] = s.steps;
   d["stopped_nan"] = s.stopped_nan;
   d["learning_rate"] = s.learning_rate;
+  d["interrupted"] = s.interrupted;
+  d["nonfinite_param"] = s.nonfinite_param;
   return d;
 }
 
@@ -154,18 +235,10 @@ void bind_network(py::module_& m, const char* name) {
              return std::make_unique<Net>(std::move(layers));
            }),
            py::arg("layers"))
+      // Fixed at construction: no lock needed.
       .def_property_readonly("in_size", &Net::in_size)
       .def_property_readonly("out_size", &Net::out_size)
       .def_property_readonly("num_params", &Net::num_params)
-      .def_property_readonly("step_count", &Net::step_count)
-      .def("compile",
-           [](Net& n, int loss, const py::dict& opt) {
-             if (loss < 0 || loss > 3) cr::fail("unknown loss code ", loss);
-             n.compile(cr::Loss(loss), optim_from_dict(opt));
-           })
-      .def("set_optimizer", [](Net& n, const py::dict& opt) { n.set_optimizer(optim_from_dict(opt)); })
-      .def("set_learning_rate", &Net::set_learning_rate)
-      .def("seed_layers", &Net::seed_layers)
       .def("params_info",
            [](Net& n) {
              py::list out;
@@ -180,13 +253,40 @@ void bind_network(py::module_& m, const char* name) {
              }
              return out;
            })
+      // Configuration: each waits for a running epoch to end.
+      .def("compile",
+           [](Net& n, int loss, const py::dict& opt) {
+             if (loss < 0 || loss > 3) cr::fail("unknown loss code ", loss);
+             const cr::OptimConfig c = optim_from_dict(opt);
+             locked(n, [&] { n.compile(cr::Loss(loss), c); });
+           })
+      .def("set_optimizer",
+           [](Net& n, const py::dict& opt) {
+             const cr::OptimConfig c = optim_from_dict(opt);
+             locked(n, [&] { n.set_optimizer(c); });
+           })
+      .def("set_learning_rate", locked_call(&Net::set_learning_rate))
+      .def("seed_layers", locked_call(&Net::seed_layers))
+      .def("set_regularization", locked_call(&Net::set_regularization), py::arg("index"), py::arg("l1"),
+           py::arg("l2"))
+      .def("set_stop_on_nan", locked_call(&Net::set_stop_on_nan))
+      .def("set_monitor", locked_call(&Net::set_monitor))
+      .def("set_lr_scale", locked_call(&Net::set_lr_scale))
+      .def("set_step_count", locked_call(&Net::set_step_count))
+      .def_property_readonly("step_count", locked_call(&Net::step_count))
+      .def_property_readonly("lr_scale", locked_call(&Net::lr_scale))
+      .def("current_learning_rate", locked_call(&Net::current_learning_rate))
+      // Weights and state: copied in or out under the lock.
       .def("get_param",
            [](Net& n, i64 i, bool grad) {
              auto& info = n.params_info();
              if (i < 0 || i >= i64(info.size())) cr::fail("parameter index out of range: ", i);
              Arr<T> a(info[i].shape);
-             const T* src = (grad ? n.grads() : n.params()) + info[i].offset;
-             std::memcpy(a.mutable_data(), src, sizeof(T) * info[i].size);
+             T* dst = a.mutable_data();
+             locked(n, [&] {
+               const T* src = (grad ? n.grads() : n.params()) + info[i].offset;
+               std::memcpy(dst, src, sizeof(T) * info[i].size);
+             });
              return a;
            },
            py::arg("index"), py::arg("grad") = false)
@@ -194,63 +294,59 @@ void bind_network(py::module_& m, const char* name) {
            [](Net& n, i64 i, const Arr<T>& a) {
              auto& info = n.params_info();
              if (i < 0 || i >= i64(info.size())) cr::fail("parameter index out of range: ", i);
-             if (a.size() != info[i].size || a.ndim() != py::ssize_t(info[i].shape.size()))
-               cr::fail("weights for '", info[i].name, "' of layer ", info[i].layer,
-                        " must have shape ", shape_str(Arr<T>(info[i].shape)), "; received shape ", shape_str(a));
-             for (py::ssize_t d = 0; d < a.ndim(); ++d)
-               if (a.shape(d) != info[i].shape[d])
+             bool same = a.ndim() == py::ssize_t(info[i].shape.size());
+             for (py::ssize_t d = 0; same && d < a.ndim(); ++d) same = a.shape(d) == info[i].shape[d];
+             if (!same)
+               cr::fail("weights for '", info[i].name, "' of layer ", info[i].layer, " must have shape ",
+                        shape_str(Arr<T>(info[i].shape)), "; received shape ", shape_str(a));
+             const T* src = a.data();
+             for (i64 k = 0; k < info[i].size; ++k)
+               if (!std::isfinite(src[k]))
                  cr::fail("weights for '", info[i].name, "' of layer ", info[i].layer,
-                          " must have shape ", shape_str(Arr<T>(info[i].shape)), "; received shape ", shape_str(a));
-             std::lock_guard<std::mutex> lk(n.mutex());
-             std::memcpy(n.params() + info[i].offset, a.data(), sizeof(T) * info[i].size);
-             n.weights_changed();
+                          " must be finite; received ", double(src[k]), " at flat index ", k);
+             locked(n, [&] {
+               std::memcpy(n.params() + info[i].offset, src, sizeof(T) * info[i].size);
+               n.state_changed();
+             });
            },
            py::arg("index"), py::arg("value").noconvert())
-      .def("train_epoch",
-           [](Net& n, const Arr<T>& x, const Arr<T>& y, const py::object& sw, i64 batch,
-              bool shuffle, std::uint64_t seed, const py::object& progress, i64 every) {
-             auto c = check_xy(n, x, y, sw);
-             // The callback runs with the GIL re-acquired, between steps (never inside a
-             // parallel region). A Python exception in it (Ctrl-C included) stops the epoch
-             // and is re-raised here once the C++ loop has returned.
-             std::unique_ptr<py::error_already_set> pending;
-             cr::ProgressFn fn;
-             if (!progress.is_none()) {
-               fn = [&](i64 done, i64 total, double loss, double acc) {
-                 py::gil_scoped_acquire gil;
-                 try {
-                   if (PyErr_CheckSignals() != 0) throw py::error_already_set();
-                   py::object r = progress(done, total, loss, acc);
-                   return r.is_none() || r.cast<bool>();
-                 } catch (py::error_already_set& e) {
-                   pending = std::make_unique<py::error_already_set>(std::move(e));
-                   return false;
-                 }
-               };
+      .def("get_optimizer_state",
+           [](Net& n) {
+             std::vector<cr::avec<T>> copy = locked(n, [&] { return n.optimizer_state(); });
+             py::list out;
+             for (auto& s : copy) {
+               Arr<T> a(py::ssize_t(s.size()));
+               std::memcpy(a.mutable_data(), s.data(), sizeof(T) * s.size());
+               out.append(a);
              }
-             cr::EpochStats s;
-             {
-               py::gil_scoped_release nogil;
-               std::lock_guard<std::mutex> lk(n.mutex());
-               s = n.train_epoch(c.x, c.y, c.w, c.n, batch, shuffle, seed, fn, every);
-             }
-             if (pending) throw std::move(*pending);
-             return stats_dict(s);
-           },
-           py::arg("x").noconvert(), py::arg("y").noconvert(), py::arg("sample_weight") = py::none(),
-           py::arg("batch_size") = 32, py::arg("shuffle") = true, py::arg("seed") = 0,
-           py::arg("progress") = py::none(), py::arg("progress_every") = 0)
-      .def("set_regularization", &Net::set_regularization, py::arg("index"), py::arg("l1"), py::arg("l2"))
-      .def("set_stop_on_nan", &Net::set_stop_on_nan)
-      .def("set_monitor", &Net::set_monitor)
-      .def("set_lr_scale", &Net::set_lr_scale)
-      .def_property_readonly("lr_scale", &Net::lr_scale)
-      .def("current_learning_rate", &Net::current_learning_rate)
-      .def("set_step_count", &Net::set_step_count)
+             return out;
+           })
+      .def("set_optimizer_state",
+           [](Net& n, const std::vector<Arr<T>>& slots) {
+             locked(n, [&] {
+               auto& st = n.optimizer_state();
+               if (slots.size() != st.size())
+                 cr::fail("optimizer state must have ", st.size(), " slots; received ", slots.size());
+               for (size_t k = 0; k < st.size(); ++k) {
+                 if (slots[k].ndim() != 1 || size_t(slots[k].shape(0)) != st[k].size())
+                   cr::fail("optimizer state slot ", k, " must have ", st[k].size(), " values; received ",
+                            slots[k].size());
+                 for (size_t e = 0; e < st[k].size(); ++e)
+                   if (!std::isfinite(slots[k].data()[e]))
+                     cr::fail("optimizer state slot ", k, " must be finite; received ",
+                              double(slots[k].data()[e]), " at index ", e);
+               }
+               for (size_t k = 0; k < st.size(); ++k)
+                 std::memcpy(st[k].data(), slots[k].data(), sizeof(T) * st[k].size());
+               n.state_changed();
+             });
+           })
+      // The gradient monitor of the last epoch.
       .def("param_health",
            [](Net& n) {
+             auto health = locked(n, [&] { return n.param_health(); });
              py::list out;
-             for (auto& h : n.param_health()) {
+             for (auto& h : health) {
                py::dict d;
                d["grad_norm"] = h.grad_norm;
                d["grad_norm_max"] = h.grad_norm_max;
@@ -260,63 +356,41 @@ void bind_network(py::module_& m, const char* name) {
              }
              return out;
            })
-      .def("dead_fraction", [](Net& n) { return n.dead_fraction(); })
-      .def("get_optimizer_state",
-           [](Net& n) {
-             py::list out;
-             for (auto& s : n.optimizer_state()) {
-               Arr<T> a(py::ssize_t(s.size()));
-               std::memcpy(a.mutable_data(), s.data(), sizeof(T) * s.size());
-               out.append(a);
-             }
-             return out;
-           })
-      .def("set_optimizer_state",
-           [](Net& n, const std::vector<Arr<T>>& slots) {
-             auto& st = n.optimizer_state();
-             if (slots.size() != st.size())
-               cr::fail("optimizer state must have ", st.size(), " slots; received ", slots.size());
-             for (size_t k = 0; k < st.size(); ++k)
-               if (slots[k].ndim() != 1 || size_t(slots[k].shape(0)) != st[k].size())
-                 cr::fail("optimizer state slot ", k, " must have shape (", st[k].size(), ",); received shape ",
-                          shape_str(slots[k]));
-             std::lock_guard<std::mutex> lk(n.mutex());
-             for (size_t k = 0; k < st.size(); ++k)
-               std::memcpy(st[k].data(), slots[k].data(), sizeof(T) * st[k].size());
-           })
+      .def("dead_fraction", [](Net& n) { return locked(n, [&] { return n.dead_fraction(); }); })
+      // Training and inference.
+      .def("train_epoch",
+           [](Net& n, const Arr<T>& x, const Arr<T>& y, const py::object& sw, i64 batch,
+              bool shuffle, std::uint64_t seed, const py::object& progress, i64 every) {
+             auto c = check_xy(n, x, y, sw);
+             LoopHooks hooks(progress);
+             cr::EpochStats s = locked(n, [&] {
+               return n.train_epoch(c.x, c.y, c.w, c.n, batch, shuffle, seed, hooks.progress, every,
+                                    hooks.poll);
+             });
+             hooks.rethrow();
+             return stats_dict(s);
+           },
+           py::arg("x").noconvert(), py::arg("y").noconvert(), py::arg("sample_weight") = py::none(),
+           py::arg("batch_size") = 32, py::arg("shuffle") = true, py::arg("seed") = 0,
+           py::arg("progress") = py::none(), py::arg("progress_every") = 0)
       .def("train_batch",
            [](Net& n, const Arr<T>& x, const Arr<T>& y, const py::object& sw) {
              auto c = check_xy(n, x, y, sw);
-             cr::EpochStats s;
-             {
-               py::gil_scoped_release nogil;
-               std::lock_guard<std::mutex> lk(n.mutex());
-               s = n.train_batch(c.x, c.y, c.w, c.n);
-             }
-             return stats_dict(s);
+             return stats_dict(locked(n, [&] { return n.train_batch(c.x, c.y, c.w, c.n); }));
            },
            py::arg("x").noconvert(), py::arg("y").noconvert(), py::arg("sample_weight") = py::none())
       .def("compute_gradients",
            [](Net& n, const Arr<T>& x, const Arr<T>& y, const py::object& sw) {
              auto c = check_xy(n, x, y, sw);
-             cr::EpochStats s;
-             {
-               py::gil_scoped_release nogil;
-               std::lock_guard<std::mutex> lk(n.mutex());
-               s = n.compute_gradients(c.x, c.y, c.w, c.n);
-             }
-             return stats_dict(s);
+             return stats_dict(locked(n, [&] { return n.compute_gradients(c.x, c.y, c.w, c.n); }));
            },
            py::arg("x").noconvert(), py::arg("y").noconvert(), py::arg("sample_weight") = py::none())
       .def("evaluate",
            [](Net& n, const Arr<T>& x, const Arr<T>& y, const py::object& sw, i64 batch) {
              auto c = check_xy(n, x, y, sw);
-             cr::EpochStats s;
-             {
-               py::gil_scoped_release nogil;
-               std::lock_guard<std::mutex> lk(n.mutex());
-               s = n.evaluate(c.x, c.y, c.w, c.n, batch);
-             }
+             LoopHooks hooks{py::none()};
+             cr::EpochStats s = locked(n, [&] { return n.evaluate(c.x, c.y, c.w, c.n, batch, hooks.poll); });
+             hooks.rethrow();
              return stats_dict(s);
            },
            py::arg("x").noconvert(), py::arg("y").noconvert(), py::arg("sample_weight") = py::none(),
@@ -330,11 +404,9 @@ void bind_network(py::module_& m, const char* name) {
              if (N == 0) return out;
              const T* xp = x.data();
              T* op = out.mutable_data();
-             {
-               py::gil_scoped_release nogil;
-               std::lock_guard<std::mutex> lk(n.mutex());
-               n.predict(xp, N, batch, op);
-             }
+             LoopHooks hooks{py::none()};
+             locked(n, [&] { n.predict(xp, N, batch, op, hooks.poll); });
+             hooks.rethrow();
              return out;
            },
            py::arg("x").noconvert(), py::arg("batch_size") = 256);

@@ -1,5 +1,6 @@
 // CPU detection (cpuid + xgetbv on x86, nothing elsewhere), the once-made choice of SIMD
 // target with its CHAINRULE_CPU_TARGET override, and thread-count control.
+#include <thread>
 #include "kernels/cpu.h"
 
 #include <algorithm>
@@ -131,8 +132,12 @@ bool openmp_available() {
 #endif
 }
 
+// The same bound as chainrule.system.MAX_THREADS: 4x the logical CPUs, at least 64. OpenMP
+// aborts the process when it cannot create the threads asked for.
 void set_num_threads(int n) {
-  if (n < 1) fail("set_num_threads expects n >= 1; received n=", n);
+  const int cpus = int(std::max(1u, std::thread::hardware_concurrency()));
+  const int most = std::max(4 * cpus, 64);
+  if (n < 1 || n > most) fail("set_num_threads expects n in [1, ", most, "]; received n=", n);
 #ifdef _OPENMP
   omp_set_num_threads(n);
 #endif

@@ -323,17 +323,21 @@ void sgemm_with_kernel(const SgemmKernel& wide, bool ta, bool tb, i64 M, i64 N, 
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
   {
-    const int t = omp_get_thread_num();
-    const int ti = t / best_tn, tj = t % best_tn;
-    const i64 i0 = blocks_m * ti / best_tm * MR;
-    const i64 i1 = std::min(M, blocks_m * (ti + 1) / best_tm * MR);
-    const i64 j0 = blocks_n * tj / best_tn * NR;
-    const i64 j1 = std::min(N, blocks_n * (tj + 1) / best_tn * NR);
-    if (i1 > i0 && j1 > j0) {
-      const float* a = A + (ta ? i0 : i0 * lda);
-      const float* b = B + (tb ? j0 * ldb : j0);
-      sgemm_serial(kern, ta, tb, i1 - i0, j1 - j0, K, alpha, a, lda, b, ldb, beta,
-                   C + i0 * ldc + j0, ldc, ep, j0);
+    // OpenMP may grant fewer threads than asked (nested regions, OMP_THREAD_LIMIT, dynamic
+    // teams): each thread takes every team-size-th tile of the nt-tile grid, so all are done.
+    const int nth = omp_get_num_threads();
+    for (int tile = omp_get_thread_num(); tile < nt; tile += nth) {
+      const int ti = tile / best_tn, tj = tile % best_tn;
+      const i64 i0 = blocks_m * ti / best_tm * MR;
+      const i64 i1 = std::min(M, blocks_m * (ti + 1) / best_tm * MR);
+      const i64 j0 = blocks_n * tj / best_tn * NR;
+      const i64 j1 = std::min(N, blocks_n * (tj + 1) / best_tn * NR);
+      if (i1 > i0 && j1 > j0) {
+        const float* a = A + (ta ? i0 : i0 * lda);
+        const float* b = B + (tb ? j0 * ldb : j0);
+        sgemm_serial(kern, ta, tb, i1 - i0, j1 - j0, K, alpha, a, lda, b, ldb, beta,
+                     C + i0 * ldc + j0, ldc, ep, j0);
+      }
     }
   }
 #endif

@@ -222,6 +222,7 @@ void conv2d_backward_weights_c1(const ConvShape& s, const T* x, const T* dz, T* 
   const i64 SH = s.ah.stride, SW = s.aw.stride, PT = s.ah.pad_before, PL = s.aw.pad_before;
   const i64 OH = s.OH(), OW = s.OW(), nk = KH * KW * Co;
   if (B * OH * OW * nk < kParallelElems) nt = 1;
+  int used = 1;  // the team OpenMP actually grants (<= nt): the slices to reduce
 #pragma omp parallel num_threads(nt)
   {
 #ifdef _OPENMP
@@ -229,6 +230,8 @@ void conv2d_backward_weights_c1(const ConvShape& s, const T* x, const T* dz, T* 
 #else
     const int t = 0, nth = 1;
 #endif
+#pragma omp single
+    used = nth;
     T* dwp = partial + t * nk;
     std::fill(dwp, dwp + nk, T(0));
     const i64 n0 = B * t / nth, n1 = B * (t + 1) / nth;
@@ -270,7 +273,7 @@ void conv2d_backward_weights_c1(const ConvShape& s, const T* x, const T* dz, T* 
           }
     }
   }
-  for (int t = 0; t < nt; ++t)
+  for (int t = 0; t < used; ++t)
     for (i64 i = 0; i < nk; ++i) dW[i] += partial[t * nk + i];
 }
 
@@ -374,6 +377,7 @@ inline bool conv2d_backward_weights_c1_simd(const ConvShape& s, const float* x, 
   const i64 nk = s.K() * s.Cout;
   if (B * s.OH() * s.OW() * nk < 4 * kParallelElems) nt = 1;
   nt = int(std::min<i64>(nt, B));
+  int used = 1;  // the team OpenMP actually grants (<= nt): the slices to reduce
 #pragma omp parallel num_threads(nt)
   {
 #ifdef _OPENMP
@@ -381,11 +385,13 @@ inline bool conv2d_backward_weights_c1_simd(const ConvShape& s, const float* x, 
 #else
     const int t = 0, nth = 1;
 #endif
+#pragma omp single
+    used = nth;
     float* dwp = partial + t * nk;
     std::fill(dwp, dwp + nk, 0.0f);
     k.c1_weights(g, x, dz, dwp, B * t / nth, B * (t + 1) / nth);
   }
-  for (int t = 0; t < nt; ++t)
+  for (int t = 0; t < used; ++t)
     for (i64 i = 0; i < nk; ++i) dW[i] += partial[t * nk + i];
   return true;
 }
@@ -407,6 +413,14 @@ class Conv2D final : public Layer<T> {
     s_.Cout = cout;
     s_.ah = Axis::make("Conv2D", "height", h, kh, sh, same);
     s_.aw = Axis::make("Conv2D", "width", w, kw, sw, same);
+    // Every size the layer indexes with, checked once here; the products in ConvShape are
+    // then known to fit.
+    checked_mul(checked_mul(h, w, "Conv2D: input"), cin, "Conv2D: input (height x width x channels)");
+    const i64 pixels = checked_mul(s_.OH(), s_.OW(), "Conv2D: output");
+    checked_mul(pixels, cout, "Conv2D: output (height x width x filters)");
+    const i64 k = checked_mul(checked_mul(kh, kw, "Conv2D: kernel"), cin, "Conv2D: kernel (kh x kw x channels)");
+    checked_mul(k, cout, "Conv2D: kernel (kh x kw x channels x filters)");
+    const i64 col_per_sample = checked_mul(pixels, k, "Conv2D: one sample's im2col matrix");
     this->in_ = s_.in_size();
     this->out_ = s_.out_size();
     this->act_ = act;
@@ -415,7 +429,6 @@ class Conv2D final : public Layer<T> {
     pointwise_ = kh == 1 && kw == 1 && sh == 1 && sw == 1;
     // One input channel: direct loops (no im2col) for the forward pass and dW.
     direct_ = cin == 1 && !pointwise_;
-    const i64 col_per_sample = s_.OH() * s_.OW() * s_.K();
     chunk_ = std::max<i64>(1, kColBytes / i64(sizeof(T) * col_per_sample));
     bsum_.assign(cout, T(0));
     const char* env = std::getenv("CHAINRULE_CONV_NAIVE");

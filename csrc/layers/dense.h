@@ -13,6 +13,7 @@ class Dense final : public Layer<T> {
   Dense(i64 in, i64 out, Act act, T alpha) {
     if (in < 1) fail("Dense: input size must be >= 1; received ", in);
     if (out < 1) fail("Dense: units must be >= 1; received ", out);
+    checked_mul(in, out, "Dense: kernel (input size x units)");
     this->in_ = in;
     this->out_ = out;
     this->act_ = act;

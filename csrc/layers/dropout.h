@@ -14,7 +14,8 @@ template <typename T>
 class Dropout final : public Layer<T> {
  public:
   Dropout(i64 size, double rate) : rng_(0x5EED0D0Full) {
-    if (size < 1) fail("Dropout: input size must be >= 1; received ", size);
+    if (size < 1 || size > kMaxElems)
+      fail("Dropout: input size must be in [1, ", kMaxElems, "]; received ", size);
     if (!(rate >= 0.0 && rate < 1.0)) fail("Dropout: rate must be in [0, 1); received ", rate);
     this->in_ = size;
     this->out_ = size;

@@ -16,7 +16,7 @@ struct ParamShape {
   std::vector<i64> shape;    // e.g. (in, out) for a Dense kernel
   i64 size() const {
     i64 n = 1;
-    for (i64 d : shape) n *= d;
+    for (i64 d : shape) n = checked_mul(n, d, "parameter tensor size");
     return n;
   }
 };

@@ -17,6 +17,7 @@ struct PoolShape {
   i64 in_size() const { return H * W * C; }
   i64 out_size() const { return ah.out * aw.out * C; }
 
+  // Checked by make(): both sizes fit kMaxElems, so the products above cannot overflow.
   static PoolShape make(const char* layer, i64 h, i64 w, i64 c, i64 ph, i64 pw, i64 sh, i64 sw,
                         bool same) {
     if (c < 1) fail(layer, ": input channels must be >= 1; received ", c);
@@ -26,6 +27,8 @@ struct PoolShape {
     s.C = c;
     s.ah = Axis::make(layer, "height", h, ph, sh, same);
     s.aw = Axis::make(layer, "width", w, pw, sw, same);
+    checked_mul(checked_mul(h, w, "pooling input"), c, "pooling input (height x width x channels)");
+    checked_mul(checked_mul(s.ah.out, s.aw.out, "pooling output"), c, "pooling output");
     return s;
   }
   // The in-bounds window rows [h0, h1) and columns [w0, w1) of output pixel (oh, ow).

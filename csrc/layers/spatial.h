@@ -18,6 +18,9 @@ struct Axis {
     if (in < 1) fail(layer, ": input ", axis_name, " must be >= 1; received ", in);
     if (window < 1) fail(layer, ": window ", axis_name, " must be >= 1; received ", window);
     if (stride < 1) fail(layer, ": stride along ", axis_name, " must be >= 1; received ", stride);
+    if (in > kMaxElems || window > kMaxElems || stride > kMaxElems)
+      fail(layer, ": input ", axis_name, " ", in, ", window ", window, " and stride ", stride,
+           " must each be <= ", kMaxElems);
     Axis a;
     a.in = in;
     a.window = window;

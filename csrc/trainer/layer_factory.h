@@ -29,6 +29,9 @@ struct LayerSpec {
   i64 integer(const std::string& key) const {
     double v = num(key);
     if (!std::isfinite(v) || v != std::floor(v)) fail(kind, ": option '", key, "' must be an integer; received ", v);
+    // Beyond this the double cannot hold the integer exactly (and the cast could overflow);
+    // no layer size comes near it.
+    if (std::fabs(v) > double(kMaxElems)) fail(kind, ": option '", key, "' must be at most ", kMaxElems, "; received ", v);
     return i64(v);
   }
   Act activation() const {

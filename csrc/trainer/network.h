@@ -3,6 +3,7 @@
 // Buffers are sized once per call for the largest batch; the batch loop allocates nothing.
 #pragma once
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -32,7 +33,10 @@ struct EpochStats {
   double accuracy = 0.0;  // mean accuracy over the samples
   i64 samples = 0;
   i64 steps = 0;
-  bool stopped_nan = false;  // the loss became NaN/inf; weights restored to the last finite state
+  bool stopped_nan = false;  // stop_on_nan: a loss or weight became NaN/inf; weights and
+                             // optimizer state restored to those of the last finite step
+  bool interrupted = false;  // the poll function asked to stop (Ctrl-C)
+  i64 nonfinite_param = -1;  // the first parameter tensor holding NaN/inf after the call, or -1
   double learning_rate = 0.0;  // the rate of the last step taken
 };
 
@@ -47,6 +51,30 @@ struct ParamHealth {
 // Called every N steps from the epoch loop: (steps done, steps total, running loss, running
 // accuracy). Returning false stops the epoch after the current step.
 using ProgressFn = std::function<bool(i64, i64, double, double)>;
+// Called between steps (and batches of evaluate/predict) at most every kPollSeconds of wall
+// time; returning false stops the loop after the current batch (a pending Ctrl-C).
+using PollFn = std::function<bool()>;
+constexpr double kPollSeconds = 0.05;
+
+// Calls a PollFn when kPollSeconds have passed since the last call; remembers a "stop".
+class Poller {
+ public:
+  explicit Poller(const PollFn& fn) : fn_(fn), last_(std::chrono::steady_clock::now()) {}
+  // True when the loop must stop.
+  bool stop() {
+    if (!fn_ || stopped_) return stopped_;
+    const auto now = std::chrono::steady_clock::now();
+    if (std::chrono::duration<double>(now - last_).count() < kPollSeconds) return false;
+    last_ = now;
+    stopped_ = !fn_();
+    return stopped_;
+  }
+
+ private:
+  const PollFn& fn_;
+  std::chrono::steady_clock::time_point last_;
+  bool stopped_ = false;
+};
 
 template <typename T>
 class Network {
@@ -62,7 +90,10 @@ class Network {
     for (size_t l = 0; l < layers_.size(); ++l) {
       for (auto& ps : layers_[l]->param_shapes()) {
         params_info_.push_back({i64(l), ps.name, ps.shape, total, ps.size()});
-        total += ps.size();
+        total += ps.size();  // each size <= kMaxElems: no overflow before the check below
+        if (total > kMaxElems)
+          fail("Network: the model has more than ", kMaxElems, " parameters (layer ", l, " (",
+               layers_[l]->kind(), ") brings the total to ", total, ")");
       }
     }
     params_.assign(total, T(0));
@@ -113,6 +144,7 @@ class Network {
     if (!(opt.learning_rate >= 0.0) || !std::isfinite(opt.learning_rate))
       fail("optimizer: learning_rate must be a finite number >= 0; received ", opt.learning_rate);
     opt_ = opt;
+    have_snapshot_ = false;
     opt_state_.clear();
     for (int k = 0; k < opt.state_slots(); ++k)
       opt_state_.emplace_back(params_.size(), T(opt.state_init(k)));
@@ -136,7 +168,11 @@ class Network {
   }
   const OptimConfig& optimizer() const { return opt_; }
   i64 step_count() const { return step_; }
-  void set_step_count(i64 t) { step_ = t; }
+  void set_step_count(i64 t) {
+    if (t < 0) fail("step_count must be >= 0; received ", t);
+    step_ = t;
+    have_snapshot_ = false;
+  }
   std::vector<avec<T>>& optimizer_state() { return opt_state_; }
 
   // L1/L2 penalty on one parameter tensor: loss += l1 Σ|w| + l2 Σw².
@@ -147,9 +183,10 @@ class Network {
     reg_l1_[param] = l1;
     reg_l2_[param] = l2;
   }
-  // The weights were set from outside: an older snapshot no longer applies.
-  void weights_changed() { have_snapshot_ = false; }
-  // Stop an epoch at the first non-finite loss and restore the last finite weights.
+  // The weights or optimizer state were set from outside: a snapshot no longer applies.
+  void state_changed() { have_snapshot_ = false; }
+  // Stop an epoch at the first non-finite loss or weight and restore the weights and the
+  // optimizer state of the last finite step.
   void set_stop_on_nan(bool on) {
     stop_on_nan_ = on;
     have_snapshot_ = false;  // a snapshot from an earlier fit is not "the last finite step"
@@ -170,7 +207,7 @@ class Network {
   // last one partial), in a seeded random order when `shuffle`.
   EpochStats train_epoch(const T* X, const T* Y, const T* SW, i64 N, i64 batch, bool shuffle,
                          std::uint64_t seed, const ProgressFn& progress = nullptr,
-                         i64 progress_every = 0) {
+                         i64 progress_every = 0, const PollFn& poll = nullptr) {
     require_compiled();
     check_batch(N, batch);
     reserve(std::min(batch, N));
@@ -180,15 +217,19 @@ class Network {
     if (shuffle) shuffle_indices(order_.data(), N, seed);
     begin_monitor();
     EpochStats st;
+    Poller poller(poll);
     const i64 total_steps = (N + batch - 1) / batch;
     i64 seen = 0;
     for (i64 start = 0; start < N; start += batch) {
+      if (poller.stop()) {
+        st.interrupted = true;
+        break;
+      }
       const i64 B = std::min(batch, N - start);
       const T *xb, *yb, *wb;
       gather(X, Y, SW, start, B, shuffle, xb, yb, wb);
       LossStats ls;
       if (!train_step(xb, yb, wb, B, ls)) {
-        if (have_snapshot_) std::memcpy(params_.data(), snapshot_.data(), sizeof(T) * params_.size());
         st.stopped_nan = true;
         st.loss += ls.loss_sum;
         seen += B;
@@ -207,6 +248,7 @@ class Network {
     st.loss /= double(std::max<i64>(seen, 1));
     st.accuracy /= double(std::max<i64>(seen, 1));
     st.learning_rate = last_lr_;
+    st.nonfinite_param = first_nonfinite_param();
     return st;
   }
 
@@ -218,14 +260,20 @@ class Network {
     return one_batch(X, Y, SW, B, false);
   }
 
-  EpochStats evaluate(const T* X, const T* Y, const T* SW, i64 N, i64 batch) {
+  EpochStats evaluate(const T* X, const T* Y, const T* SW, i64 N, i64 batch,
+                      const PollFn& poll = nullptr) {
     require_compiled();
     check_batch(N, batch);
     reserve(std::min(batch, N));
     DenormalsFlushed ftz;
     const i64 tc = target_cols(loss_, out_size());
     EpochStats st;
+    Poller poller(poll);
     for (i64 start = 0; start < N; start += batch) {
+      if (poller.stop()) {
+        st.interrupted = true;
+        return st;
+      }
       const i64 B = std::min(batch, N - start);
       T* out = forward(X + start * in_size(), B, false);
       std::memcpy(probs_.data(), out, sizeof(T) * B * out_size());
@@ -242,24 +290,31 @@ class Network {
   }
 
   // out: (N, out_size) — the model's outputs, final activation included.
-  void predict(const T* X, i64 N, i64 batch, T* out) {
+  // Returns false when the poll function stopped it (out is then incomplete).
+  bool predict(const T* X, i64 N, i64 batch, T* out, const PollFn& poll = nullptr) {
     check_batch(N, batch);
     reserve(std::min(batch, N));
     DenormalsFlushed ftz;
+    Poller poller(poll);
     const i64 C = out_size();
     for (i64 start = 0; start < N; start += batch) {
+      if (poller.stop()) return false;
       const i64 B = std::min(batch, N - start);
       T* o = forward(X + start * in_size(), B, false);
       T* dst = out + start * C;
       std::memcpy(dst, o, sizeof(T) * B * C);
       if (head_ != Act::Linear) activation_forward(head_, T(0), dst, B, C);
     }
+    return true;
   }
 
   // Grow every buffer for batches up to `batch` (outside the batch loop only).
   void reserve(i64 batch) {
     if (batch <= cap_) return;
     const size_t L = layers_.size();
+    checked_mul(batch, in_size(), "batch_size x input size", kMaxBufferElems);
+    for (size_t l = 0; l < L; ++l)
+      checked_mul(batch, layers_[l]->out_size(), "batch_size x layer output size", kMaxBufferElems);
     acts_.resize(L);
     i64 widest = in_size();
     for (size_t l = 0; l < L; ++l) {
@@ -304,6 +359,7 @@ class Network {
     st.steps = stepped ? 1 : 0;
     st.stopped_nan = take_step && !stepped;
     st.learning_rate = stepped ? last_lr_ : 0.0;
+    if (take_step) st.nonfinite_param = first_nonfinite_param();
     return st;
   }
 
@@ -358,6 +414,20 @@ class Network {
       for (i64 j = 0; j < width; ++j) a[j] = std::max(a[j], y[e + j]);
     }
     for (i64 j = 0; e + j < n; ++j) a[j] = std::max(a[j], y[e + j]);
+  }
+
+  // The first parameter tensor holding a NaN or an infinity, or -1. One pass over the
+  // parameters, once per call (not per step).
+  i64 first_nonfinite_param() const {
+    for (size_t k = 0; k < segments_.size(); ++k)
+      if (!all_finite(params_.data() + segments_[k].offset, segments_[k].size)) return i64(k);
+    return -1;
+  }
+  static bool all_finite(const T* w, i64 n) {
+    T acc = T(0);  // w * 0 is NaN exactly for NaN and inf: one vectorizable pass, no branches
+#pragma omp simd reduction(+ : acc)
+    for (i64 i = 0; i < n; ++i) acc += w[i] * T(0);
+    return acc == T(0);
   }
 
   void begin_monitor() {
@@ -447,8 +517,10 @@ class Network {
   // The fused optimizer loop over segments [k0, k1), and the monitor's per-step sums.
   // gscale: global-norm clipping factor.
   void apply_step(size_t k0, size_t k1, double gscale) {
+    // The per-segment sums are also the NaN guard's check of the new weights (Σw² finite).
     optimizer_step(opt_, last_lr_, step_, gscale, params_.data(), grads_.data(), opt_state_,
-                   segments_.data() + k0, k1 - k0, seg_stats_.data() + k0, monitoring_);
+                   segments_.data() + k0, k1 - k0, seg_stats_.data() + k0,
+                   monitoring_ || stop_on_nan_);
     if (!monitoring_) return;
     for (size_t k = k0; k < k1; ++k) {
       const double gn = std::sqrt(seg_stats_[k].g2), wn = std::sqrt(seg_stats_[k].w2);
@@ -462,15 +534,19 @@ class Network {
   // updated as soon as its backward pass has produced their gradients (still in cache; its
   // weights are no longer needed once it has computed dx). Global-norm clipping needs every
   // gradient first, so with clipnorm the step runs after the whole backward pass.
-  // Returns false, with nothing updated, when stop_on_nan is set and the loss is not finite.
+  // Returns false when stop_on_nan is set and the loss or a new weight is not finite. The
+  // weights, optimizer state and step count are then put back to the last ones whose loss
+  // was finite: those before this step (new weights not finite) or before the previous one
+  // (the loss of the weights it left is not finite), if that step was taken in this run
+  // of stop_on_nan with no change of the weights from outside since.
   bool train_step(const T* x, const T* y, const T* w, i64 B, LossStats& ls) {
     ls = forward_loss(x, y, w, B);
-    if (stop_on_nan_ && !std::isfinite(ls.loss_sum)) return false;
-    if (stop_on_nan_) {
-      snapshot_.resize(params_.size());
-      std::memcpy(snapshot_.data(), params_.data(), sizeof(T) * params_.size());
-      have_snapshot_ = true;
+    if (stop_on_nan_ && !std::isfinite(ls.loss_sum)) {
+      // The last step's weights give a non-finite loss: put back those before it.
+      restore_snapshot();
+      return false;
     }
+    if (stop_on_nan_) take_snapshot();
     last_lr_ = current_learning_rate();
     ++step_;
     const bool per_layer = opt_.clipnorm <= 0.0;
@@ -489,6 +565,41 @@ class Network {
     }
     grads_zero_ = true;  // the optimizer consumed and zeroed them
     ls.loss_sum += pen * double(B);
+    if (stop_on_nan_ && (!std::isfinite(pen) || !new_weights_finite())) {
+      restore_snapshot();
+      return false;
+    }
+    return true;
+  }
+
+  // The state one step restores when its result is not finite: weights, optimizer slots,
+  // step count (the snapshot is taken only under stop_on_nan, before each step).
+  void take_snapshot() {
+    have_snapshot_ = true;
+    snapshot_.resize(params_.size());
+    std::memcpy(snapshot_.data(), params_.data(), sizeof(T) * params_.size());
+    state_snapshot_.resize(opt_state_.size());
+    for (size_t j = 0; j < opt_state_.size(); ++j) {
+      state_snapshot_[j].resize(opt_state_[j].size());
+      std::memcpy(state_snapshot_[j].data(), opt_state_[j].data(), sizeof(T) * opt_state_[j].size());
+    }
+    step_snapshot_ = step_;
+  }
+  void restore_snapshot() {
+    if (!have_snapshot_) return;
+    have_snapshot_ = false;
+    std::memcpy(params_.data(), snapshot_.data(), sizeof(T) * params_.size());
+    for (size_t j = 0; j < opt_state_.size(); ++j)
+      std::memcpy(opt_state_[j].data(), state_snapshot_[j].data(), sizeof(T) * opt_state_[j].size());
+    step_ = step_snapshot_;
+  }
+  // After a step: every weight finite? The optimizer's Σw² per segment says so unless it
+  // overflowed (|w| > ~1e19 in float32), which an exact pass over that segment settles.
+  bool new_weights_finite() const {
+    for (size_t k = 0; k < segments_.size(); ++k)
+      if (!std::isfinite(seg_stats_[k].w2) &&
+          !all_finite(params_.data() + segments_[k].offset, segments_[k].size))
+        return false;
     return true;
   }
 
@@ -539,6 +650,8 @@ class Network {
   std::vector<double> reg_l1_, reg_l2_;
   bool stop_on_nan_ = false, have_snapshot_ = false;
   avec<T> snapshot_;
+  std::vector<avec<T>> state_snapshot_;
+  i64 step_snapshot_ = 0;
   bool monitor_ = true, monitoring_ = false;
   std::vector<SegmentStats> seg_stats_;
   std::vector<ParamHealth> health_;

@@ -31,9 +31,11 @@ def as_array(name, value):
     return arr
 
 
-def check_finite(name, arr):
+def check_finite(name, arr, source=None):
     """Raise if a float array holds NaN or inf. Works through the data in chunks so a large
-    training set costs no second array-sized temporary."""
+    training set costs no second array-sized temporary. ``source``: the array ``arr`` was
+    converted from; a value that is finite there overflowed the conversion (float64 values
+    beyond the float32 range), and the message says so."""
     if not np.issubdtype(arr.dtype, np.floating) or arr.size == 0:
         return
     flat = arr.reshape(-1) if arr.flags.c_contiguous else None
@@ -45,7 +47,18 @@ def check_finite(name, arr):
     if not ok:
         bad = np.argwhere(~np.isfinite(arr))[0]
         where = tuple(int(i) for i in bad)
+        if source is not None and source.shape == arr.shape and np.isfinite(source[where]):
+            raise ValueError(f"{name} holds values outside the {arr.dtype} range (first at index {where}: "
+                             f"{source[where]!r}); scale the data or use a float64 model")
         raise ValueError(f"{name} contains NaN or infinite values (first at index {where}: {arr[where]!r})")
+
+
+def as_finite(name, arr, dtype):
+    """``arr`` as a C-contiguous array of ``dtype`` (no copy when it already is one), checked
+    for NaN and inf after the conversion, so nothing overflows into inf unnoticed."""
+    out = np.ascontiguousarray(arr, dtype=dtype)
+    check_finite(name, out, source=arr)
+    return out
 
 
 def prepare_x(name, x, sample_shape, dtype):
@@ -60,8 +73,7 @@ def prepare_x(name, x, sample_shape, dtype):
     if sample_shape is not None and tuple(arr.shape[1:]) != tuple(sample_shape):
         raise ValueError(f"{name} must have shape {_fmt_shape((None,) + tuple(sample_shape))}; "
                          f"received shape {_fmt_shape(arr.shape)}")
-    check_finite(name, arr)
-    out = np.ascontiguousarray(arr, dtype=dtype)
+    out = as_finite(name, arr, dtype)
     return out.reshape(out.shape[0], -1)
 
 
@@ -72,7 +84,7 @@ def prepare_y(name, y, n, loss, out_units, dtype):
         raise ValueError(f"{name} is empty: received shape {_fmt_shape(arr.shape)}")
     if arr.shape[0] != n:
         raise ValueError(f"x and {name} must have the same number of samples; received {n} and {arr.shape[0]}")
-    check_finite(name, arr)
+    check_finite(name, arr)  # before the label checks below; again after the conversion
     if loss == "sparse_categorical_crossentropy":
         if arr.ndim == 2 and arr.shape[1] == 1:
             arr = arr[:, 0]
@@ -89,7 +101,7 @@ def prepare_y(name, y, n, loss, out_units, dtype):
             i = int(np.argmax(bad))
             raise ValueError(f"{name}: labels must be in [0, {out_units}) for a model with {out_units} "
                              f"outputs; received {arr[i]!r} at index {i}")
-        return np.ascontiguousarray(arr, dtype=dtype).reshape(n, 1)
+        return as_finite(name, arr, dtype).reshape(n, 1)
     if arr.ndim == 1 and out_units == 1:
         arr = arr.reshape(n, 1)
     if arr.ndim != 2 or arr.shape[1] != out_units:
@@ -98,7 +110,7 @@ def prepare_y(name, y, n, loss, out_units, dtype):
             hint = " (integer labels need sparse_categorical_crossentropy, or one-hot encode them)"
         raise ValueError(f"{name} must have shape ({n}, {out_units}) for {loss}; "
                          f"received shape {_fmt_shape(arr.shape)}{hint}")
-    return np.ascontiguousarray(arr, dtype=dtype)
+    return as_finite(name, arr, dtype)
 
 
 def prepare_sample_weight(sw, n, dtype):
@@ -111,7 +123,7 @@ def prepare_sample_weight(sw, n, dtype):
     if (arr < 0).any():
         i = int(np.argmax(arr < 0))
         raise ValueError(f"sample_weight must be >= 0; received {arr[i]!r} at index {i}")
-    return np.ascontiguousarray(arr, dtype=dtype)
+    return as_finite("sample_weight", arr, dtype)
 
 
 def positive_int(name, value):

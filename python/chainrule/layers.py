@@ -16,6 +16,11 @@ __all__ = ["Layer", "Dense", "get", "register"]
 
 _REGISTRY: dict[str, type] = {}
 
+# The core's size limit (csrc/common.h, kMaxElems): one sample's input or output of any
+# layer, one parameter tensor, the model's parameter count and each size argument hold at
+# most this many values. Checked here, with the layer's name, before anything is allocated.
+MAX_SIZE = (1 << 31) - 1
+
 
 def register(cls):
     """Make a layer class known to ``from_config`` / ``load_model``."""
@@ -26,18 +31,34 @@ def register(cls):
 def _positive_int(layer, name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{layer}: {name} must be a positive integer; received {value!r}")
-    if value < 1:
-        raise ValueError(f"{layer}: {name} must be a positive integer; received {value!r}")
+    if not 1 <= value <= MAX_SIZE:
+        raise ValueError(f"{layer}: {name} must be a positive integer; received {value!r} (the limit is {MAX_SIZE})")
     return int(value)
 
 
-def _shape_tuple(layer, name, shape):
+def check_size(what, shape):
+    """The number of values in ``shape``, or a ValueError naming ``what`` when it exceeds
+    MAX_SIZE."""
+    n = math.prod(shape)
+    if n > MAX_SIZE:
+        raise ValueError(f"{what} has {n} values (shape {tuple(shape)}); the limit is {MAX_SIZE}")
+    return n
+
+
+def shape_tuple(layer, name, shape):
+    """A per-sample shape as a tuple of positive ints within the size limit."""
+    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
+        shape = (shape,)
     try:
-        t = tuple(int(d) for d in shape)
+        t = tuple(shape)
     except TypeError:
-        t = (int(shape),) if isinstance(shape, int) else None
-    if not t or any(d < 1 for d in t):
-        raise ValueError(f"{layer}: {name} must be a tuple of positive sizes; received {shape!r}")
+        raise TypeError(f"{layer}: {name} must be a tuple of positive sizes; received {shape!r}") from None
+    if not t or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) for d in t):
+        raise ValueError(f"{layer}: {name} must be a tuple of positive integer sizes; received {shape!r}")
+    if any(not 1 <= d <= MAX_SIZE for d in t):
+        raise ValueError(f"{layer}: {name} must hold sizes in [1, {MAX_SIZE}]; received {shape!r}")
+    t = tuple(int(d) for d in t)
+    check_size(f"{layer}: {name}", t)
     return t
 
 
@@ -50,7 +71,7 @@ class Layer:
             raise TypeError(f"{type(self).__name__}: name must be a string; received {name!r}")
         self.name = name
         self._declared_input_shape = (
-            None if input_shape is None else _shape_tuple(type(self).__name__, "input_shape", input_shape))
+            None if input_shape is None else shape_tuple(type(self).__name__, "input_shape", input_shape))
         self.input_shape = None   # per sample, without the batch dimension
         self.output_shape = None
         self.built = False
@@ -61,8 +82,13 @@ class Layer:
 
     def build(self, input_shape):
         input_shape = tuple(int(d) for d in input_shape)
-        self.output_shape = tuple(self.compute_output_shape(input_shape))
+        label = f"{type(self).__name__} layer {self.name!r}"
+        output_shape = tuple(self.compute_output_shape(input_shape))
+        check_size(f"{label}: one sample's output", output_shape)
+        self.output_shape = output_shape
         self.input_shape = input_shape
+        for pname, shape, *_ in self.param_specs():
+            check_size(f"{label}: {pname}", shape)
         self.built = True
         return self.output_shape
 
@@ -252,9 +278,8 @@ class Conv2D(Layer):
         return (oh, ow, self.filters)
 
     def build(self, input_shape):
-        out = super().build(input_shape)
-        self._image = _image_shape(self._label(), self.input_shape, allow_2d=True)
-        return out
+        self._image = _image_shape(self._label(), tuple(input_shape), allow_2d=True)  # param_specs needs it
+        return super().build(input_shape)
 
     def core_spec(self):
         h, w, c = self._image
@@ -341,10 +366,13 @@ class Reshape(Layer):
     def __init__(self, target_shape, input_shape=None, name=None):
         super().__init__(name=name, input_shape=input_shape)
         try:
-            t = tuple(int(d) for d in target_shape)
+            t = tuple(target_shape)
         except TypeError:
             raise TypeError(f"Reshape: target_shape must be a tuple of sizes; received {target_shape!r}") from None
-        if not t or any(d == 0 or d < -1 for d in t) or t.count(-1) > 1:
+        if any(isinstance(d, bool) or not isinstance(d, numbers.Integral) for d in t):
+            raise TypeError(f"Reshape: target_shape must hold integers; received {target_shape!r}")
+        t = tuple(int(d) for d in t)
+        if not t or any(d == 0 or d < -1 or d > MAX_SIZE for d in t) or t.count(-1) > 1:
             raise ValueError(f"Reshape: target_shape must hold positive sizes and at most one -1; "
                              f"received {target_shape!r}")
         self.target_shape = t
@@ -381,9 +409,11 @@ class Dropout(Layer):
 
     def __init__(self, rate, input_shape=None, name=None):
         super().__init__(name=name, input_shape=input_shape)
+        if isinstance(rate, bool):
+            raise TypeError(f"Dropout: rate must be a number in [0, 1); received {rate!r}")
         try:
             r = float(rate)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise TypeError(f"Dropout: rate must be a number in [0, 1); received {rate!r}") from None
         if not (0.0 <= r < 1.0):
             raise ValueError(f"Dropout: rate must be in [0, 1); received {rate!r}")

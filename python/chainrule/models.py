@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 import os
+import contextlib
 import re
 import sys
+import threading
 import time
 import warnings
 
@@ -25,11 +27,20 @@ from . import losses as _losses
 from . import optimizers as _optimizers
 from ._progress import ProgressBar
 
-__all__ = ["Sequential", "History", "GradientWarning"]
+__all__ = ["Sequential", "History", "GradientWarning", "NonFiniteWarning"]
 
 
 class GradientWarning(UserWarning):
     """A layer's gradients vanished or exploded during fit."""
+
+
+class NonFiniteWarning(RuntimeWarning):
+    """Training left NaN or infinite weights in the model (without TerminateOnNaN, which
+    stops at the last finite step instead)."""
+
+
+# Guards the "which thread is training this model" marks of every model.
+_TRAINING_MARK_LOCK = threading.Lock()
 
 
 # A layer whose RMS kernel gradient is this many times smaller (larger) than the output
@@ -159,6 +170,7 @@ class Sequential:
         self.history = None
         self.stop_training = False
         self._last_epoch_stats = {}
+        self._training_thread = None  # the thread inside fit(), if any
         for layer in layers or []:
             self.add(layer)
 
@@ -182,6 +194,7 @@ class Sequential:
     def add(self, layer):
         if not isinstance(layer, _layers.Layer):
             raise TypeError(f"Sequential.add expects a chainrule layer; received {layer!r}")
+        self._check_not_training("add")
         if self.built:
             raise ValueError("cannot add layers to a model that is already built")
         if any(layer is l for l in self._layers):
@@ -201,15 +214,15 @@ class Sequential:
             if input_shape is None:
                 raise ValueError("the input shape is unknown: pass input_shape= to the first layer, "
                                  "call build(input_shape), or call fit/predict with data")
-        input_shape = tuple(input_shape)
-        if input_shape and input_shape[0] is None:
+        if isinstance(input_shape, (tuple, list)) and input_shape and input_shape[0] is None:
             input_shape = input_shape[1:]
-        if not input_shape or any(not isinstance(d, (int, np.integer)) or d < 1 for d in input_shape):
-            raise ValueError(f"input_shape must be a tuple of positive sizes; received {input_shape!r}")
+        input_shape = _layers.shape_tuple("Sequential.build", "input_shape", input_shape)
         self._assign_names()
-        shape = tuple(int(d) for d in input_shape)
+        shape = input_shape
         for layer in self._layers:
             shape = layer.build(shape)
+        _layers.check_size(f"model {self.name!r}: the parameter count",
+                           (sum(layer.count_params() for layer in self._layers),))
         specs = [layer.core_spec() for layer in self._layers]
         specs = [s for s in specs if s is not None]
         core = _DTYPES[self.dtype][1](specs)
@@ -274,6 +287,7 @@ class Sequential:
         """Choose the optimizer (an Optimizer or 'sgd'), the loss (a name such as
         'sparse_categorical_crossentropy', 'categorical_crossentropy', 'binary_crossentropy',
         'mse') and metrics (['accuracy'] or none)."""
+        self._check_not_training("compile")
         if loss is None:
             raise ValueError("compile: loss is required, e.g. loss='sparse_categorical_crossentropy'")
         loss_name = _losses.get(loss)
@@ -290,6 +304,28 @@ class Sequential:
         self._compiled = True
         if self.built:
             self._core.compile(_losses.code(loss_name), opt._core_config())
+
+    def _check_not_training(self, what):
+        """Changing a model that another thread is training raises; the training thread itself
+        (callbacks) may change it between epochs."""
+        t = self._training_thread
+        if t is not None and t != threading.get_ident():
+            raise RuntimeError(f"{what}: model is training (fit is running in another thread); "
+                               "wait for fit to return")
+
+    @contextlib.contextmanager
+    def _training(self):
+        """Marks this thread as the one training the model for the duration of fit."""
+        me = threading.get_ident()
+        with _TRAINING_MARK_LOCK:
+            self._check_not_training("fit")
+            outer = self._training_thread
+            self._training_thread = me
+        try:
+            yield
+        finally:
+            with _TRAINING_MARK_LOCK:
+                self._training_thread = outer
 
     def _require_compiled(self, what):
         if not self._compiled:
@@ -318,7 +354,7 @@ class Sequential:
     # -- training ------------------------------------------------------------------------
     def fit(self, x, y, epochs=1, batch_size=32, verbose=1, callbacks=None, validation_split=0.0,
             validation_data=None, shuffle=True, seed=None, sample_weight=None, class_weight=None,
-            gradient_warnings=True):
+            gradient_warnings=True, initial_epoch=0):
         """Train for ``epochs`` passes over (x, y) with mini-batches of ``batch_size`` (the
         last one may be smaller), in a fresh seeded random order each epoch when ``shuffle``.
 
@@ -329,11 +365,27 @@ class Sequential:
         The reported training accuracy is the running accuracy over the epoch's batches, as in
         Keras; ``lr`` is the learning rate of the epoch's last step. Per-layer gradient
         statistics go to ``History.layer_stats``; with ``gradient_warnings`` a
-        :class:`GradientWarning` names any layer whose gradients vanish or explode.
+        :class:`GradientWarning` names any layer whose gradients vanish or explode, and a
+        :class:`NonFiniteWarning` any layer left with NaN or infinite weights.
+
+        ``initial_epoch`` (Keras's): the epoch to start at, for resuming; ``epochs`` is the
+        index of the last epoch, not a count. Each epoch's shuffle order and dropout masks
+        depend only on (``seed``, epoch index), so with the same seed and thread count a run
+        resumed from a saved model equals an uninterrupted one bit for bit.
         Returns a :class:`History`.
         """
         self._require_compiled("fit")
+        with self._training():
+            return self._fit(x, y, epochs, batch_size, verbose, callbacks, validation_split,
+                             validation_data, shuffle, seed, sample_weight, class_weight,
+                             gradient_warnings, initial_epoch)
+
+    def _fit(self, x, y, epochs, batch_size, verbose, callbacks, validation_split, validation_data,
+             shuffle, seed, sample_weight, class_weight, gradient_warnings, initial_epoch):
         epochs = _checks.positive_int("epochs", epochs)
+        if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, (int, np.integer)) or initial_epoch < 0:
+            raise ValueError(f"initial_epoch must be a non-negative integer; received {initial_epoch!r}")
+        initial_epoch = int(initial_epoch)
         batch_size = _checks.positive_int("batch_size", batch_size)
         if verbose not in (0, 1, 2):
             raise ValueError(f"verbose must be 0, 1 or 2; received {verbose!r}")
@@ -377,13 +429,14 @@ class Sequential:
         warned = set()
         for cb in callbacks:
             cb.set_model(self)
-        self._core.seed_layers(_epoch_seed(seed, 1 << 31))  # dropout masks follow fit(seed=)
         try:
             for cb in callbacks:
                 cb.on_train_begin({})
-            for epoch in range(epochs):
+            for epoch in range(initial_epoch, epochs):
                 for cb in callbacks:
                     cb.on_epoch_begin(epoch, {})
+                # dropout masks follow (seed, epoch), as the shuffle order does
+                self._core.seed_layers(_epoch_seed(seed, (1 << 31) + epoch))
                 bar = None
                 if verbose == 1:
                     print(f"Epoch {epoch + 1}/{epochs}", flush=True)
@@ -392,6 +445,8 @@ class Sequential:
                 stats = self._core.train_epoch(X, Y, SW, batch_size, shuffle, _epoch_seed(seed, epoch),
                                                bar.update if bar else None, bar.every if bar else 0)
                 self._last_epoch_stats = stats
+                if "nonfinite" not in warned:
+                    self._warn_nonfinite(stats, f"epoch {epoch + 1}", warned)
                 logs = self._logs(stats)
                 if val is not None:
                     logs.update(self._logs(self._core.evaluate(val[0], val[1], val[2], max(batch_size, 256)),
@@ -438,7 +493,22 @@ class Sequential:
         weights = table[labels]
         if SW is not None:
             weights = weights * SW
-        return np.ascontiguousarray(weights, dtype=self._np_dtype())
+        return _checks.as_finite("class_weight x sample_weight", weights, self._np_dtype())
+
+    def _warn_nonfinite(self, stats, when, warned=None):
+        """A NonFiniteWarning when the core reports NaN/inf weights after a call (noted in
+        ``warned``: one per fit)."""
+        k = stats.get("nonfinite_param", -1)
+        if k < 0:
+            return
+        if warned is not None:
+            warned.add("nonfinite")
+        p = self._core.params_info()[k]
+        layer = [l for l in self._layers if l.core_spec() is not None][p["layer"]]
+        warnings.warn(f"after {when}, the {p['name']} of layer {layer.name!r} holds NaN or infinite "
+                      "values: training diverged. Lower the learning rate, clip gradients "
+                      "(clipnorm=...), scale the inputs, or add callbacks.TerminateOnNaN() to stop "
+                      "at the last finite step.", NonFiniteWarning, stacklevel=4)
 
     def _layer_stats(self):
         """This epoch's gradient monitor, by layer name."""
@@ -499,8 +569,10 @@ class Sequential:
         """One optimizer step on exactly this batch; returns the loss (and accuracy if
         requested in compile) measured before the step."""
         self._require_compiled("train_on_batch")
+        self._check_not_training("train_on_batch")
         X, Y, SW = self._prepare(x, y, sample_weight)
         stats = self._core.train_batch(X, Y, SW)
+        self._warn_nonfinite(stats, "train_on_batch")
         return self._scalar_or_list(stats)
 
     def compute_gradients(self, x, y, sample_weight=None):
@@ -549,6 +621,7 @@ class Sequential:
     def set_weights(self, weights):
         if not self.built:
             raise ValueError("the model is not built yet: call build(input_shape) first")
+        self._check_not_training("set_weights")
         info = self._core.params_info()
         weights = list(weights)
         if len(weights) != len(info):
@@ -559,8 +632,7 @@ class Sequential:
             if tuple(arr.shape) != tuple(p["shape"]):
                 raise ValueError(f"weights[{i}] ({p['name']} of layer {p['layer']}) must have shape "
                                  f"{tuple(p['shape'])}; received shape {arr.shape}")
-            _checks.check_finite(f"weights[{i}]", arr)
-            converted.append(np.ascontiguousarray(arr, dtype=self._np_dtype()))
+            converted.append(_checks.as_finite(f"weights[{i}]", arr, self._np_dtype()))
         for i, arr in enumerate(converted):
             self._core.set_param(i, arr)
 
