@@ -56,7 +56,8 @@ def check_finite(name, arr, source=None):
 def as_finite(name, arr, dtype):
     """``arr`` as a C-contiguous array of ``dtype`` (no copy when it already is one), checked
     for NaN and inf after the conversion, so nothing overflows into inf unnoticed."""
-    out = np.ascontiguousarray(arr, dtype=dtype)
+    with np.errstate(over="ignore"):  # an overflow becomes inf, which the check reports
+        out = np.ascontiguousarray(arr, dtype=dtype)
     check_finite(name, out, source=arr)
     return out
 
