@@ -461,3 +461,26 @@ def test_initial_epoch_is_validated():
         with pytest.raises(ValueError, match="initial_epoch"):
             model.fit(x, y, epochs=2, initial_epoch=bad, verbose=0)
     assert model.fit(x, y, epochs=2, initial_epoch=2, verbose=0).epoch == []
+
+
+def test_core_keeps_a_converted_sample_weight_alive():
+    # Was: a sample_weight of another dtype was converted into a temporary that was freed
+    # before the C++ loop read it. 400k weights: the temporary is mmap'ed, so reading it after
+    # the free faults at once (run in a child); the weighted loss must equal the float64 call.
+    code = """
+        import numpy as np, chainrule as cr
+        rng = np.random.default_rng(0)
+        n = 400_000
+        x = rng.normal(size=(n, 2))
+        y = rng.normal(size=(n, 1))
+        sw = rng.uniform(0, 2, size=n).astype(np.float32)
+        m = cr.Sequential([cr.layers.Dense(1, input_shape=(2,))], dtype="float64", seed=0)
+        m.build()
+        m.compile(optimizer="sgd", loss="mse")
+        a = m._core.evaluate(x, y, sw, 4096)["loss"]            # float32 weights: converted
+        b = m._core.evaluate(x, y, sw.astype(np.float64), 4096)["loss"]
+        assert a == b, (a, b)
+        print("ok")
+    """
+    proc = run_python(code)
+    assert proc.returncode == 0 and "ok" in proc.stdout, (proc.returncode, proc.stderr[-2000:])

@@ -39,8 +39,8 @@ class NonFiniteWarning(RuntimeWarning):
     stops at the last finite step instead)."""
 
 
-# Guards the "which thread is training this model" marks of every model.
-_TRAINING_MARK_LOCK = threading.Lock()
+# Guards the "which thread is training this model" marks, and build, of every model.
+_TRAINING_MARK_LOCK = threading.RLock()
 
 
 # A layer whose RMS kernel gradient is this many times smaller (larger) than the output
@@ -205,8 +205,11 @@ class Sequential:
         """Create the weights for samples of ``input_shape`` (per sample, without the batch
         dimension; a leading None is ignored). Without it, the first layer's
         ``input_shape=`` is used."""
-        if self.built:
-            return
+        with _TRAINING_MARK_LOCK:  # two threads predicting on an unbuilt model build it once
+            if not self.built:
+                self._build(input_shape)
+
+    def _build(self, input_shape):
         if not self._layers:
             raise ValueError("the model has no layers: add layers before building")
         if input_shape is None:
