@@ -127,17 +127,29 @@ def prepare_sample_weight(sw, n, dtype):
     return as_finite("sample_weight", arr, dtype)
 
 
+# Counts (epochs, batch sizes) above this are refused: the core indexes with int64, and no
+# real count comes near it.
+MAX_COUNT = 1 << 62
+
+
 def positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; received {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= MAX_COUNT:
+        raise ValueError(f"{name} must be a positive integer; received {value!r} (the limit is 2**62)")
     return int(value)
 
 
-def fraction(name, value):
+def real_number(name, value):
+    """``value`` as a float: a real number (not a bool or a string) that a float can hold."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number; received {value!r}")
     try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number in [0, 1); received {value!r}") from None
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name} is too large for a float; received {value!r}") from None
+
+
+def fraction(name, value):
+    v = real_number(name, value)
     if not (0.0 <= v < 1.0):
         raise ValueError(f"{name} must be in [0, 1); received {value!r}")
     return v

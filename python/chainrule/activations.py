@@ -3,12 +3,17 @@ C++ core; this module only names and configures them."""
 
 from __future__ import annotations
 
+import math
+import numbers
+
 __all__ = ["Activation", "LeakyReLU", "get", "NAMES"]
 
 # Codes shared with csrc/kernels/activations.h (enum class Act).
 _CODES = {"linear": 0, "sigmoid": 1, "tanh": 2, "relu": 3, "leaky_relu": 4, "softmax": 5}
 _ALIASES = {None: "linear", "identity": "linear", "none": "linear", "leakyrelu": "leaky_relu"}
 NAMES = tuple(_CODES)
+# The largest float32: a larger alpha is inf in a float32 model (and NaN after 0 * inf).
+_F32_MAX = 3.4028234663852886e38
 
 
 class Activation:
@@ -16,19 +21,26 @@ class Activation:
     as PyTorch); the other activations ignore it."""
 
     def __init__(self, name: str, alpha: float | None = None):
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"activation: name must be a string such as 'relu'; received {name!r}")
         name = _ALIASES.get(name, name)
         if name not in _CODES:
             raise ValueError(f"activation: unknown name {name!r}; expected one of {list(NAMES)}")
         if alpha is None:
             alpha = 0.01 if name == "leaky_relu" else 0.0
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+            raise TypeError(f"activation alpha must be a number; received {alpha!r}")
         try:
-            alpha = float(alpha)
-        except (TypeError, ValueError):
-            raise TypeError(f"activation alpha must be a number; received {alpha!r}") from None
-        if not (alpha >= 0.0 and alpha < float("inf")):
+            value = float(alpha)
+        except OverflowError:  # an integer too large for a float: out of range
+            value = math.inf
+        if not (value >= 0.0 and value < math.inf):
             raise ValueError(f"activation alpha must be a finite number >= 0; received {alpha!r}")
+        if value > _F32_MAX:
+            raise ValueError(f"activation alpha must be at most {_F32_MAX:.8g} (the float32 range); "
+                             f"received {alpha!r}")
         self.name = name
-        self.alpha = alpha
+        self.alpha = value
 
     @property
     def code(self) -> int:

@@ -9,7 +9,9 @@ after the current epoch.
 from __future__ import annotations
 
 import math
+import numbers
 import os
+import string
 import sys
 
 import numpy as np
@@ -38,6 +40,40 @@ class Callback:
         pass
 
 
+def _real(cls, name, value, lo=0.0):
+    """A finite real number >= lo (not a bool or a string): TypeError / ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{cls}: {name} must be a number; received {value!r}")
+    try:
+        v = float(value)
+    except OverflowError:  # an integer too large for a float
+        v = math.inf
+    if not (math.isfinite(v) and v >= lo):
+        raise ValueError(f"{cls}: {name} must be a finite number >= {lo}; received {value!r}")
+    return v
+
+
+def _count(cls, name, value):
+    """An integer >= 0 (not a bool): TypeError / ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{cls}: {name} must be an integer >= 0; received {value!r}")
+    if value < 0:
+        raise ValueError(f"{cls}: {name} must be an integer >= 0; received {value!r}")
+    return int(value)
+
+
+def _flag(cls, name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"{cls}: {name} must be True or False; received {value!r}")
+    return value
+
+
+def _verbosity(cls, value):
+    if not isinstance(value, numbers.Integral) or value not in (0, 1, 2):
+        raise ValueError(f"{cls}: verbose must be 0, 1 or 2; received {value!r}")
+    return int(value)
+
+
 def _monitor_op(cls, monitor, mode):
     if mode not in ("auto", "min", "max"):
         raise ValueError(f"{cls}: mode must be 'auto', 'min' or 'max'; received {mode!r}")
@@ -55,7 +91,9 @@ class _Monitor(Callback):
             raise TypeError(f"{type(self).__name__}: monitor must be a metric name; received {monitor!r}")
         self.monitor = monitor
         self.mode = _monitor_op(type(self).__name__, monitor, mode)
-        self.min_delta = abs(float(min_delta))
+        if isinstance(min_delta, numbers.Real) and not isinstance(min_delta, bool) and min_delta < 0:
+            min_delta = -min_delta  # Keras: the sign is ignored
+        self.min_delta = _real(type(self).__name__, "min_delta", min_delta)
         self.best = None
 
     def _value(self, logs):
@@ -79,11 +117,9 @@ class EarlyStopping(_Monitor):
     def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto",
                  restore_best_weights=False, verbose=0):
         super().__init__(monitor, mode, min_delta)
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise ValueError(f"EarlyStopping: patience must be an integer >= 0; received {patience!r}")
-        self.patience = patience
-        self.restore_best_weights = bool(restore_best_weights)
-        self.verbose = verbose
+        self.patience = _count("EarlyStopping", "patience", patience)
+        self.restore_best_weights = _flag("EarlyStopping", "restore_best_weights", restore_best_weights)
+        self.verbose = _verbosity("EarlyStopping", verbose)
 
     def on_train_begin(self, logs=None):
         self.best = None
@@ -124,9 +160,24 @@ class ModelCheckpoint(_Monitor):
 
     def __init__(self, filepath, monitor="val_loss", save_best_only=False, mode="auto", verbose=0):
         super().__init__(monitor, mode)
-        self.filepath = os.fspath(filepath)
-        self.save_best_only = bool(save_best_only)
-        self.verbose = verbose
+        try:
+            path = os.fsdecode(os.fspath(filepath))
+        except TypeError:
+            raise TypeError(f"ModelCheckpoint: filepath must be a path (str or os.PathLike); "
+                            f"received {filepath!r}") from None
+        if not path:
+            raise ValueError("ModelCheckpoint: filepath must not be empty")
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(path) if f is not None]
+        except ValueError as e:
+            raise ValueError(f"ModelCheckpoint: filepath {path!r} is not a valid format string ({e})") from None
+        for f in fields:
+            if not f or f[0].isdigit():
+                raise ValueError(f"ModelCheckpoint: filepath {path!r} may only hold named fields such as "
+                                 f"{{epoch}} or {{val_loss:.3f}}; received the field {{{f}}}")
+        self.filepath = path
+        self.save_best_only = _flag("ModelCheckpoint", "save_best_only", save_best_only)
+        self.verbose = _verbosity("ModelCheckpoint", verbose)
 
     def on_train_begin(self, logs=None):
         self.best = None
@@ -137,15 +188,20 @@ class ModelCheckpoint(_Monitor):
             if not self._improved(self._value(logs)):
                 return
             self.best = self._value(logs)
-        path = self.filepath.format(epoch=epoch + 1, **logs)
+        try:
+            path = self.filepath.format(epoch=epoch + 1, **logs)
+        except (KeyError, IndexError, AttributeError, ValueError, TypeError) as e:
+            raise ValueError(f"ModelCheckpoint: cannot fill in filepath {self.filepath!r} from epoch and "
+                             f"the logged metrics {sorted(logs)} ({type(e).__name__}: {e})") from None
         self.model.save(path)
         if self.verbose:
             print(f"Epoch {epoch + 1}: saved the model to {path}")
 
 
 class TerminateOnNaN(Callback):
-    """Stop training as soon as the loss becomes NaN or infinite. The C++ loop checks every
-    batch and puts back the weights of the last step whose loss was finite."""
+    """Stop training as soon as the loss or a weight becomes NaN or infinite. The C++ loop
+    checks every step and puts back the weights, optimizer state and step count of the last
+    step whose loss and weights were finite."""
 
     def on_train_begin(self, logs=None):
         self.model._core.set_stop_on_nan(True)
@@ -155,8 +211,9 @@ class TerminateOnNaN(Callback):
         if self.model._last_epoch_stats.get("stopped_nan") or not math.isfinite(logs.get("loss", 0.0)):
             self.stopped_epoch = epoch
             self.model.stop_training = True
-            print(f"TerminateOnNaN: the loss became NaN or infinite in epoch {epoch + 1}; training "
-                  "stopped with the weights of the last finite step. Try a lower learning rate, "
+            print(f"TerminateOnNaN: the loss or the weights became NaN or infinite in epoch {epoch + 1}; "
+                  "training stopped with the weights and optimizer state of the last finite step. "
+                  "Try a lower learning rate, "
                   "gradient clipping (clipnorm=...) or normalised inputs.", file=sys.stderr)
 
     def on_train_end(self, logs=None):
@@ -184,14 +241,14 @@ class ReduceLROnPlateau(_Monitor):
     def __init__(self, monitor="val_loss", factor=0.1, patience=10, mode="auto", min_delta=1e-4,
                  cooldown=0, min_lr=0.0, verbose=0):
         super().__init__(monitor, mode, min_delta)
-        factor = float(factor)
-        if not (0.0 < factor < 1.0):
+        f = _real("ReduceLROnPlateau", "factor", factor)
+        if not (0.0 < f < 1.0):
             raise ValueError(f"ReduceLROnPlateau: factor must be in (0, 1); received {factor!r}")
-        self.factor = factor
-        self.patience = int(patience)
-        self.cooldown = int(cooldown)
-        self.min_lr = float(min_lr)
-        self.verbose = verbose
+        self.factor = f
+        self.patience = _count("ReduceLROnPlateau", "patience", patience)
+        self.cooldown = _count("ReduceLROnPlateau", "cooldown", cooldown)
+        self.min_lr = _real("ReduceLROnPlateau", "min_lr", min_lr)
+        self.verbose = _verbosity("ReduceLROnPlateau", verbose)
 
     def on_train_begin(self, logs=None):
         self.best = None

@@ -48,6 +48,9 @@ class SparseCategoricalCrossentropy(Loss):
 def get(identifier) -> str:
     """The canonical loss name for a name, alias or Loss object."""
     if isinstance(identifier, Loss):
+        if identifier.name not in _CODES:  # the base class, or a user subclass: no C++ loss to run
+            raise ValueError(f"loss: {identifier!r} is not a built-in loss (name {identifier.name!r}); "
+                             f"expected one of {list(NAMES)}")
         return identifier.name
     if isinstance(identifier, str):
         key = _ALIASES.get(identifier.lower(), identifier.lower())

@@ -228,6 +228,9 @@ class Sequential:
                            (sum(layer.count_params() for layer in self._layers),))
         specs = [layer.core_spec() for layer in self._layers]
         specs = [s for s in specs if s is not None]
+        if not specs:
+            raise ValueError(f"model {self.name!r} has only shape layers ({', '.join(type(l).__name__ for l in self._layers)}): "
+                             "add a layer that computes something (Dense, Conv2D, pooling, Dropout)")
         core = _DTYPES[self.dtype][1](specs)
         expected = [(name, tuple(shape)) for layer in self._layers for name, shape, *_ in layer.param_specs()]
         got = [(p["name"], tuple(p["shape"])) for p in core.params_info()]
@@ -489,7 +492,7 @@ class Sequential:
         for k, w in class_weight.items():
             if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < n_classes:
                 raise ValueError(f"class_weight: keys must be class indices in [0, {n_classes}); received {k!r}")
-            w = float(w)
+            w = _checks.real_number(f"class_weight[{k}]", w)
             if not (math.isfinite(w) and w >= 0):
                 raise ValueError(f"class_weight[{k}] must be a finite number >= 0; received {w!r}")
             table[k] = w

@@ -14,16 +14,36 @@ Clipping sees the gradient of the loss plus any ``kernel_regularizer`` penalty.
 from __future__ import annotations
 
 import math
+import numbers
 
 from . import schedules as _schedules
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "get"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "get", "MIN_EPSILON"]
+
+# The smallest epsilon accepted: the smallest normal float32. A smaller one rounds (or is
+# flushed) to 0 in a float32 model, and a zero gradient then gives 0/0 = NaN weights.
+MIN_EPSILON = 1.1754943508222875e-38
+# The largest float32. Every hyperparameter must fit: a float32 model computes with them in
+# float32, where a larger value is inf and turns the weights into NaN on the first step.
+_F32_MAX = 3.4028234663852886e38
+
+
+def _float(value):
+    """``float(value)`` for a real number that is not a bool (numpy scalars included); a
+    string, None or any other object raises TypeError. A number too large for a float (such
+    as ``10**400``) becomes +-inf, so the caller's range check rejects it with ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"expected a real number; received {type(value).__name__}")
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def _number(cls, name, value, lo=0.0, strict=False, hi=None, hi_strict=True):
     try:
-        v = float(value)
-    except (TypeError, ValueError):
+        v = _float(value)
+    except TypeError:
         raise TypeError(f"{cls}: {name} must be a number; received {value!r}") from None
     ok = math.isfinite(v) and (v > lo if strict else v >= lo)
     if hi is not None:
@@ -33,6 +53,16 @@ def _number(cls, name, value, lo=0.0, strict=False, hi=None, hi_strict=True):
         if hi is not None:
             rng += f" and {'<' if hi_strict else '<='} {hi}"
         raise ValueError(f"{cls}: {name} must be a finite number {rng}; received {value!r}")
+    if v > _F32_MAX:
+        raise ValueError(f"{cls}: {name} must be at most {_F32_MAX:.8g} (the float32 range); received {value!r}")
+    return v
+
+
+def _epsilon(cls, value):
+    v = _number(cls, "epsilon", value, strict=True)
+    if v < MIN_EPSILON:
+        raise ValueError(f"{cls}: epsilon must be >= {MIN_EPSILON!r} (the smallest normal float32: a "
+                         f"smaller one is 0 in a float32 model and 0/0 gives NaN); received {value!r}")
     return v
 
 
@@ -127,7 +157,7 @@ class Adam(Optimizer):
         cls = type(self).__name__
         self.beta_1 = _number(cls, "beta_1", beta_1, hi=1.0)
         self.beta_2 = _number(cls, "beta_2", beta_2, hi=1.0)
-        self.epsilon = _number(cls, "epsilon", epsilon, strict=True)
+        self.epsilon = _epsilon(cls, epsilon)
         self.amsgrad = _bool(cls, "amsgrad", amsgrad)
 
     def get_config(self):
@@ -157,7 +187,7 @@ class RMSprop(Optimizer):
         super().__init__(learning_rate, **kwargs)
         self.rho = _number("RMSprop", "rho", rho, hi=1.0)
         self.momentum = _number("RMSprop", "momentum", momentum, hi=1.0)
-        self.epsilon = _number("RMSprop", "epsilon", epsilon, strict=True)
+        self.epsilon = _epsilon("RMSprop", epsilon)
 
     def get_config(self):
         return {**self._base_config(), "rho": self.rho, "momentum": self.momentum, "epsilon": self.epsilon}
@@ -175,7 +205,7 @@ class Adagrad(Optimizer):
     def __init__(self, learning_rate=0.01, initial_accumulator_value=0.1, epsilon=1e-7, **kwargs):
         super().__init__(learning_rate, **kwargs)
         self.initial_accumulator_value = _number("Adagrad", "initial_accumulator_value", initial_accumulator_value)
-        self.epsilon = _number("Adagrad", "epsilon", epsilon, strict=True)
+        self.epsilon = _epsilon("Adagrad", epsilon)
 
     def get_config(self):
         return {**self._base_config(), "initial_accumulator_value": self.initial_accumulator_value,
@@ -193,6 +223,9 @@ def get(identifier) -> Optimizer:
     """An optimizer from an instance, a name ('sgd', 'adam', 'adamw', 'rmsprop', 'adagrad')
     or a config dict."""
     if isinstance(identifier, Optimizer):
+        if not isinstance(identifier, tuple(_REGISTRY.values())):  # the core steps only these
+            raise ValueError(f"optimizer: {type(identifier).__name__} is not a built-in optimizer; "
+                             f"expected one of {[c.__name__ for c in _REGISTRY.values()]}")
         return identifier
     if isinstance(identifier, str):
         cls = _REGISTRY.get(identifier.lower())
@@ -200,7 +233,8 @@ def get(identifier) -> Optimizer:
             raise ValueError(f"optimizer: unknown name {identifier!r}; expected one of {list(_REGISTRY)}")
         return cls()
     if isinstance(identifier, dict) and "class_name" in identifier:
-        cls = {c.__name__: c for c in _REGISTRY.values()}.get(identifier["class_name"])
+        name = identifier["class_name"]
+        cls = {c.__name__: c for c in _REGISTRY.values()}.get(name) if isinstance(name, str) else None
         if cls is None:
             raise ValueError(f"optimizer: unknown class_name {identifier['class_name']!r}")
         return cls.from_config(identifier)

@@ -9,20 +9,44 @@ The rate at step t (t = 0 for the first update) is also available as ``schedule(
 from __future__ import annotations
 
 import math
+import numbers
 
 __all__ = ["LearningRateSchedule", "StepDecay", "ExponentialDecay", "CosineDecay", "get"]
+
+# The largest float32. Every hyperparameter must fit: a float32 model computes with them in
+# float32, where a larger value is inf and turns the weights into NaN on the first step.
+_F32_MAX = 3.4028234663852886e38
+
+
+def _float(value):
+    """``float(value)`` for a real number that is not a bool (numpy scalars included); a
+    string, None or any other object raises TypeError. A number too large for a float (such
+    as ``10**400``) becomes +-inf, so the caller's range check rejects it with ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"expected a real number; received {type(value).__name__}")
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def _num(cls, name, value, lo=0.0, strict=True, hi=None):
     try:
-        v = float(value)
-    except (TypeError, ValueError):
+        v = _float(value)
+    except TypeError:
         raise TypeError(f"{cls}: {name} must be a number; received {value!r}") from None
     ok = math.isfinite(v) and (v > lo if strict else v >= lo) and (hi is None or v <= hi)
     if not ok:
         rng = f"{'>' if strict else '>='} {lo}" + (f" and <= {hi}" if hi is not None else "")
         raise ValueError(f"{cls}: {name} must be a finite number {rng}; received {value!r}")
+    if v > _F32_MAX:
+        raise ValueError(f"{cls}: {name} must be at most {_F32_MAX:.8g} (the float32 range); received {value!r}")
     return v
+
+
+def _floor(e):
+    """floor(e), keeping +inf (a step count over a tiny period) instead of raising."""
+    return math.floor(e) if math.isfinite(e) else e
 
 
 class LearningRateSchedule:
@@ -57,7 +81,7 @@ class StepDecay(LearningRateSchedule):
         self.factor = _num("StepDecay", "factor", factor, hi=1.0)
 
     def __call__(self, step):
-        return self.initial_learning_rate * self.factor ** math.floor(step / self.drop_every)
+        return self.initial_learning_rate * self.factor ** _floor(step / self.drop_every)
 
     def _core_config(self):
         return {"kind": "step", "decay_steps": self.drop_every, "decay_rate": self.factor}
@@ -69,19 +93,20 @@ class StepDecay(LearningRateSchedule):
 
 class ExponentialDecay(LearningRateSchedule):
     """``lr = initial_learning_rate * decay_rate ** (step / decay_steps)`` (integer division
-    when ``staircase``), as Keras's ExponentialDecay."""
+    when ``staircase``), as Keras's ExponentialDecay. ``decay_rate`` is in (0, 1]: a rate
+    above 1 would grow the learning rate without bound (to inf) as training goes on."""
 
     def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False):
         self.initial_learning_rate = _num("ExponentialDecay", "initial_learning_rate", initial_learning_rate)
         self.decay_steps = _num("ExponentialDecay", "decay_steps", decay_steps)
-        self.decay_rate = _num("ExponentialDecay", "decay_rate", decay_rate)
+        self.decay_rate = _num("ExponentialDecay", "decay_rate", decay_rate, hi=1.0)
         if not isinstance(staircase, bool):
             raise TypeError(f"ExponentialDecay: staircase must be True or False; received {staircase!r}")
         self.staircase = staircase
 
     def __call__(self, step):
         e = step / self.decay_steps
-        return self.initial_learning_rate * self.decay_rate ** (math.floor(e) if self.staircase else e)
+        return self.initial_learning_rate * self.decay_rate ** (_floor(e) if self.staircase else e)
 
     def _core_config(self):
         return {"kind": "exponential", "decay_steps": self.decay_steps, "decay_rate": self.decay_rate,
@@ -126,7 +151,11 @@ _REGISTRY = {c.__name__: c for c in (StepDecay, ExponentialDecay, CosineDecay)}
 
 def get(config):
     if isinstance(config, LearningRateSchedule):
+        if not isinstance(config, tuple(_REGISTRY.values())):  # the core evaluates only these
+            raise ValueError(f"learning-rate schedule {type(config).__name__} is not a built-in one; "
+                             f"expected one of {sorted(_REGISTRY)}")
         return config
-    if isinstance(config, dict) and config.get("class_name") in _REGISTRY:
+    if isinstance(config, dict) and isinstance(config.get("class_name"), str) and config["class_name"] in _REGISTRY:
         return _REGISTRY[config["class_name"]].from_config(config)
-    raise ValueError(f"unknown learning-rate schedule {config!r}")
+    raise ValueError(f"unknown learning-rate schedule {config!r}; expected a LearningRateSchedule or a "
+                     f"config dict with class_name in {sorted(_REGISTRY)}")

@@ -1,9 +1,18 @@
 """CPU and threading controls of the C++ core: which SIMD kernels run here, and how many
 threads its parallel regions use. Thin wrappers over chainrule._core."""
 
+import numbers
+import os
+
 from chainrule import _core
 
-__all__ = ["cpu_info", "set_num_threads", "get_num_threads"]
+__all__ = ["cpu_info", "set_num_threads", "get_num_threads", "MAX_THREADS"]
+
+# The most threads set_num_threads accepts: 4x the logical CPUs, at least 64. More threads
+# than that only oversubscribe the cores, and OpenMP aborts the process when asked for more
+# threads than it can create (e.g. set_num_threads(100000)), so such values are refused up
+# front with a ValueError instead.
+MAX_THREADS = max(4 * (os.cpu_count() or 1), 64)
 
 
 def cpu_info() -> dict:
@@ -22,8 +31,18 @@ def cpu_info() -> dict:
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` (>= 1) threads in the core's parallel regions (OpenMP; no-op without it)."""
-    _core.set_num_threads(n)
+    """Use ``n`` threads in the core's parallel regions (OpenMP; no-op without it).
+
+    ``n`` must be an integer (not a bool) in [1, MAX_THREADS], where MAX_THREADS is
+    ``max(4 * os.cpu_count(), 64)``; anything else raises TypeError (not an integer) or
+    ValueError (out of range) naming the value.
+    """
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"set_num_threads expects an integer n in [1, {MAX_THREADS}]; received n={n!r}")
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"set_num_threads expects n in [1, {MAX_THREADS}] (MAX_THREADS = "
+                         f"max(4 x {os.cpu_count()} CPUs, 64)); received n={n!r}")
+    _core.set_num_threads(int(n))
 
 
 def get_num_threads() -> int:
