@@ -3,6 +3,7 @@
     python bench/run.py                 # everything, at 1 thread and at all cores
     python bench/run.py --quick         # MLP batch 128 + small MLP + GEMM, fewer rounds
     python bench/run.py --workloads mlp128,lenet --threads 1,2 --rounds 5
+    python bench/run.py --quick --baseline /tmp/venv-old/bin/python   # this tree vs another build
 
 Every measurement runs in its own process (bench/worker.py); contenders are interleaved
 (A B C A B C …, rotating the order each round) because timings on shared machines drift;
@@ -59,8 +60,16 @@ def child_env(threads):
     return env
 
 
+# --baseline: the Python interpreter of another chainrule install, run as the contender
+# "baseline" (the same chainrule worker code) to compare two builds in one interleaved run.
+BASELINE_PYTHON = None
+
+
 def run_worker(args, threads, timeout=1800):
-    cmd = [sys.executable, os.path.join(HERE, "worker.py")] + [str(a) for a in args] + ["--threads", str(threads)]
+    python = sys.executable
+    if args and args[0] == "baseline":
+        python, args = BASELINE_PYTHON, ["chainrule"] + list(args[1:])
+    cmd = [python, os.path.join(HERE, "worker.py")] + [str(a) for a in args] + ["--threads", str(threads)]
     r = subprocess.run(cmd, env=child_env(threads), capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         return {"error": (r.stderr or r.stdout).strip().splitlines()[-1:] or ["failed"]}
@@ -68,6 +77,11 @@ def run_worker(args, threads, timeout=1800):
 
 
 def available(contender):
+    if contender == "baseline":
+        if not BASELINE_PYTHON:
+            return False
+        r = subprocess.run([BASELINE_PYTHON, "-c", "import chainrule"], capture_output=True, cwd="/")
+        return r.returncode == 0
     mod = {"chainrule": "chainrule", "torch": "torch", "sklearn": "sklearn", "numpy": "numpy"}[contender]
     r = subprocess.run([sys.executable, "-c", f"import {mod}"], capture_output=True)
     return r.returncode == 0
@@ -75,7 +89,7 @@ def available(contender):
 
 def bench_training(name, threads, rounds, epochs, warmup, contenders_ok, log):
     workload, batch, contenders, gflop = WORKLOADS[name]
-    contenders = [c for c in contenders if c in contenders_ok]
+    contenders = [c for c in contenders + ["baseline"] if c in contenders_ok]
     res = {c: {"epoch_s": [], "peak_rss_mb": [], "data_rss_mb": []} for c in contenders}
     for r in range(rounds):
         order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
@@ -111,14 +125,18 @@ def main():
     p.add_argument("--no-gemm", action="store_true")
     p.add_argument("--quick", action="store_true", help="mlp128 and small32 only, 3 rounds")
     p.add_argument("--out", default=os.path.join(HERE, "results.json"))
+    p.add_argument("--baseline", default=None,
+                   help="Python of another chainrule install: its chainrule runs as contender 'baseline'")
     a = p.parse_args()
+    global BASELINE_PYTHON
+    BASELINE_PYTHON = a.baseline
     names = ["mlp128", "small32"] if a.quick else [w for w in a.workloads.split(",") if w]
     for w in names:
         if w not in WORKLOADS:
             p.error(f"unknown workload {w!r}; choose from {list(WORKLOADS)}")
     threads = sorted({int(t) for t in a.threads.split(",")})
     log = lambda m: print(m, file=sys.stderr, flush=True)
-    ok = [c for c in ("chainrule", "torch", "sklearn", "numpy") if available(c)]
+    ok = [c for c in ("chainrule", "torch", "sklearn", "numpy", "baseline") if available(c)]
     log(f"contenders available: {ok}")
 
     report = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
