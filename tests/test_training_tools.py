@@ -15,7 +15,9 @@ import pytest
 
 import chainrule as cr
 
-TOL = {"float64": 1e-6, "float32": 1e-4}
+# Optimizer and clipping oracles. float64 measured worst case: 8.5e-16 (weights after 6 steps,
+# rounding only); the bound is ~100x that. float32 is left loose.
+TOL = {"float64": 1e-13, "float32": 1e-4}
 DTYPES = ["float64", "float32"]
 
 
