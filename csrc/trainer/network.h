@@ -66,6 +66,14 @@ class Poller {
   bool stopped_ = false;
 };
 
+// What the gradient block holds, tracked by the Network from the calls it makes. Backward
+// passes accumulate (+=) into it; an optimizer step consumes it (reads each gradient and
+// zeroes it in the same loop, which saves a pass over the block per step).
+enum class GradState {
+  Zero,         // every gradient is zero: just allocated, or consumed by an optimizer step
+  Accumulated,  // a backward pass has added into it since
+};
+
 template <typename T>
 class Network {
  public:
@@ -205,7 +213,8 @@ class Network {
   // One optimizer step on exactly this batch (Keras train_on_batch).
   EpochStats train_batch(const T* X, const T* Y, const T* SW, i64 B) { return one_batch(X, Y, SW, B, true); }
 
-  // Loss and gradients of one batch; gradients are left in grads() (zeroed first).
+  // Loss and gradients of one batch, penalties not included; the gradients are left in
+  // grads() (the pass starts from zero).
   EpochStats compute_gradients(const T* X, const T* Y, const T* SW, i64 B) {
     return one_batch(X, Y, SW, B, false);
   }
@@ -310,7 +319,8 @@ class Network {
       stepped = train_step(X, Y, SW, B, ls);
     } else {
       ls = forward_loss(X, Y, SW, B);
-      backward(X, B, nullptr);
+      start_gradient_pass();
+      backward(X, B);
     }
     EpochStats st;
     st.loss = ls.loss_sum / double(B);
@@ -369,20 +379,62 @@ class Network {
     return loss_forward_backward<T>(loss_, head_, probs_.data(), y, w, B, C, gbuf_[0].data());
   }
 
-  // The fused optimizer loop over the segments in r, and the monitor's per-step sums.
-  // gscale: global-norm clipping factor.
-  void apply_step(SegmentRange r, double gscale) {
-    // The per-segment sums are also the NaN guard's check of the new weights (Σw² finite).
+  // Backward passes accumulate (+=) into the gradients, so each starts from zero: the
+  // explicit zeroing pass, skipped when the last optimizer step consumed every gradient.
+  void start_gradient_pass() {
+    if (grad_state_ != GradState::Zero) params_.zero_grads();
+    grad_state_ = GradState::Accumulated;
+  }
+
+  // The backward pass from the loss gradient in gbuf_[0], last layer first; after layer l's
+  // backward has accumulated its parameter gradients, after_layer(l) runs (they are still
+  // in cache then).
+  template <typename AfterLayer>
+  void backward_layers(const T* x, i64 B, AfterLayer&& after_layer) {
+    T* dcur = gbuf_[0].data();
+    int which = 0;
+    for (i64 l = i64(layers_.size()) - 1; l >= 0; --l) {
+      const T* lin = l == 0 ? x : acts_[l - 1].data();
+      T* dx = l == 0 ? nullptr : gbuf_[1 - which].data();
+      layers_[l]->backward(lin, acts_[l].data(), dcur, dx, B);
+      after_layer(size_t(l));
+      dcur = dx;
+      which = 1 - which;
+    }
+  }
+
+  // Gradients of the loss w.r.t. every parameter, accumulated into grads().
+  void backward(const T* x, i64 B) {
+    backward_layers(x, B, [](size_t) {});
+  }
+
+  // The backward pass with each layer's optimizer step taken as soon as its gradients are
+  // complete: penalty gradients added, then the step consumes them. Its weights are no
+  // longer needed once the layer has computed dx. Returns the penalty.
+  double backward_and_step(const T* x, i64 B) {
+    double pen = 0.0;
+    backward_layers(x, B, [&](size_t l) {
+      const SegmentRange r = params_.layer_segments(l);
+      pen += params_.add_penalty_gradients(r);
+      step_consuming_grads(r, 1.0);
+    });
+    return pen;
+  }
+
+  // The fused optimizer loop over the segments in r: reads each gradient (scaled by
+  // gscale, the global-norm clipping factor) and zeroes it, so those gradients are
+  // consumed. Its per-segment sums go to the monitor and, Σw², to the NaN check.
+  void step_consuming_grads(SegmentRange r, double gscale) {
     optimizer_step(opt_, last_lr_, step_, gscale, params_.params(), params_.grads(), opt_state_,
                    params_.segments().data() + r.begin, r.end - r.begin, step_sums_.data() + r.begin,
                    monitor_.active() || nan_guard_.enabled());
     if (monitor_.active()) monitor_.add_step(step_sums_, r);
   }
 
-  // One training step: forward, loss, backward, optimizer. Each layer's parameters are
-  // updated as soon as its backward pass has produced their gradients (still in cache; its
-  // weights are no longer needed once it has computed dx). Global-norm clipping needs every
-  // gradient first, so with clipnorm the step runs after the whole backward pass.
+  // One training step: forward, loss, backward, optimizer. Without clipnorm each layer's
+  // parameters are updated right after its backward pass (backward_and_step); global-norm
+  // clipping needs every gradient first, so with clipnorm the step follows the whole
+  // backward pass. Either way the step consumes every gradient.
   // Returns false when stop_on_nan is set and the loss or a new weight is not finite. The
   // weights, optimizer state and step count are then put back to the last ones whose loss
   // was finite: those before this step (new weights not finite) or before the previous one
@@ -398,16 +450,18 @@ class Network {
     if (nan_guard_.enabled()) nan_guard_.take(params_, opt_state_, step_);
     last_lr_ = current_learning_rate();
     ++step_;
-    const bool per_layer = opt_.clipnorm <= 0.0;
+    start_gradient_pass();
     double pen = 0.0;
-    backward(x, B, per_layer ? &pen : nullptr);
-    if (!per_layer) {
+    if (opt_.clipnorm <= 0.0) {
+      pen = backward_and_step(x, B);
+    } else {
+      backward(x, B);
       const SegmentRange all = params_.all_segments();
       pen = params_.add_penalty_gradients(all);
       const double norm = std::sqrt(params_.grad_sum_squares());
-      apply_step(all, norm > opt_.clipnorm ? opt_.clipnorm / norm : 1.0);
+      step_consuming_grads(all, norm > opt_.clipnorm ? opt_.clipnorm / norm : 1.0);
     }
-    grads_zero_ = true;  // the optimizer consumed and zeroed them
+    grad_state_ = GradState::Zero;
     ls.loss_sum += pen * double(B);
     if (nan_guard_.enabled() && (!std::isfinite(pen) || !params_.weights_finite_after(step_sums_))) {
       nan_guard_.restore(params_, opt_state_, step_);
@@ -416,30 +470,9 @@ class Network {
     return true;
   }
 
-  // Backward pass from the loss gradient in gbuf_[0]. With `pen` non-null, each layer's
-  // parameters take their optimizer step right after its backward (penalties summed in).
-  void backward(const T* x, i64 B, double* pen) {
-    if (!grads_zero_) params_.zero_grads();
-    grads_zero_ = false;
-    T* dcur = gbuf_[0].data();
-    int which = 0;
-    for (i64 l = i64(layers_.size()) - 1; l >= 0; --l) {
-      const T* lin = l == 0 ? x : acts_[l - 1].data();
-      T* dx = l == 0 ? nullptr : gbuf_[1 - which].data();
-      layers_[l]->backward(lin, acts_[l].data(), dcur, dx, B);
-      if (pen) {
-        const SegmentRange r = params_.layer_segments(size_t(l));
-        *pen += params_.add_penalty_gradients(r);
-        apply_step(r, 1.0);
-      }
-      dcur = dx;
-      which = 1 - which;
-    }
-  }
-
   std::vector<std::unique_ptr<Layer<T>>> layers_;
   ParamStore<T> params_;  // binds the layers to their views: constructed after layers_
-  bool grads_zero_ = false;  // grads are all zeros (left so by the last optimizer step)
+  GradState grad_state_ = GradState::Zero;
   Loss loss_ = Loss::MSE;
   Act last_act_ = Act::Linear;  // the last layer's configured activation
   Act head_ = Act::Linear;      // the activation fused into the loss, if any
