@@ -13,6 +13,7 @@
 #include <memory>
 #include <mutex>
 #include <numeric>
+#include <optional>
 #include <vector>
 
 #include "common.h"
@@ -166,10 +167,7 @@ class Network {
   EpochStats train_epoch(const T* X, const T* Y, const T* SW, i64 N, i64 batch, bool shuffle,
                          std::uint64_t seed, const ProgressFn& progress = nullptr,
                          i64 progress_every = 0, const PollFn& poll = nullptr) {
-    require_compiled();
-    check_batch(N, batch);
-    reserve(std::min(batch, N));
-    DenormalsFlushed ftz;
+    BatchCall call(*this, N, batch, NeedsCompile::Yes);
     order_.resize(N);
     std::iota(order_.begin(), order_.end(), i64(0));
     if (shuffle) shuffle_indices(order_.data(), N, seed);
@@ -211,20 +209,31 @@ class Network {
   }
 
   // One optimizer step on exactly this batch (Keras train_on_batch).
-  EpochStats train_batch(const T* X, const T* Y, const T* SW, i64 B) { return one_batch(X, Y, SW, B, true); }
+  EpochStats train_batch(const T* X, const T* Y, const T* SW, i64 B) {
+    BatchCall call(*this, B, B, NeedsCompile::Yes);
+    LossStats ls;
+    const bool stepped = train_step(X, Y, SW, B, ls);
+    EpochStats st = batch_stats(ls, B);
+    st.steps = stepped ? 1 : 0;
+    st.stopped_nan = !stepped;
+    st.learning_rate = stepped ? last_lr_ : 0.0;
+    st.nonfinite_param = params_.first_nonfinite();
+    return st;
+  }
 
   // Loss and gradients of one batch, penalties not included; the gradients are left in
   // grads() (the pass starts from zero).
   EpochStats compute_gradients(const T* X, const T* Y, const T* SW, i64 B) {
-    return one_batch(X, Y, SW, B, false);
+    BatchCall call(*this, B, B, NeedsCompile::Yes);
+    const LossStats ls = forward_loss(X, Y, SW, B);
+    start_gradient_pass();
+    backward(X, B);
+    return batch_stats(ls, B);
   }
 
   EpochStats evaluate(const T* X, const T* Y, const T* SW, i64 N, i64 batch,
                       const PollFn& poll = nullptr) {
-    require_compiled();
-    check_batch(N, batch);
-    reserve(std::min(batch, N));
-    DenormalsFlushed ftz;
+    BatchCall call(*this, N, batch, NeedsCompile::Yes);
     const i64 tc = target_cols(loss_, out_size());
     EpochStats st;
     Poller poller(poll);
@@ -251,9 +260,7 @@ class Network {
   // out: (N, out_size) — the model's outputs, final activation included.
   // Returns false when the poll function stopped it (out is then incomplete).
   bool predict(const T* X, i64 N, i64 batch, T* out, const PollFn& poll = nullptr) {
-    check_batch(N, batch);
-    reserve(std::min(batch, N));
-    DenormalsFlushed ftz;
+    BatchCall call(*this, N, batch, NeedsCompile::No);
     Poller poller(poll);
     const i64 C = out_size();
     for (i64 start = 0; start < N; start += batch) {
@@ -268,13 +275,25 @@ class Network {
   }
 
  private:
-  void require_compiled() const {
-    if (!compiled_) fail("the model must be compiled (loss and optimizer set) before training or evaluation");
-  }
-  static void check_batch(i64 N, i64 batch) {
-    if (N < 1) fail("no samples: the input has 0 rows");
-    if (batch < 1) fail("batch_size must be >= 1; received ", batch);
-  }
+  enum class NeedsCompile : bool { No, Yes };
+
+  // The preamble of every call that runs batches, written once: the checks, every buffer
+  // grown for the call's largest batch (so the batch loop allocates nothing), then
+  // denormals flushed until the call returns.
+  class BatchCall {
+   public:
+    BatchCall(Network& net, i64 N, i64 batch, NeedsCompile needs) {
+      if (needs == NeedsCompile::Yes && !net.compiled_)
+        fail("the model must be compiled (loss and optimizer set) before training or evaluation");
+      if (N < 1) fail("no samples: the input has 0 rows");
+      if (batch < 1) fail("batch_size must be >= 1; received ", batch);
+      net.reserve(std::min(batch, N));
+      ftz_.emplace();
+    }
+
+   private:
+    std::optional<DenormalsFlushed> ftz_;
+  };
 
   static std::vector<std::unique_ptr<Layer<T>>> checked_chain(std::vector<std::unique_ptr<Layer<T>>> layers) {
     if (layers.empty()) fail("Network: needs at least one layer");
@@ -308,28 +327,12 @@ class Network {
     cap_ = batch;
   }
 
-  EpochStats one_batch(const T* X, const T* Y, const T* SW, i64 B, bool take_step) {
-    require_compiled();
-    check_batch(B, B);
-    reserve(B);
-    DenormalsFlushed ftz;
-    LossStats ls;
-    bool stepped = false;
-    if (take_step) {
-      stepped = train_step(X, Y, SW, B, ls);
-    } else {
-      ls = forward_loss(X, Y, SW, B);
-      start_gradient_pass();
-      backward(X, B);
-    }
+  // Loss and accuracy of a single-batch call, as means over its B samples.
+  static EpochStats batch_stats(const LossStats& ls, i64 B) {
     EpochStats st;
     st.loss = ls.loss_sum / double(B);
     st.accuracy = ls.correct / double(B);
     st.samples = B;
-    st.steps = stepped ? 1 : 0;
-    st.stopped_nan = take_step && !stepped;
-    st.learning_rate = stepped ? last_lr_ : 0.0;
-    if (take_step) st.nonfinite_param = params_.first_nonfinite();
     return st;
   }
 
