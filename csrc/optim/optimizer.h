@@ -109,7 +109,8 @@ StepF32 step_f32_for_cpu();
 
 
 // One optimizer step (t counts from 1) with learning rate `lr` over every segment;
-// gscale multiplies the gradients first (global-norm clipping). Leaves the gradients zeroed.
+// gscale multiplies the gradients first (global-norm clipping). Consumes the gradients: each
+// is read and zeroed in the same loop (no separate zeroing pass), so all are zero after.
 // stats: one per segment, filled when `with_stats` (the gradient monitor), else left zero.
 template <typename T>
 void optimizer_step(const OptimConfig& c, double lr, i64 t, double gscale, T* p, T* g,

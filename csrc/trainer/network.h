@@ -1,6 +1,9 @@
-// The Network: a chain of layers over one flat parameter block, and the training epoch
-// loop — shuffle, batch, forward, loss, backward, optimizer step, metrics — all in C++.
-// Buffers are sized once per call for the largest batch; the batch loop allocates nothing.
+// The Network: a chain of layers over one flat parameter block (params.h), forward and
+// backward, the loss, the optimizer's state, and the loops over batches — training epoch
+// (shuffle, batch, forward, loss, backward, optimizer step, metrics), evaluate, predict —
+// all in C++. The gradient monitor (monitor.h) and stop-on-NaN's snapshot (nan_guard.h)
+// are its parts. Buffers are sized once per call for the largest batch; the batch loop
+// allocates nothing.
 #pragma once
 #include <algorithm>
 #include <chrono>
@@ -10,23 +13,19 @@
 #include <memory>
 #include <mutex>
 #include <numeric>
+#include <optional>
 #include <vector>
 
 #include "common.h"
 #include "layers/layer.h"
 #include "losses/loss.h"
 #include "optim/optimizer.h"
+#include "trainer/monitor.h"
+#include "trainer/nan_guard.h"
+#include "trainer/params.h"
 #include "trainer/rng.h"
 
 namespace cr {
-
-struct ParamInfo {
-  i64 layer;
-  std::string name;
-  std::vector<i64> shape;
-  i64 offset;  // into the flat block
-  i64 size;
-};
 
 struct EpochStats {
   double loss = 0.0;      // mean (weighted) loss over the samples, regularization included
@@ -38,14 +37,6 @@ struct EpochStats {
   bool interrupted = false;  // the poll function asked to stop (Ctrl-C)
   i64 nonfinite_param = -1;  // the first parameter tensor holding NaN/inf after the call, or -1
   double learning_rate = 0.0;  // the rate of the last step taken
-};
-
-// Per-parameter-tensor health over the steps of one epoch (the gradient monitor).
-struct ParamHealth {
-  double grad_norm = 0.0;     // mean over steps of ||g|| (loss + regularization, before clipping)
-  double grad_norm_max = 0.0; // max over steps of ||g||
-  double update_ratio = 0.0;  // mean over steps of ||Δw|| / ||w||
-  double weight_norm = 0.0;   // ||w|| after the last step
 };
 
 // Called every N steps from the epoch loop: (steps done, steps total, running loss, running
@@ -76,45 +67,22 @@ class Poller {
   bool stopped_ = false;
 };
 
+// What the gradient block holds, tracked by the Network from the calls it makes. Backward
+// passes accumulate (+=) into it; an optimizer step consumes it (reads each gradient and
+// zeroes it in the same loop, which saves a pass over the block per step).
+enum class GradState {
+  Zero,         // every gradient is zero: just allocated, or consumed by an optimizer step
+  Accumulated,  // a backward pass has added into it since
+};
+
 template <typename T>
 class Network {
  public:
-  explicit Network(std::vector<std::unique_ptr<Layer<T>>> layers) : layers_(std::move(layers)) {
-    if (layers_.empty()) fail("Network: needs at least one layer");
-    for (size_t i = 1; i < layers_.size(); ++i)
-      if (layers_[i]->in_size() != layers_[i - 1]->out_size())
-        fail("Network: layer ", i, " (", layers_[i]->kind(), ") expects ",
-             layers_[i]->in_size(), " inputs per sample but layer ", i - 1, " (",
-             layers_[i - 1]->kind(), ") produces ", layers_[i - 1]->out_size());
-    i64 total = 0;
-    for (size_t l = 0; l < layers_.size(); ++l) {
-      for (auto& ps : layers_[l]->param_shapes()) {
-        params_info_.push_back({i64(l), ps.name, ps.shape, total, ps.size()});
-        total += ps.size();  // each size <= kMaxElems: no overflow before the check below
-        if (total > kMaxElems)
-          fail("Network: the model has more than ", kMaxElems, " parameters (layer ", l, " (",
-               layers_[l]->kind(), ") brings the total to ", total, ")");
-      }
-    }
-    params_.assign(total, T(0));
-    grads_.assign(total, T(0));
-    for (auto& pi : params_info_) segments_.push_back({pi.offset, pi.size});
-    layer_segs_.assign(layers_.size() + 1, 0);  // layer l owns segments [layer_segs_[l], layer_segs_[l+1])
-    for (auto& pi : params_info_) layer_segs_[pi.layer + 1] += 1;
-    for (size_t l = 0; l < layers_.size(); ++l) layer_segs_[l + 1] += layer_segs_[l];
-    reg_l1_.assign(segments_.size(), 0.0);
-    reg_l2_.assign(segments_.size(), 0.0);
-    seg_stats_.assign(segments_.size(), SegmentStats{});
-    health_.assign(segments_.size(), ParamHealth{});
-    alive_.resize(layers_.size());
-    dead_fraction_.assign(layers_.size(), -1.0);
-    i64 off = 0;
-    for (auto& L : layers_) {
-      i64 n = 0;
-      for (auto& ps : L->param_shapes()) n += ps.size();
-      L->bind(params_.data() + off, grads_.data() + off);
-      off += n;
-    }
+  explicit Network(std::vector<std::unique_ptr<Layer<T>>> layers)
+      : layers_(checked_chain(std::move(layers))),
+        params_(layers_),
+        step_sums_(params_.segments().size()),
+        monitor_(params_.segments().size(), layers_.size()) {
     last_act_ = layers_.back()->activation();
   }
 
@@ -122,10 +90,10 @@ class Network {
   Layer<T>& layer(i64 i) { return *layers_.at(i); }
   i64 in_size() const { return layers_.front()->in_size(); }
   i64 out_size() const { return layers_.back()->out_size(); }
-  const std::vector<ParamInfo>& params_info() const { return params_info_; }
-  T* params() { return params_.data(); }
-  T* grads() { return grads_.data(); }
-  i64 num_params() const { return i64(params_.size()); }
+  const std::vector<ParamInfo>& params_info() const { return params_.info(); }
+  T* params() { return params_.params(); }
+  T* grads() { return params_.grads(); }
+  i64 num_params() const { return params_.size(); }
   bool compiled() const { return compiled_; }
   Loss loss() const { return loss_; }
   std::mutex& mutex() { return mu_; }
@@ -144,7 +112,7 @@ class Network {
     if (!(opt.learning_rate >= 0.0) || !std::isfinite(opt.learning_rate))
       fail("optimizer: learning_rate must be a finite number >= 0; received ", opt.learning_rate);
     opt_ = opt;
-    have_snapshot_ = false;
+    nan_guard_.invalidate();
     opt_state_.clear();
     for (int k = 0; k < opt.state_slots(); ++k)
       opt_state_.emplace_back(params_.size(), T(opt.state_init(k)));
@@ -171,32 +139,23 @@ class Network {
   void set_step_count(i64 t) {
     if (t < 0) fail("step_count must be >= 0; received ", t);
     step_ = t;
-    have_snapshot_ = false;
+    nan_guard_.invalidate();
   }
   std::vector<avec<T>>& optimizer_state() { return opt_state_; }
 
   // L1/L2 penalty on one parameter tensor: loss += l1 Σ|w| + l2 Σw².
-  void set_regularization(i64 param, double l1, double l2) {
-    if (param < 0 || param >= i64(segments_.size())) fail("parameter index out of range: ", param);
-    if (!(l1 >= 0.0 && l2 >= 0.0) || !std::isfinite(l1) || !std::isfinite(l2))
-      fail("regularization factors must be finite and >= 0; received l1=", l1, " l2=", l2);
-    reg_l1_[param] = l1;
-    reg_l2_[param] = l2;
-  }
+  void set_regularization(i64 param, double l1, double l2) { params_.set_regularization(param, l1, l2); }
   // The weights or optimizer state were set from outside: a snapshot no longer applies.
-  void state_changed() { have_snapshot_ = false; }
+  void state_changed() { nan_guard_.invalidate(); }
   // Stop an epoch at the first non-finite loss or weight and restore the weights and the
   // optimizer state of the last finite step.
-  void set_stop_on_nan(bool on) {
-    stop_on_nan_ = on;
-    have_snapshot_ = false;  // a snapshot from an earlier fit is not "the last finite step"
-  }
+  void set_stop_on_nan(bool on) { nan_guard_.set_enabled(on); }
   // Per-layer monitoring (gradient norms, update ratios, dead units): on by default.
-  void set_monitor(bool on) { monitor_ = on; }
-  const std::vector<ParamHealth>& param_health() const { return health_; }
+  void set_monitor(bool on) { monitor_.set_enabled(on); }
+  const std::vector<ParamHealth>& param_health() const { return monitor_.health(); }
   // Per layer: fraction of ReLU-family units (channels for convolutions) that produced no
   // positive output on any training sample of the last epoch; -1 for other layers.
-  const std::vector<double>& dead_fraction() const { return dead_fraction_; }
+  const std::vector<double>& dead_fraction() const { return monitor_.dead_fraction(); }
 
   // Reseed layers with randomness (dropout). Called once per fit.
   void seed_layers(std::uint64_t s) {
@@ -208,14 +167,11 @@ class Network {
   EpochStats train_epoch(const T* X, const T* Y, const T* SW, i64 N, i64 batch, bool shuffle,
                          std::uint64_t seed, const ProgressFn& progress = nullptr,
                          i64 progress_every = 0, const PollFn& poll = nullptr) {
-    require_compiled();
-    check_batch(N, batch);
-    reserve(std::min(batch, N));
-    DenormalsFlushed ftz;
+    BatchCall call(*this, N, batch, NeedsCompile::Yes);
     order_.resize(N);
     std::iota(order_.begin(), order_.end(), i64(0));
     if (shuffle) shuffle_indices(order_.data(), N, seed);
-    begin_monitor();
+    monitor_.begin_epoch(layers_);
     EpochStats st;
     Poller poller(poll);
     const i64 total_steps = (N + batch - 1) / batch;
@@ -243,29 +199,41 @@ class Network {
         if (!progress(st.steps, total_steps, st.loss / double(seen), st.accuracy / double(seen))) break;
       }
     }
-    end_monitor(st.steps);
+    monitor_.end_epoch(st.steps, step_sums_, layers_);
     st.samples = seen;
     st.loss /= double(std::max<i64>(seen, 1));
     st.accuracy /= double(std::max<i64>(seen, 1));
     st.learning_rate = last_lr_;
-    st.nonfinite_param = first_nonfinite_param();
+    st.nonfinite_param = params_.first_nonfinite();
     return st;
   }
 
   // One optimizer step on exactly this batch (Keras train_on_batch).
-  EpochStats train_batch(const T* X, const T* Y, const T* SW, i64 B) { return one_batch(X, Y, SW, B, true); }
+  EpochStats train_batch(const T* X, const T* Y, const T* SW, i64 B) {
+    BatchCall call(*this, B, B, NeedsCompile::Yes);
+    LossStats ls;
+    const bool stepped = train_step(X, Y, SW, B, ls);
+    EpochStats st = batch_stats(ls, B);
+    st.steps = stepped ? 1 : 0;
+    st.stopped_nan = !stepped;
+    st.learning_rate = stepped ? last_lr_ : 0.0;
+    st.nonfinite_param = params_.first_nonfinite();
+    return st;
+  }
 
-  // Loss and gradients of one batch; gradients are left in grads() (zeroed first).
+  // Loss and gradients of one batch, penalties not included; the gradients are left in
+  // grads() (the pass starts from zero).
   EpochStats compute_gradients(const T* X, const T* Y, const T* SW, i64 B) {
-    return one_batch(X, Y, SW, B, false);
+    BatchCall call(*this, B, B, NeedsCompile::Yes);
+    const LossStats ls = forward_loss(X, Y, SW, B);
+    start_gradient_pass();
+    backward(X, B);
+    return batch_stats(ls, B);
   }
 
   EpochStats evaluate(const T* X, const T* Y, const T* SW, i64 N, i64 batch,
                       const PollFn& poll = nullptr) {
-    require_compiled();
-    check_batch(N, batch);
-    reserve(std::min(batch, N));
-    DenormalsFlushed ftz;
+    BatchCall call(*this, N, batch, NeedsCompile::Yes);
     const i64 tc = target_cols(loss_, out_size());
     EpochStats st;
     Poller poller(poll);
@@ -282,7 +250,7 @@ class Network {
       st.loss += ls.loss_sum;
       st.accuracy += ls.correct;
     }
-    st.loss += penalty() * double(N);
+    st.loss += params_.penalty() * double(N);
     st.samples = N;
     st.loss /= double(N);
     st.accuracy /= double(N);
@@ -292,9 +260,7 @@ class Network {
   // out: (N, out_size) — the model's outputs, final activation included.
   // Returns false when the poll function stopped it (out is then incomplete).
   bool predict(const T* X, i64 N, i64 batch, T* out, const PollFn& poll = nullptr) {
-    check_batch(N, batch);
-    reserve(std::min(batch, N));
-    DenormalsFlushed ftz;
+    BatchCall call(*this, N, batch, NeedsCompile::No);
     Poller poller(poll);
     const i64 C = out_size();
     for (i64 start = 0; start < N; start += batch) {
@@ -306,6 +272,37 @@ class Network {
       if (head_ != Act::Linear) activation_forward(head_, T(0), dst, B, C);
     }
     return true;
+  }
+
+ private:
+  enum class NeedsCompile : bool { No, Yes };
+
+  // The preamble of every call that runs batches, written once: the checks, every buffer
+  // grown for the call's largest batch (so the batch loop allocates nothing), then
+  // denormals flushed until the call returns.
+  class BatchCall {
+   public:
+    BatchCall(Network& net, i64 N, i64 batch, NeedsCompile needs) {
+      if (needs == NeedsCompile::Yes && !net.compiled_)
+        fail("the model must be compiled (loss and optimizer set) before training or evaluation");
+      if (N < 1) fail("no samples: the input has 0 rows");
+      if (batch < 1) fail("batch_size must be >= 1; received ", batch);
+      net.reserve(std::min(batch, N));
+      ftz_.emplace();
+    }
+
+   private:
+    std::optional<DenormalsFlushed> ftz_;
+  };
+
+  static std::vector<std::unique_ptr<Layer<T>>> checked_chain(std::vector<std::unique_ptr<Layer<T>>> layers) {
+    if (layers.empty()) fail("Network: needs at least one layer");
+    for (size_t i = 1; i < layers.size(); ++i)
+      if (layers[i]->in_size() != layers[i - 1]->out_size())
+        fail("Network: layer ", i, " (", layers[i]->kind(), ") expects ",
+             layers[i]->in_size(), " inputs per sample but layer ", i - 1, " (",
+             layers[i - 1]->kind(), ") produces ", layers[i - 1]->out_size());
+    return layers;
   }
 
   // Grow every buffer for batches up to `batch` (outside the batch loop only).
@@ -330,36 +327,12 @@ class Network {
     cap_ = batch;
   }
 
- private:
-  void require_compiled() const {
-    if (!compiled_) fail("the model must be compiled (loss and optimizer set) before training or evaluation");
-  }
-  static void check_batch(i64 N, i64 batch) {
-    if (N < 1) fail("no samples: the input has 0 rows");
-    if (batch < 1) fail("batch_size must be >= 1; received ", batch);
-  }
-
-  EpochStats one_batch(const T* X, const T* Y, const T* SW, i64 B, bool take_step) {
-    require_compiled();
-    check_batch(B, B);
-    reserve(B);
-    DenormalsFlushed ftz;
-    LossStats ls;
-    bool stepped = false;
-    if (take_step) {
-      stepped = train_step(X, Y, SW, B, ls);
-    } else {
-      ls = forward_loss(X, Y, SW, B);
-      backward(X, B, nullptr);
-    }
+  // Loss and accuracy of a single-batch call, as means over its B samples.
+  static EpochStats batch_stats(const LossStats& ls, i64 B) {
     EpochStats st;
     st.loss = ls.loss_sum / double(B);
     st.accuracy = ls.correct / double(B);
     st.samples = B;
-    st.steps = stepped ? 1 : 0;
-    st.stopped_nan = take_step && !stepped;
-    st.learning_rate = stepped ? last_lr_ : 0.0;
-    if (take_step) st.nonfinite_param = first_nonfinite_param();
     return st;
   }
 
@@ -395,212 +368,10 @@ class Network {
     for (size_t l = 0; l < layers_.size(); ++l) {
       layers_[l]->forward(in, acts_[l].data(), B, training);
       in = acts_[l].data();
-      if (training && monitoring_ && !alive_[l].empty()) mark_alive(l, B);
+      if (training && monitor_.tracks_units(l))
+        monitor_.mark_alive(l, acts_[l].data(), B * layers_[l]->out_size());
     }
     return acts_.back().data();
-  }
-
-  // Keep in alive_[l] a running maximum of the layer's outputs, `width` values wide (a
-  // multiple of the unit count, so output element e lands in slot e % width and unit
-  // e % units): long contiguous max-reductions that vectorize even for 8 channels. A unit is
-  // alive once the maximum over its slots is positive (folded in end_monitor).
-  void mark_alive(size_t l, i64 B) {
-    const i64 n = B * layers_[l]->out_size(), width = i64(alive_[l].size());
-    const T* y = acts_[l].data();
-    T* a = alive_[l].data();
-    i64 e = 0;
-    for (; e + width <= n; e += width) {
-#pragma omp simd
-      for (i64 j = 0; j < width; ++j) a[j] = std::max(a[j], y[e + j]);
-    }
-    for (i64 j = 0; e + j < n; ++j) a[j] = std::max(a[j], y[e + j]);
-  }
-
-  // The first parameter tensor holding a NaN or an infinity, or -1. One pass over the
-  // parameters, once per call (not per step).
-  i64 first_nonfinite_param() const {
-    for (size_t k = 0; k < segments_.size(); ++k)
-      if (!all_finite(params_.data() + segments_[k].offset, segments_[k].size)) return i64(k);
-    return -1;
-  }
-  static bool all_finite(const T* w, i64 n) {
-    T acc = T(0);  // w * 0 is NaN exactly for NaN and inf: one vectorizable pass, no branches
-#pragma omp simd reduction(+ : acc)
-    for (i64 i = 0; i < n; ++i) acc += w[i] * T(0);
-    return acc == T(0);
-  }
-
-  void begin_monitor() {
-    monitoring_ = monitor_;
-    for (auto& h : health_) h = ParamHealth{};
-    for (size_t l = 0; l < layers_.size(); ++l) {
-      Act a = layers_[l]->activation();
-      i64 units = layers_[l]->units();
-      bool relu = a == Act::Relu || a == Act::LeakyRelu;
-      const i64 out = layers_[l]->out_size();
-      if (monitoring_ && relu && units > 0 && out % units == 0) {
-        i64 width = units;  // widen to ~256 values, staying a multiple of units and dividing out
-        while (width < 256 && out % (2 * width) == 0) width *= 2;
-        alive_[l].assign(width, T(0));
-      }
-      else
-        alive_[l].clear();
-    }
-  }
-
-  void end_monitor(i64 steps) {
-    for (size_t k = 0; k < health_.size(); ++k) {
-      if (steps > 0) {
-        health_[k].grad_norm /= double(steps);
-        health_[k].update_ratio /= double(steps);
-      }
-      health_[k].weight_norm = std::sqrt(seg_stats_[k].w2);
-    }
-    for (size_t l = 0; l < layers_.size(); ++l) {
-      if (alive_[l].empty() || steps == 0) {
-        dead_fraction_[l] = -1.0;
-        continue;
-      }
-      const i64 units = layers_[l]->units(), width = i64(alive_[l].size());
-      i64 dead = 0;
-      for (i64 u = 0; u < units; ++u) {
-        T m = T(0);
-        for (i64 j = u; j < width; j += units) m = std::max(m, alive_[l][j]);
-        dead += m > T(0) ? 0 : 1;
-      }
-      dead_fraction_[l] = double(dead) / double(units);
-    }
-  }
-
-  // The regularization penalty of the current weights.
-  double penalty() const {
-    double pen = 0.0;
-    for (size_t k = 0; k < segments_.size(); ++k) {
-      if (reg_l1_[k] == 0.0 && reg_l2_[k] == 0.0) continue;
-      const T* w = params_.data() + segments_[k].offset;
-      double a = 0.0, q = 0.0;
-      for (i64 i = 0; i < segments_[k].size; ++i) {
-        a += std::fabs(double(w[i]));
-        q += double(w[i]) * double(w[i]);
-      }
-      pen += reg_l1_[k] * a + reg_l2_[k] * q;
-    }
-    return pen;
-  }
-
-  // Add the penalty's gradient to segment k's gradient; returns the penalty.
-  double regularize(size_t k) {
-    const double l1 = reg_l1_[k], l2 = reg_l2_[k];
-    if (l1 == 0.0 && l2 == 0.0) return 0.0;
-    const T* w = params_.data() + segments_[k].offset;
-    T* g = grads_.data() + segments_[k].offset;
-    const T tl1 = T(l1), tl2 = T(2.0 * l2);
-    double a = 0.0, q = 0.0;
-    const i64 n = segments_[k].size;
-#pragma omp parallel for schedule(static) reduction(+ : a, q) if (n > kParallelElems)
-    for (i64 i = 0; i < n; ++i) {
-      const T wi = w[i];
-      g[i] += tl1 * T((wi > T(0)) - (wi < T(0))) + tl2 * wi;
-      a += std::fabs(double(wi));
-      q += double(wi) * double(wi);
-    }
-    return l1 * a + l2 * q;
-  }
-
-  // Penalty gradients of segments [k0, k1) added to their gradients; returns the penalty.
-  double add_penalties(size_t k0, size_t k1) {
-    double pen = 0.0;
-    for (size_t k = k0; k < k1; ++k) pen += regularize(k);
-    return pen;
-  }
-
-  // The fused optimizer loop over segments [k0, k1), and the monitor's per-step sums.
-  // gscale: global-norm clipping factor.
-  void apply_step(size_t k0, size_t k1, double gscale) {
-    // The per-segment sums are also the NaN guard's check of the new weights (Σw² finite).
-    optimizer_step(opt_, last_lr_, step_, gscale, params_.data(), grads_.data(), opt_state_,
-                   segments_.data() + k0, k1 - k0, seg_stats_.data() + k0,
-                   monitoring_ || stop_on_nan_);
-    if (!monitoring_) return;
-    for (size_t k = k0; k < k1; ++k) {
-      const double gn = std::sqrt(seg_stats_[k].g2), wn = std::sqrt(seg_stats_[k].w2);
-      health_[k].grad_norm += gn;
-      health_[k].grad_norm_max = std::max(health_[k].grad_norm_max, gn);
-      health_[k].update_ratio += wn > 0.0 ? std::sqrt(seg_stats_[k].d2) / wn : 0.0;
-    }
-  }
-
-  // One training step: forward, loss, backward, optimizer. Each layer's parameters are
-  // updated as soon as its backward pass has produced their gradients (still in cache; its
-  // weights are no longer needed once it has computed dx). Global-norm clipping needs every
-  // gradient first, so with clipnorm the step runs after the whole backward pass.
-  // Returns false when stop_on_nan is set and the loss or a new weight is not finite. The
-  // weights, optimizer state and step count are then put back to the last ones whose loss
-  // was finite: those before this step (new weights not finite) or before the previous one
-  // (the loss of the weights it left is not finite), if that step was taken in this run
-  // of stop_on_nan with no change of the weights from outside since.
-  bool train_step(const T* x, const T* y, const T* w, i64 B, LossStats& ls) {
-    ls = forward_loss(x, y, w, B);
-    if (stop_on_nan_ && !std::isfinite(ls.loss_sum)) {
-      // The last step's weights give a non-finite loss: put back those before it.
-      restore_snapshot();
-      return false;
-    }
-    if (stop_on_nan_) take_snapshot();
-    last_lr_ = current_learning_rate();
-    ++step_;
-    const bool per_layer = opt_.clipnorm <= 0.0;
-    double pen = 0.0;
-    backward(x, B, per_layer ? &pen : nullptr);
-    if (!per_layer) {
-      const size_t nseg = segments_.size();
-      pen = add_penalties(0, nseg);
-      double g2 = 0.0;
-      const T* g = grads_.data();
-      const i64 n = num_params();
-#pragma omp parallel for schedule(static) reduction(+ : g2) if (n > kParallelElems)
-      for (i64 i = 0; i < n; ++i) g2 += double(g[i]) * double(g[i]);
-      const double norm = std::sqrt(g2);
-      apply_step(0, nseg, norm > opt_.clipnorm ? opt_.clipnorm / norm : 1.0);
-    }
-    grads_zero_ = true;  // the optimizer consumed and zeroed them
-    ls.loss_sum += pen * double(B);
-    if (stop_on_nan_ && (!std::isfinite(pen) || !new_weights_finite())) {
-      restore_snapshot();
-      return false;
-    }
-    return true;
-  }
-
-  // The state one step restores when its result is not finite: weights, optimizer slots,
-  // step count (the snapshot is taken only under stop_on_nan, before each step).
-  void take_snapshot() {
-    have_snapshot_ = true;
-    snapshot_.resize(params_.size());
-    std::memcpy(snapshot_.data(), params_.data(), sizeof(T) * params_.size());
-    state_snapshot_.resize(opt_state_.size());
-    for (size_t j = 0; j < opt_state_.size(); ++j) {
-      state_snapshot_[j].resize(opt_state_[j].size());
-      std::memcpy(state_snapshot_[j].data(), opt_state_[j].data(), sizeof(T) * opt_state_[j].size());
-    }
-    step_snapshot_ = step_;
-  }
-  void restore_snapshot() {
-    if (!have_snapshot_) return;
-    have_snapshot_ = false;
-    std::memcpy(params_.data(), snapshot_.data(), sizeof(T) * params_.size());
-    for (size_t j = 0; j < opt_state_.size(); ++j)
-      std::memcpy(opt_state_[j].data(), state_snapshot_[j].data(), sizeof(T) * opt_state_[j].size());
-    step_ = step_snapshot_;
-  }
-  // After a step: every weight finite? The optimizer's Σw² per segment says so unless it
-  // overflowed (|w| > ~1e19 in float32), which an exact pass over that segment settles.
-  bool new_weights_finite() const {
-    for (size_t k = 0; k < segments_.size(); ++k)
-      if (!std::isfinite(seg_stats_[k].w2) &&
-          !all_finite(params_.data() + segments_[k].offset, segments_[k].size))
-        return false;
-    return true;
   }
 
   // Forward pass and loss; the loss gradient w.r.t. the output is left in gbuf_[0].
@@ -611,53 +382,118 @@ class Network {
     return loss_forward_backward<T>(loss_, head_, probs_.data(), y, w, B, C, gbuf_[0].data());
   }
 
-  // Backward pass from the loss gradient in gbuf_[0]. With `pen` non-null, each layer's
-  // parameters take their optimizer step right after its backward (penalties summed in).
-  void backward(const T* x, i64 B, double* pen) {
-    if (!grads_zero_) std::fill(grads_.begin(), grads_.end(), T(0));
-    grads_zero_ = false;
+  // Backward passes accumulate (+=) into the gradients, so each starts from zero: the
+  // explicit zeroing pass, skipped when the last optimizer step consumed every gradient.
+  void start_gradient_pass() {
+    if (grad_state_ != GradState::Zero) params_.zero_grads();
+    grad_state_ = GradState::Accumulated;
+  }
+
+  // The backward pass from the loss gradient in gbuf_[0], last layer first; after layer l's
+  // backward has accumulated its parameter gradients, after_layer(l) runs (they are still
+  // in cache then).
+  template <typename AfterLayer>
+  void backward_layers(const T* x, i64 B, AfterLayer&& after_layer) {
     T* dcur = gbuf_[0].data();
     int which = 0;
     for (i64 l = i64(layers_.size()) - 1; l >= 0; --l) {
       const T* lin = l == 0 ? x : acts_[l - 1].data();
       T* dx = l == 0 ? nullptr : gbuf_[1 - which].data();
       layers_[l]->backward(lin, acts_[l].data(), dcur, dx, B);
-      if (pen) {
-        *pen += add_penalties(layer_segs_[l], layer_segs_[l + 1]);
-        apply_step(layer_segs_[l], layer_segs_[l + 1], 1.0);
-      }
+      after_layer(size_t(l));
       dcur = dx;
       which = 1 - which;
     }
   }
 
+  // Gradients of the loss w.r.t. every parameter, accumulated into grads().
+  void backward(const T* x, i64 B) {
+    backward_layers(x, B, [](size_t) {});
+  }
+
+  // The backward pass with each layer's optimizer step taken as soon as its gradients are
+  // complete: penalty gradients added, then the step consumes them. Its weights are no
+  // longer needed once the layer has computed dx. Returns the penalty.
+  double backward_and_step(const T* x, i64 B) {
+    double pen = 0.0;
+    backward_layers(x, B, [&](size_t l) {
+      const SegmentRange r = params_.layer_segments(l);
+      pen += params_.add_penalty_gradients(r);
+      step_consuming_grads(r, 1.0);
+    });
+    return pen;
+  }
+
+  // The fused optimizer loop over the segments in r: reads each gradient (scaled by
+  // gscale, the global-norm clipping factor) and zeroes it, so those gradients are
+  // consumed. Its per-segment sums go to the monitor and, Σw², to the NaN check.
+  void step_consuming_grads(SegmentRange r, double gscale) {
+    optimizer_step(opt_, last_lr_, step_, gscale, params_.params(), params_.grads(), opt_state_,
+                   params_.segments().data() + r.begin, r.end - r.begin, step_sums_.data() + r.begin,
+                   monitor_.active() || nan_guard_.enabled());
+    if (monitor_.active()) monitor_.add_step(step_sums_, r);
+  }
+
+  // One training step: forward, loss, backward, optimizer. Without clipnorm each layer's
+  // parameters are updated right after its backward pass (backward_and_step); global-norm
+  // clipping needs every gradient first, so with clipnorm the step follows the whole
+  // backward pass. Either way the step consumes every gradient.
+  // Returns false when stop_on_nan is set and the loss or a new weight is not finite. The
+  // weights, optimizer state and step count are then put back to the last ones whose loss
+  // was finite: those before this step (new weights not finite) or before the previous one
+  // (the loss of the weights it left is not finite), if that step was taken in this run
+  // of stop_on_nan with no change of the weights from outside since.
+  bool train_step(const T* x, const T* y, const T* w, i64 B, LossStats& ls) {
+    ls = forward_loss(x, y, w, B);
+    if (nan_guard_.enabled() && !std::isfinite(ls.loss_sum)) {
+      // The last step's weights give a non-finite loss: put back those before it.
+      nan_guard_.restore(params_, opt_state_, step_);
+      return false;
+    }
+    if (nan_guard_.enabled()) nan_guard_.take(params_, opt_state_, step_);
+    last_lr_ = current_learning_rate();
+    ++step_;
+    start_gradient_pass();
+    double pen = 0.0;
+    if (opt_.clipnorm <= 0.0) {
+      pen = backward_and_step(x, B);
+    } else {
+      backward(x, B);
+      const SegmentRange all = params_.all_segments();
+      pen = params_.add_penalty_gradients(all);
+      const double norm = std::sqrt(params_.grad_sum_squares());
+      step_consuming_grads(all, norm > opt_.clipnorm ? opt_.clipnorm / norm : 1.0);
+    }
+    grad_state_ = GradState::Zero;
+    ls.loss_sum += pen * double(B);
+    if (nan_guard_.enabled() && (!std::isfinite(pen) || !params_.weights_finite_after(step_sums_))) {
+      nan_guard_.restore(params_, opt_state_, step_);
+      return false;
+    }
+    return true;
+  }
+
   std::vector<std::unique_ptr<Layer<T>>> layers_;
-  std::vector<ParamInfo> params_info_;
-  avec<T> params_, grads_;
-  std::vector<avec<T>> opt_state_;
-  OptimConfig opt_;
+  ParamStore<T> params_;  // binds the layers to their views: constructed after layers_
+  GradState grad_state_ = GradState::Zero;
   Loss loss_ = Loss::MSE;
   Act last_act_ = Act::Linear;  // the last layer's configured activation
   Act head_ = Act::Linear;      // the activation fused into the loss, if any
   bool compiled_ = false;
-  i64 step_ = 0;
-  double lr_scale_ = 1.0, last_lr_ = 0.0;
   std::mutex mu_;
 
-  bool grads_zero_ = false;  // grads_ is all zeros (left so by the last optimizer step)
-  std::vector<Segment> segments_;
-  std::vector<size_t> layer_segs_;
-  std::vector<double> reg_l1_, reg_l2_;
-  bool stop_on_nan_ = false, have_snapshot_ = false;
-  avec<T> snapshot_;
-  std::vector<avec<T>> state_snapshot_;
-  i64 step_snapshot_ = 0;
-  bool monitor_ = true, monitoring_ = false;
-  std::vector<SegmentStats> seg_stats_;
-  std::vector<ParamHealth> health_;
-  std::vector<avec<T>> alive_;  // per layer: running max of each unit's output
-  std::vector<double> dead_fraction_;
+  // The optimizer: configuration, state slots (each parallel to the parameter block), the
+  // step count, and per segment the sums (Σg², Σ(Δw)², Σw²) of the last step.
+  OptimConfig opt_;
+  std::vector<avec<T>> opt_state_;
+  i64 step_ = 0;
+  double lr_scale_ = 1.0, last_lr_ = 0.0;
+  std::vector<SegmentStats> step_sums_;
 
+  GradientMonitor<T> monitor_;
+  NanGuard<T> nan_guard_;
+
+  // Per-call buffers, sized by reserve() for batches up to cap_.
   i64 cap_ = 0;
   std::vector<avec<T>> acts_;
   avec<T> xbuf_, ybuf_, wbuf_, probs_;

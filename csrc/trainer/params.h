@@ -1,0 +1,174 @@
+// The flat parameter block: every layer's weights in one allocation and their gradients in
+// another, named views into them (ParamInfo, Segment, each layer's range of segments), the
+// L1/L2 penalties with their gradients, and the finiteness checks of the weights. Not the
+// optimizer (optim/), not the training loop (network.h).
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common.h"
+#include "layers/layer.h"
+#include "optim/optimizer.h"
+
+namespace cr {
+
+// One parameter tensor, as the Python side sees it.
+struct ParamInfo {
+  i64 layer;
+  std::string name;
+  std::vector<i64> shape;
+  i64 offset;  // into the flat block
+  i64 size;
+};
+
+// Parameter tensors (segments) [begin, end): one layer's, or the whole block's.
+struct SegmentRange {
+  size_t begin, end;
+};
+
+template <typename T>
+class ParamStore {
+ public:
+  // Lays the layers' parameter tensors out back to back, in layer order, and binds each
+  // layer to its views of the weights and gradients (all zero).
+  explicit ParamStore(const std::vector<std::unique_ptr<Layer<T>>>& layers) {
+    i64 total = 0;
+    for (size_t l = 0; l < layers.size(); ++l) {
+      for (auto& ps : layers[l]->param_shapes()) {
+        info_.push_back({i64(l), ps.name, ps.shape, total, ps.size()});
+        total += ps.size();  // each size <= kMaxElems: no overflow before the check below
+        if (total > kMaxElems)
+          fail("Network: the model has more than ", kMaxElems, " parameters (layer ", l, " (",
+               layers[l]->kind(), ") brings the total to ", total, ")");
+      }
+    }
+    params_.assign(total, T(0));
+    grads_.assign(total, T(0));
+    for (auto& pi : info_) segments_.push_back({pi.offset, pi.size});
+    layer_segs_.assign(layers.size() + 1, 0);  // layer l owns segments [layer_segs_[l], layer_segs_[l+1])
+    for (auto& pi : info_) layer_segs_[pi.layer + 1] += 1;
+    for (size_t l = 0; l < layers.size(); ++l) layer_segs_[l + 1] += layer_segs_[l];
+    reg_l1_.assign(segments_.size(), 0.0);
+    reg_l2_.assign(segments_.size(), 0.0);
+    i64 off = 0;
+    for (auto& L : layers) {
+      i64 n = 0;
+      for (auto& ps : L->param_shapes()) n += ps.size();
+      L->bind(params_.data() + off, grads_.data() + off);
+      off += n;
+    }
+  }
+  ParamStore(const ParamStore&) = delete;  // the layers hold pointers into this block
+  ParamStore& operator=(const ParamStore&) = delete;
+
+  const std::vector<ParamInfo>& info() const { return info_; }
+  i64 size() const { return i64(params_.size()); }
+  T* params() { return params_.data(); }
+  const T* params() const { return params_.data(); }
+  T* grads() { return grads_.data(); }
+  const std::vector<Segment>& segments() const { return segments_; }
+  SegmentRange layer_segments(size_t layer) const { return {layer_segs_[layer], layer_segs_[layer + 1]}; }
+  SegmentRange all_segments() const { return {0, segments_.size()}; }
+
+  // The explicit zeroing step before a backward pass, which accumulates (+=). One pass over
+  // the gradients: the Network skips it when an optimizer step has consumed (read and
+  // zeroed) them all.
+  void zero_grads() { std::fill(grads_.begin(), grads_.end(), T(0)); }
+
+  // Σg² over every gradient (global-norm clipping).
+  double grad_sum_squares() const {
+    double g2 = 0.0;
+    const T* g = grads_.data();
+    const i64 n = size();
+#pragma omp parallel for schedule(static) reduction(+ : g2) if (n > kParallelElems)
+    for (i64 i = 0; i < n; ++i) g2 += double(g[i]) * double(g[i]);
+    return g2;
+  }
+
+  // L1/L2 penalty on one parameter tensor: loss += l1 Σ|w| + l2 Σw².
+  void set_regularization(i64 param, double l1, double l2) {
+    if (param < 0 || param >= i64(segments_.size())) fail("parameter index out of range: ", param);
+    if (!(l1 >= 0.0 && l2 >= 0.0) || !std::isfinite(l1) || !std::isfinite(l2))
+      fail("regularization factors must be finite and >= 0; received l1=", l1, " l2=", l2);
+    reg_l1_[param] = l1;
+    reg_l2_[param] = l2;
+  }
+
+  // The regularization penalty of the current weights.
+  double penalty() const {
+    double pen = 0.0;
+    for (size_t k = 0; k < segments_.size(); ++k) {
+      if (reg_l1_[k] == 0.0 && reg_l2_[k] == 0.0) continue;
+      const T* w = params_.data() + segments_[k].offset;
+      double a = 0.0, q = 0.0;
+      for (i64 i = 0; i < segments_[k].size; ++i) {
+        a += std::fabs(double(w[i]));
+        q += double(w[i]) * double(w[i]);
+      }
+      pen += reg_l1_[k] * a + reg_l2_[k] * q;
+    }
+    return pen;
+  }
+
+  // Adds the penalty's gradient to the gradients of the segments in r (as the backward
+  // pass does: +=); returns their penalty.
+  double add_penalty_gradients(SegmentRange r) {
+    double pen = 0.0;
+    for (size_t k = r.begin; k < r.end; ++k) pen += add_penalty_gradient(k);
+    return pen;
+  }
+
+  // The first parameter tensor holding a NaN or an infinity, or -1. One pass over the
+  // parameters: call it once per call, not per step.
+  i64 first_nonfinite() const {
+    for (size_t k = 0; k < segments_.size(); ++k)
+      if (!all_finite(params_.data() + segments_[k].offset, segments_[k].size)) return i64(k);
+    return -1;
+  }
+  // After an optimizer step: every weight finite? The step's Σw² per segment says so unless
+  // it overflowed (|w| > ~1e19 in float32), which an exact pass over that segment settles.
+  bool weights_finite_after(const std::vector<SegmentStats>& step_sums) const {
+    for (size_t k = 0; k < segments_.size(); ++k)
+      if (!std::isfinite(step_sums[k].w2) &&
+          !all_finite(params_.data() + segments_[k].offset, segments_[k].size))
+        return false;
+    return true;
+  }
+  static bool all_finite(const T* w, i64 n) {
+    T acc = T(0);  // w * 0 is NaN exactly for NaN and inf: one vectorizable pass, no branches
+#pragma omp simd reduction(+ : acc)
+    for (i64 i = 0; i < n; ++i) acc += w[i] * T(0);
+    return acc == T(0);
+  }
+
+ private:
+  // Segment k's penalty gradient added to its gradient; returns its penalty.
+  double add_penalty_gradient(size_t k) {
+    const double l1 = reg_l1_[k], l2 = reg_l2_[k];
+    if (l1 == 0.0 && l2 == 0.0) return 0.0;
+    const T* w = params_.data() + segments_[k].offset;
+    T* g = grads_.data() + segments_[k].offset;
+    const T tl1 = T(l1), tl2 = T(2.0 * l2);
+    double a = 0.0, q = 0.0;
+    const i64 n = segments_[k].size;
+#pragma omp parallel for schedule(static) reduction(+ : a, q) if (n > kParallelElems)
+    for (i64 i = 0; i < n; ++i) {
+      const T wi = w[i];
+      g[i] += tl1 * T((wi > T(0)) - (wi < T(0))) + tl2 * wi;
+      a += std::fabs(double(wi));
+      q += double(wi) * double(wi);
+    }
+    return l1 * a + l2 * q;
+  }
+
+  std::vector<ParamInfo> info_;
+  avec<T> params_, grads_;
+  std::vector<Segment> segments_;
+  std::vector<size_t> layer_segs_;
+  std::vector<double> reg_l1_, reg_l2_;  // per segment
+};
+
+}  // namespace cr
