@@ -9,8 +9,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "kernels/conv_kernels.h"
 #include "kernels/gemm.h"
-#include "layers/conv_kernels.h"
 #include "layers/layer.h"
 #include "layers/spatial.h"
 
@@ -326,7 +326,7 @@ inline void leaky_relu_backward_sum_row(const T* y, T* d, T* bsum, i64 n, T slop
   }
 }
 
-// The per-target SIMD kernels (conv_kernels.h) cover float, one input channel, windows that
+// The per-target SIMD kernels (kernels/conv_kernels.h) cover float, one input channel, windows that
 // never hang over the edge (no padding read), Cout a multiple of 8; anything else runs the
 // portable loops above. The overloads below return false where the kernels do not apply.
 inline bool conv_c1_simd_applies(const ConvShape& s) {
@@ -347,7 +347,7 @@ inline bool conv2d_forward_c1_simd(const ConvShape& s, const float* x, const flo
                                    const float* b, bool relu, float* y, i64 B) {
   if (!conv_c1_simd_applies(s)) return false;
   const ConvC1Geometry g = conv_c1_geometry(s);
-  const ConvKernels& k = conv_kernels();
+  const ConvKernels& k = conv_kernels_for_cpu();
   const i64 rows = B * s.OH();
   const i64 macs = rows * s.OW() * s.Cout * s.ah.window * s.aw.window;
   const int nt = macs > 4 * kParallelElems ? max_threads() : 1;
@@ -373,7 +373,7 @@ inline bool conv2d_backward_weights_c1_simd(const ConvShape& s, const float* x, 
                                             float* dW, float* partial, int nt, i64 B) {
   if (!conv_c1_simd_applies(s)) return false;
   const ConvC1Geometry g = conv_c1_geometry(s);
-  const ConvKernels& k = conv_kernels();
+  const ConvKernels& k = conv_kernels_for_cpu();
   const i64 nk = s.K() * s.Cout;
   if (B * s.OH() * s.OW() * nk < 4 * kParallelElems) nt = 1;
   nt = int(std::min<i64>(nt, B));
