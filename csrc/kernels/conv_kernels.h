@@ -3,7 +3,7 @@
 // One source (conv_kernels_impl.h) is compiled per target (conv_kernels_{generic,avx2,
 // avx512}.cpp); conv_kernels_for_cpu() picks one at run time (kernels/dispatch.h), so
 // CHAINRULE_CPU_TARGET selects it as it selects the GEMM kernel. Threading, padding and odd
-// channel counts stay in layers/conv2d.h; these see only the fast case.
+// channel counts stay in kernels/conv_c1.h; these see only the fast case.
 #pragma once
 #include <cstdint>
 
