@@ -13,10 +13,10 @@
 #include <vector>
 
 #include "common.h"
+#include "kernels/rng.h"
 #include "layers/layer.h"
 #include "losses/loss.h"
 #include "optim/optimizer.h"
-#include "trainer/rng.h"
 
 namespace cr {
 
