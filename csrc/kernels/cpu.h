@@ -6,7 +6,9 @@
 namespace cr {
 
 // Kernel targets, lowest to highest. A higher target implies the lower ones run too.
+// Each names the namespace its kernels are compiled in (kernels/dispatch.h).
 enum class CpuTarget : int { generic = 0, avx2 = 1, avx512 = 2 };
+constexpr int kCpuTargetCount = 3;
 
 // What cpuid reports, already combined with the OS (XCR0) check for the AVX/AVX-512 state:
 // `avx` is false on a CPU with AVX whose OS does not save ymm registers.
@@ -20,7 +22,7 @@ struct CpuFeatures {
 const CpuFeatures& cpu_features();             // detected once
 CpuTarget cpu_best_target();                   // best target this CPU + OS can run
 bool cpu_target_supported(CpuTarget t);        // compiled in and runnable here
-CpuTarget cpu_target();                        // the one chosen for sgemm (env override applied)
+CpuTarget cpu_target();                        // the one all kernel families run (env applied)
 const char* cpu_target_name(CpuTarget t);      // "generic" / "avx2" / "avx512"
 bool cpu_target_from_name(const std::string& name, CpuTarget* out);  // false if unknown
 // Raw value of CHAINRULE_CPU_TARGET when the choice was made ("" if unset).

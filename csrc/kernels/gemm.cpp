@@ -1,8 +1,8 @@
 // The fast float32 GEMM driver (BLIS-style): cache blocking, packing of A and B into
 // zero-padded micro-panels (packing absorbs the transposes), OpenMP over sub-rectangles of C,
-// and the micro-kernel of the target chosen once at run time. Portable C++: all
-// CPU-specific code lives in the gemm_ukernel_*.cpp micro-kernels. Also the simple float64
-// dgemm (gradient checks). Not here: the naive reference twins (gemm_ref.cpp).
+// and the micro-kernel of the target chosen once at run time (kernels/dispatch.h). Portable
+// C++: all CPU-specific code lives in the gemm_ukernel_*.cpp micro-kernels. Also the simple
+// float64 dgemm (gradient checks). Not here: the naive reference twins (gemm_ref.cpp).
 #include "kernels/gemm.h"
 #include "kernels/activations.h"
 
@@ -343,17 +343,17 @@ void sgemm_with_kernel(const SgemmKernel& wide, bool ta, bool tb, i64 M, i64 N, 
 #endif
 }
 
-const SgemmKernel* sgemm_kernel_for(CpuTarget t) {
-  if (!cpu_target_supported(t)) return nullptr;
-  switch (t) {
-#ifdef CR_X86
-    case CpuTarget::avx512: return &sgemm_kernel_avx512;
-    case CpuTarget::avx2: return &sgemm_kernel_avx2;
-#endif
-    case CpuTarget::generic: return &sgemm_kernel_generic;
-    default: return nullptr;
-  }
+namespace {
+const PerTarget<SgemmKernel> kSgemmKernels = CR_PER_TARGET(sgemm_kernel);
+
+// The micro-kernel of the process's target, resolved once.
+const SgemmKernel& sgemm_kernel_for_cpu() {
+  static const SgemmKernel& kern = chosen_table(kSgemmKernels);
+  return kern;
 }
+}  // namespace
+
+const SgemmKernel* sgemm_kernel_for(CpuTarget t) { return table_for(kSgemmKernels, t); }
 
 void sgemm_variant(CpuTarget t, bool ta, bool tb, i64 M, i64 N, i64 K, float alpha,
                    const float* A, i64 lda, const float* B, i64 ldb, float beta, float* C,
@@ -365,15 +365,15 @@ void sgemm_variant(CpuTarget t, bool ta, bool tb, i64 M, i64 N, i64 K, float alp
 
 void sgemm(bool ta, bool tb, i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda,
            const float* B, i64 ldb, float beta, float* C, i64 ldc) {
-  static const SgemmKernel* kern = sgemm_kernel_for(cpu_target());
-  sgemm_with_kernel(*kern, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, nullptr);
+  sgemm_with_kernel(sgemm_kernel_for_cpu(), ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C,
+                    ldc, nullptr);
 }
 
 void sgemm_bias_act(bool ta, bool tb, i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda,
                     const float* B, i64 ldb, float* C, i64 ldc, const GemmEpilogue& ep) {
   if (Act(ep.act) == Act::Softmax) fail("sgemm_bias_act: softmax cannot be a tile epilogue");
-  static const SgemmKernel* kern = sgemm_kernel_for(cpu_target());
-  sgemm_with_kernel(*kern, ta, tb, M, N, K, alpha, A, lda, B, ldb, 0.0f, C, ldc, &ep);
+  sgemm_with_kernel(sgemm_kernel_for_cpu(), ta, tb, M, N, K, alpha, A, lda, B, ldb, 0.0f, C,
+                    ldc, &ep);
 }
 
 // float64: the simple loop-ordered kernel (row-parallel), kept for gradient checks.

@@ -1,11 +1,13 @@
 // Internal interface between the portable GEMM driver (gemm.cpp: blocking, packing, threads)
-// and the per-target micro-kernels (gemm_ukernel_{generic,avx2,avx512}.cpp).
+// and the per-target micro-kernels (gemm_ukernel_{generic,avx2,avx512}.cpp, hand-written per
+// target, each defining cr::<target>::sgemm_kernel; chosen as kernels/dispatch.h says).
 // Not part of the public API; the Python test hook (sgemm_variant) is declared here too.
 // Only fn is required of a target; the other entry points are optional fast paths (the
 // AVX-512 target has them all), each with a defined fallback in the driver.
 #pragma once
 #include "common.h"
 #include "kernels/cpu.h"
+#include "kernels/dispatch.h"
 #include "kernels/gemm.h"
 
 namespace cr {
@@ -54,15 +56,13 @@ struct SgemmKernel {
   sgemm_dot_fn fn_dot;   // optional: narrow N, plain A, long K (see sgemm_dot_fn)
 };
 
-// Defined in the per-target files. The x86 ones exist only when CR_X86 is defined.
-extern const SgemmKernel sgemm_kernel_generic;
-#ifdef CR_X86
-extern const SgemmKernel sgemm_kernel_avx2;
-extern const SgemmKernel sgemm_kernel_avx512;
-#endif
+// cr::generic::sgemm_kernel, cr::avx2::sgemm_kernel, cr::avx512::sgemm_kernel.
+CR_DECLARE_PER_TARGET(SgemmKernel, sgemm_kernel)
 
 // Generic tail for SIMD kernels: merge a full MR x NR tile computed with alpha=1, beta=0
-// into the m_rem x n_rem corner of C.
+// into the m_rem x n_rem corner of C. Internal linkage: each target file compiles its own
+// copy with its own flags, so the linker cannot give the generic kernel an AVX copy.
+namespace {
 inline void sgemm_store_edge(const float* tile, i64 nr, float* c, i64 ldc, float alpha,
                              float beta, i64 m_rem, i64 n_rem) {
   for (i64 i = 0; i < m_rem; ++i)
@@ -71,6 +71,7 @@ inline void sgemm_store_edge(const float* tile, i64 nr, float* c, i64 ldc, float
       c[i * ldc + j] = beta == 0.0f ? v : v + beta * c[i * ldc + j];
     }
 }
+}  // namespace
 
 // The kernel table entry for a target, or nullptr if it is not compiled in or not
 // runnable on this CPU.

@@ -1,11 +1,13 @@
 // AVX2+FMA sgemm micro-kernel, 6x16 register tile (12 ymm accumulators, 2 B loads and one
-// broadcast per k step). Compiled with -mavx2 -mfma only for this file; reached only through
-// the runtime dispatch in gemm.cpp when the CPU and OS support AVX2.
+// broadcast per k step). Compiled with -mavx2 -mfma only for this file, all of it in
+// namespace cr::avx2; reached only through the run-time choice (kernels/dispatch.h) when the
+// CPU and OS support AVX2.
 #include <immintrin.h>
 
 #include "kernels/gemm_kernels.h"
 
 namespace cr {
+namespace avx2 {
 
 namespace {
 constexpr int MR = 6, NR = 16;
@@ -57,7 +59,8 @@ void ukernel_avx2_6x16(i64 k, const float* a, const float* b, float* c, i64 ldc,
 }  // namespace
 
 // Only the plain packed kernel: the optional fast paths fall back to it.
-const SgemmKernel sgemm_kernel_avx2 = {"avx2", MR, NR, 1536, 256, 480, ukernel_avx2_6x16,
-                                    nullptr, false, nullptr, nullptr, nullptr, nullptr};
+const SgemmKernel sgemm_kernel = {"avx2", MR, NR, 1536, 256, 480, ukernel_avx2_6x16,
+                                  nullptr, false, nullptr, nullptr, nullptr, nullptr};
 
+}  // namespace avx2
 }  // namespace cr

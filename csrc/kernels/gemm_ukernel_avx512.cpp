@@ -1,8 +1,9 @@
 // AVX-512F sgemm micro-kernels: 12x32 register tile (24 zmm accumulators, 2 B loads and 12
 // broadcasts per k step, enough independent FMAs to hide the 4-cycle latency on two ports),
 // and 24x16 for narrow N.
-// Edges are stored with opmasks. Compiled with -mavx512* only for this file; reached only
-// through the runtime dispatch in gemm.cpp when the CPU and OS support AVX-512.
+// Edges are stored with opmasks. Compiled with -mavx512* only for this file, all of it in
+// namespace cr::avx512; reached only through the run-time choice (kernels/dispatch.h) when
+// the CPU and OS support AVX-512.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #endif
 
 namespace cr {
+namespace avx512 {
 
 namespace {
 
@@ -396,11 +398,12 @@ const SgemmKernel* select_avx512(const SgemmKernel* wide, i64 M, i64 N) {
   return wide;
 }
 
-const SgemmKernel sgemm_kernel_avx512 = {"avx512",       12, 32, 1536, 512, 480,
-                                         ukernel_avx512<12, 2>,
-                                         ukernel_avx512_direct_a<12, 2>,
-                                         true,           select_avx512,
-                                         nullptr,        pack32_avx512,
-                                         nullptr};
+const SgemmKernel sgemm_kernel = {"avx512",       12, 32, 1536, 512, 480,
+                                  ukernel_avx512<12, 2>,
+                                  ukernel_avx512_direct_a<12, 2>,
+                                  true,           select_avx512,
+                                  nullptr,        pack32_avx512,
+                                  nullptr};
 
+}  // namespace avx512
 }  // namespace cr

@@ -4,6 +4,7 @@
 #include "kernels/gemm_kernels.h"
 
 namespace cr {
+namespace generic {
 
 namespace {
 constexpr int MR = 4, NR = 8;
@@ -32,7 +33,8 @@ void ukernel_generic_4x8(i64 k, const float* a, const float* b, float* c, i64 ld
 }  // namespace
 
 // Only the plain packed kernel: the optional fast paths fall back to it.
-const SgemmKernel sgemm_kernel_generic = {"generic", MR, NR, 128, 256, 2048, ukernel_generic_4x8,
-                                    nullptr, false, nullptr, nullptr, nullptr, nullptr};
+const SgemmKernel sgemm_kernel = {"generic", MR, NR, 128, 256, 2048, ukernel_generic_4x8,
+                                  nullptr, false, nullptr, nullptr, nullptr, nullptr};
 
+}  // namespace generic
 }  // namespace cr

@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "kernels/rng.h"
 #include "layers/layer.h"
-#include "trainer/rng.h"
 
 namespace cr {
 

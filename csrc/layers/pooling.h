@@ -6,8 +6,8 @@
 #include <cstdint>
 #include <limits>
 
+#include "kernels/spatial.h"
 #include "layers/layer.h"
-#include "layers/spatial.h"
 
 namespace cr {
 

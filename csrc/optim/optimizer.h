@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common.h"
+#include "kernels/dispatch.h"
 
 namespace cr {
 
@@ -90,21 +91,18 @@ namespace detail {
 #include "optim/step_impl.h"
 }  // namespace detail
 
-// float32 steps compiled for wider targets (step_avx2.cpp, step_avx512.cpp).
+// The float32 step compiled once per CPU target (step_{generic,avx2,avx512}.cpp, through
+// optim/step_target.h) as cr::<target>::optimizer_kernels; chosen as kernels/dispatch.h
+// says, so CHAINRULE_CPU_TARGET lowers it with the GEMM's.
 using StepF32 = SegmentStats (*)(bool, const OptimConfig&, float, i64, float, float*, float*,
                                  float*, float*, float*, i64);
-#ifdef CR_X86
-namespace avx2 {
-SegmentStats step_f32(bool, const OptimConfig&, float, i64, float, float*, float*, float*, float*,
-                      float*, i64);
-}
-namespace avx512 {
-SegmentStats step_f32(bool, const OptimConfig&, float, i64, float, float*, float*, float*, float*,
-                      float*, i64);
-}
-#endif
-// The float32 step for the CPU target chosen at run time (the GEMM's choice, so
-// CHAINRULE_CPU_TARGET lowers both).
+struct OptimizerKernels {
+  const char* name;
+  StepF32 step_f32;
+};
+CR_DECLARE_PER_TARGET(OptimizerKernels, optimizer_kernels)
+
+// The float32 step of the CPU target chosen at run time.
 StepF32 step_f32_for_cpu();
 
 

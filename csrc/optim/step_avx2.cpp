@@ -1,3 +1,3 @@
 // The optimizer's float32 loops compiled for AVX2 (see optim/step_target.h).
-#define CR_STEP_TARGET avx2
+#define CR_TARGET avx2
 #include "optim/step_target.h"

@@ -1,7 +1,7 @@
 // The optimizer's inner loops. This file has no include guard and includes nothing: it is
-// included inside a namespace once per compilation target (optimizer.h for the baseline and
-// float64, step_avx2.cpp and step_avx512.cpp for float32 with those instruction sets), so no
-// inline function compiled for a wider target can be shared with baseline code. Hence the
+// included inside a namespace once per compilation target (optimizer.h in cr::detail for
+// float64, optim/step_target.h in cr::<target>::impl for float32 built per CPU target), so
+// no inline function compiled for a wider target can be shared with baseline code. Hence the
 // local min/max/sqrt instead of the standard library's inline templates.
 // Needs in scope: i64, kParallelElems, OptKind, OptimConfig, SegmentStats, std::pow.
 

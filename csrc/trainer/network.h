@@ -17,13 +17,13 @@
 #include <vector>
 
 #include "common.h"
+#include "kernels/rng.h"
 #include "layers/layer.h"
 #include "losses/loss.h"
 #include "optim/optimizer.h"
 #include "trainer/monitor.h"
 #include "trainer/nan_guard.h"
 #include "trainer/params.h"
-#include "trainer/rng.h"
 
 namespace cr {
 

@@ -1,6 +1,7 @@
-// Window geometry shared by Conv2D and the pooling layers: output size and padding for one
-// spatial axis, "valid" or "same" exactly as TensorFlow/Keras define them. Images are
-// channels-last (H, W, C) per sample; nothing here touches data.
+// Window geometry shared by the convolution kernels, Conv2D and the pooling layers: output
+// size and padding for one spatial axis, "valid" or "same" exactly as TensorFlow/Keras
+// define them, and a convolution's shape. Images are channels-last (H, W, C) per sample;
+// nothing here touches data.
 #pragma once
 #include "common.h"
 
@@ -37,6 +38,17 @@ struct Axis {
     }
     return a;
   }
+};
+
+// A convolution: input (H, W, Cin) per sample, Cout filters, one window per spatial axis.
+struct ConvShape {
+  i64 H, W, Cin, Cout;
+  Axis ah, aw;  // window = kernel size, stride, out, pad_before per axis
+  i64 OH() const { return ah.out; }
+  i64 OW() const { return aw.out; }
+  i64 K() const { return ah.window * aw.window * Cin; }  // one im2col row / kernel rows
+  i64 in_size() const { return H * W * Cin; }
+  i64 out_size() const { return ah.out * aw.out * Cout; }
 };
 
 }  // namespace cr

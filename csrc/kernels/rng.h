@@ -1,5 +1,6 @@
 // Small, portable, seeded random numbers (identical streams on every platform and
-// compiler, unlike std::uniform_int_distribution).
+// compiler, unlike std::uniform_int_distribution): the trainer's shuffles and the dropout
+// masks. Here, below both, so a layer never includes the trainer.
 #pragma once
 #include <cstdint>
 

@@ -1,11 +1,13 @@
 // Per-target float kernels of the direct convolution for one input channel (the first layer
 // of an image model): the forward pass with bias and ReLU fused, and the weight gradient.
-// One source (conv_kernels_impl.h) is compiled per target (conv_kernels.cpp: baseline,
-// conv_kernels_avx2.cpp, conv_kernels_avx512.cpp); conv_kernels() picks one at run time
-// from cpu_target(), so CHAINRULE_CPU_TARGET selects it as it selects the GEMM kernel.
-// Threading, padding and odd channel counts stay in conv2d.h; these see only the fast case.
+// One source (conv_kernels_impl.h) is compiled per target (conv_kernels_{generic,avx2,
+// avx512}.cpp); conv_kernels_for_cpu() picks one at run time (kernels/dispatch.h), so
+// CHAINRULE_CPU_TARGET selects it as it selects the GEMM kernel. Threading, padding and odd
+// channel counts stay in kernels/conv_c1.h; these see only the fast case.
 #pragma once
 #include <cstdint>
+
+#include "kernels/dispatch.h"
 
 namespace cr {
 
@@ -25,14 +27,10 @@ struct ConvKernels {
                      std::int64_t n0, std::int64_t n1);
 };
 
-extern const ConvKernels conv_kernels_generic;
-#ifdef CR_X86
-extern const ConvKernels conv_kernels_avx2;
-extern const ConvKernels conv_kernels_avx512;
-#endif
+// cr::generic::conv_kernels, cr::avx2::conv_kernels, cr::avx512::conv_kernels.
+CR_DECLARE_PER_TARGET(ConvKernels, conv_kernels)
 
-// The kernels for the target sgemm runs (cpu_target(): best supported, or the
-// CHAINRULE_CPU_TARGET override), chosen once.
-const ConvKernels& conv_kernels();
+// The kernels of the target every family runs (cpu_target()), chosen once.
+const ConvKernels& conv_kernels_for_cpu();
 
 }  // namespace cr

@@ -1,17 +1,18 @@
 // The source of the per-target direct-convolution kernels declared in conv_kernels.h.
-// Included once per target file with CR_CONV_NS naming a namespace of its own, so the copies
-// compiled with different -m flags never merge at link time. Uses GCC vector types (8
-// floats: two SSE2 registers at baseline, one ymm with AVX2/AVX-512) and nothing from the
-// standard library or common.h, whose inline functions would otherwise be emitted here with
-// AVX instructions and could be picked by the linker for baseline callers.
+// Included once per target file with CR_TARGET naming the target's namespace
+// (kernels/dispatch.h), so the copies compiled with different -m flags never merge at link
+// time. Uses GCC vector types (8 floats: two SSE2 registers at baseline, one ymm with
+// AVX2/AVX-512) and nothing from the standard library or common.h, whose inline functions
+// would otherwise be emitted here with AVX instructions and could be picked by the linker
+// for baseline callers.
 // CR_CONV_PIXELS: output pixels per forward register block; fits the register file.
-#ifndef CR_CONV_NS
-#error "define CR_CONV_NS and CR_CONV_PIXELS before including conv_kernels_impl.h"
+#if !defined(CR_TARGET) || !defined(CR_CONV_PIXELS)
+#error "define CR_TARGET and CR_CONV_PIXELS before including kernels/conv_kernels_impl.h"
 #endif
-#include "layers/conv_kernels.h"
+#include "kernels/conv_kernels.h"
 
 namespace cr {
-namespace CR_CONV_NS {
+namespace CR_TARGET {
 namespace {
 
 using i64 = std::int64_t;
@@ -129,5 +130,8 @@ void c1_weights(const ConvC1Geometry& g, const float* x, const float* dz, float*
 }
 
 }  // namespace
-}  // namespace CR_CONV_NS
+
+const ConvKernels conv_kernels = {CR_TARGET_NAME, c1_forward, c1_weights};
+
+}  // namespace CR_TARGET
 }  // namespace cr
