@@ -153,3 +153,34 @@ def fraction(name, value):
     if not (0.0 <= v < 1.0):
         raise ValueError(f"{name} must be in [0, 1); received {value!r}")
     return v
+
+
+def non_negative_int(name, value):
+    """``value`` as an int >= 0 (not a bool); a ValueError naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer; received {value!r}")
+    return int(value)
+
+
+def seed(value, name="seed"):
+    """A random seed: a non-negative integer (any size; numpy's SeedSequence takes it whole)
+    or None. One check for every seed the model takes (Sequential, fit)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer or None; received {value!r}")
+    return int(value)
+
+
+def flag(name, value):
+    """``value`` when it is exactly True or False (not 0, 1 or a numpy bool)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False; received {value!r}")
+    return value
+
+
+def verbosity(name, value):
+    """A verbosity level: the integer 0 (silent), 1 or 2 (False and True count as 0 and 1)."""
+    if not isinstance(value, numbers.Integral) or value not in (0, 1, 2):
+        raise ValueError(f"{name} must be 0, 1 or 2; received {value!r}")
+    return int(value)

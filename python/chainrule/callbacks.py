@@ -3,7 +3,10 @@
 ``fit(..., callbacks=[...])`` calls, on each callback, ``set_model(model)``, then
 ``on_train_begin(logs)``, ``on_epoch_begin(epoch, logs)`` / ``on_epoch_end(epoch, logs)`` for
 each epoch, and ``on_train_end(logs)``. Setting ``model.stop_training = True`` ends training
-after the current epoch.
+after the current epoch. The callbacks here use only the model's public API, which a
+user-written callback can use too: ``model.learning_rate``, ``model.lr_scale``,
+``model.stop_on_nonfinite``, ``model.last_epoch_stats``, ``get_weights`` / ``set_weights``,
+``save``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import os
 import string
 import sys
 
-import numpy as np
+from . import _checks
 
 __all__ = ["Callback", "EarlyStopping", "ModelCheckpoint", "TerminateOnNaN", "LambdaCallback",
            "ReduceLROnPlateau"]
@@ -63,15 +66,11 @@ def _count(cls, name, value):
 
 
 def _flag(cls, name, value):
-    if not isinstance(value, bool):
-        raise TypeError(f"{cls}: {name} must be True or False; received {value!r}")
-    return value
+    return _checks.flag(f"{cls}: {name}", value)
 
 
 def _verbosity(cls, value):
-    if not isinstance(value, numbers.Integral) or value not in (0, 1, 2):
-        raise ValueError(f"{cls}: verbose must be 0, 1 or 2; received {value!r}")
-    return int(value)
+    return _checks.verbosity(f"{cls}: verbose", value)
 
 
 def _monitor_op(cls, monitor, mode):
@@ -204,11 +203,12 @@ class TerminateOnNaN(Callback):
     step whose loss and weights were finite."""
 
     def on_train_begin(self, logs=None):
-        self.model._core.set_stop_on_nan(True)
+        self._was_stopping = self.model.stop_on_nonfinite
+        self.model.stop_on_nonfinite = True
         self.stopped_epoch = None
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.model._last_epoch_stats.get("stopped_nan") or not math.isfinite(logs.get("loss", 0.0)):
+        if self.model.last_epoch_stats.get("stopped_nan") or not math.isfinite(logs.get("loss", 0.0)):
             self.stopped_epoch = epoch
             self.model.stop_training = True
             print(f"TerminateOnNaN: the loss or the weights became NaN or infinite in epoch {epoch + 1}; "
@@ -217,7 +217,8 @@ class TerminateOnNaN(Callback):
                   "gradient clipping (clipnorm=...) or normalised inputs.", file=sys.stderr)
 
     def on_train_end(self, logs=None):
-        self.model._core.set_stop_on_nan(False)
+        # the model's own setting back (False unless its user set it before fit)
+        self.model.stop_on_nonfinite = getattr(self, "_was_stopping", False)
 
 
 class LambdaCallback(Callback):
@@ -268,11 +269,10 @@ class ReduceLROnPlateau(_Monitor):
             return
         self.wait += 1
         if self.wait >= self.patience:
-            core = self.model._core
-            lr = core.current_learning_rate()
+            lr = self.model.learning_rate
             if lr > self.min_lr:
                 new_lr = max(lr * self.factor, self.min_lr)
-                core.set_lr_scale(core.lr_scale * new_lr / lr)
+                self.model.lr_scale = self.model.lr_scale * new_lr / lr
                 if self.verbose:
                     print(f"Epoch {epoch + 1}: ReduceLROnPlateau lowered the learning rate to {new_lr:.3g}")
             self.cooldown_counter = self.cooldown

@@ -1,143 +1,37 @@
-"""Sequential models: build, compile, fit, evaluate, predict, save and load.
+"""Sequential models: structure, build, compile, evaluate, predict, weights and config.
 
-This module handles configuration and data only. Each epoch of ``fit`` is a single call into
-the C++ core (``train_epoch``), which shuffles, batches, runs forward, loss, backward and the
-optimizer step with the GIL released; Python runs again only between epochs.
+The model holds configuration and data handling only. ``fit`` lives in ``fit_loop.py`` (one
+C++ call per epoch, with the GIL released), its record in ``history.py``, the gradient
+monitor's warnings in ``diagnostics.py``, and the file format in ``saving.py``.
 """
 
 from __future__ import annotations
 
-import math
-import os
 import contextlib
+import math
 import re
-import sys
 import threading
-import time
-import warnings
 
 import numpy as np
 
 from . import _checks
 from . import _core
-from . import callbacks as _callbacks
+from . import fit_loop as _fit_loop
 from . import initializers as _initializers
 from . import layers as _layers
 from . import losses as _losses
 from . import optimizers as _optimizers
-from ._progress import ProgressBar
+from .diagnostics import GradientWarning, NonFiniteWarning, warn_nonfinite as _warn_nonfinite
+from .fit_loop import _epoch_seed  # noqa: F401  (re-exported: importable from here as before)
+from .history import History
 
 __all__ = ["Sequential", "History", "GradientWarning", "NonFiniteWarning"]
-
-
-class GradientWarning(UserWarning):
-    """A layer's gradients vanished or exploded during fit."""
-
-
-class NonFiniteWarning(RuntimeWarning):
-    """Training left NaN or infinite weights in the model (without TerminateOnNaN, which
-    stops at the last finite step instead)."""
 
 
 # Guards the "which thread is training this model" marks, and build, of every model.
 _TRAINING_MARK_LOCK = threading.RLock()
 
-
-# A layer whose RMS kernel gradient is this many times smaller (larger) than the output
-# layer's is reported as vanishing (exploding).
-_VANISH_RATIO = 1e-3
-_EXPLODE_RATIO = 1e3
-
 _DTYPES = {"float32": (np.float32, _core.Network32), "float64": (np.float64, _core.Network64)}
-
-
-class History:
-    """Per-epoch metrics returned by :meth:`Sequential.fit`.
-
-    ``history.history`` maps each metric name (``loss``, ``accuracy``, ``val_loss``,
-    ``val_accuracy``, …) to a list with one value per epoch; ``history["loss"]`` and
-    ``history.loss`` are shortcuts.
-    """
-
-    def __init__(self):
-        self.history: dict[str, list] = {}
-        self.epoch: list[int] = []
-        self.params: dict = {}
-        # layer name -> statistic -> one value per epoch: kernel_grad_norm / bias_grad_norm
-        # (mean over the epoch's steps of the L2 norm), kernel_grad_norm_max,
-        # kernel_update_ratio (mean ||Δw|| / ||w||), kernel_weight_norm, and for ReLU-family
-        # layers dead_fraction (units never positive on any training sample of the epoch).
-        self.layer_stats: dict[str, dict[str, list]] = {}
-
-    def _record(self, epoch, logs):
-        self.epoch.append(epoch)
-        for k, v in logs.items():
-            self.history.setdefault(k, []).append(v)
-
-    def _record_layers(self, stats):
-        for layer, values in stats.items():
-            dst = self.layer_stats.setdefault(layer, {})
-            for k, v in values.items():
-                dst.setdefault(k, []).append(v)
-
-    def plot(self, path=None, dpi=100):
-        """Loss and accuracy (train and validation), the learning rate, and per-layer
-        gradient norms on a log scale, as one matplotlib Figure (1000x800 pixels at the
-        default dpi). Saves a PNG when ``path`` is given. Needs matplotlib
-        (``pip install chainrule[plot]``)."""
-        try:
-            from matplotlib.figure import Figure
-        except ImportError:
-            raise ImportError("History.plot needs matplotlib: pip install matplotlib") from None
-        if not self.epoch:
-            raise ValueError("History.plot: the history is empty (no epoch was recorded)")
-        epochs = [e + 1 for e in self.epoch]
-        fig = Figure(figsize=(10, 8), dpi=dpi)
-        axes = fig.subplots(2, 2)
-        for ax, key, title in ((axes[0, 0], "loss", "loss"), (axes[0, 1], "accuracy", "accuracy")):
-            for k, style in ((key, "-"), ("val_" + key, "--")):
-                if k in self.history:
-                    ax.plot(epochs, self.history[k], style, marker="o", label=k)
-            ax.set_title(title)
-            ax.set_xlabel("epoch")
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend()
-        ax = axes[1, 0]
-        if "lr" in self.history:
-            ax.plot(epochs, self.history["lr"], marker="o")
-        ax.set_title("learning rate")
-        ax.set_xlabel("epoch")
-        ax = axes[1, 1]
-        for layer, st in self.layer_stats.items():
-            g = st.get("kernel_grad_norm")
-            if g and any(v > 0 for v in g):
-                ax.plot(epochs[: len(g)], [max(v, 1e-30) for v in g], marker="o", label=layer)
-        ax.set_yscale("log")
-        ax.set_title("gradient L2 norm per layer (kernel)")
-        ax.set_xlabel("epoch")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize="small")
-        fig.tight_layout()
-        if path is not None:
-            fig.savefig(os.fspath(path), format="png")
-        return fig
-
-    def __getitem__(self, key):
-        return self.history[key]
-
-    def __getattr__(self, key):
-        history = self.__dict__.get("history", {})
-        if key in history:
-            return history[key]
-        raise AttributeError(key)
-
-    def __repr__(self):
-        return f"History(epochs={len(self.epoch)}, keys={list(self.history)})"
-
-
-def _epoch_seed(seed, epoch):
-    a, b = np.random.SeedSequence([seed, epoch]).generate_state(2, np.uint32)
-    return (int(a) << 32) | int(b)
 
 
 class Sequential:
@@ -155,11 +49,9 @@ class Sequential:
     def __init__(self, layers=None, name=None, dtype="float32", seed=None):
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be 'float32' or 'float64'; received {dtype!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-            raise ValueError(f"seed must be a non-negative integer or None; received {seed!r}")
+        self.seed = _checks.seed(seed)
         self.name = name or "sequential"
         self.dtype = dtype
-        self.seed = None if seed is None else int(seed)
         self._layers: list = []
         self._core = None
         self._input_shape = None
@@ -170,6 +62,7 @@ class Sequential:
         self.history = None
         self.stop_training = False
         self._last_epoch_stats = {}
+        self._stop_on_nonfinite = False
         self._training_thread = None  # the thread inside fit(), if any
         for layer in layers or []:
             self.add(layer)
@@ -239,6 +132,8 @@ class Sequential:
         self._core = core
         self._input_shape = tuple(int(d) for d in input_shape)
         self._init_params()
+        if self._stop_on_nonfinite:
+            self._core.set_stop_on_nan(True)
         if self._compiled:
             self._core.compile(_losses.code(self.loss), self.optimizer._core_config())
 
@@ -338,6 +233,58 @@ class Sequential:
             raise ValueError(f"{what}: the model must be compiled first: call "
                              "model.compile(optimizer=..., loss=...)")
 
+    # -- training state (public hooks, for callbacks) -----------------------------------
+    @property
+    def learning_rate(self):
+        """The learning rate of the next optimizer step: the optimizer's rate (its schedule's
+        value at the current step) times :attr:`lr_scale`. Read-only."""
+        self._require_core("learning_rate")
+        return float(self._core.current_learning_rate())
+
+    @property
+    def lr_scale(self):
+        """A factor on every rate the optimizer or its schedule gives (1.0 after compile;
+        saved with the model). ReduceLROnPlateau lowers it; a callback may set it to any
+        finite number > 0 between epochs."""
+        self._require_core("lr_scale")
+        return float(self._core.lr_scale)
+
+    @lr_scale.setter
+    def lr_scale(self, value):
+        self._require_core("lr_scale")
+        self._check_not_training("lr_scale")
+        self._core.set_lr_scale(_checks.real_number("lr_scale", value))
+
+    @property
+    def stop_on_nonfinite(self):
+        """When True, every training step is checked: at the first NaN or infinite loss or
+        weight the core puts back the weights, optimizer state and step count of the last
+        finite step and ends the epoch (``last_epoch_stats["stopped_nan"]`` is then True).
+        False by default; TerminateOnNaN sets it for the length of a fit."""
+        return self._stop_on_nonfinite
+
+    @stop_on_nonfinite.setter
+    def stop_on_nonfinite(self, value):
+        value = _checks.flag("stop_on_nonfinite", value)
+        self._check_not_training("stop_on_nonfinite")
+        self._stop_on_nonfinite = value
+        if self.built:
+            self._core.set_stop_on_nan(value)
+
+    @property
+    def last_epoch_stats(self):
+        """What the core reported for the last epoch ``fit`` ran (a new dict; empty before
+        any): ``loss`` and ``accuracy`` (running, over the epoch's batches), ``samples``,
+        ``steps``, ``learning_rate`` (of the last step), ``stopped_nan`` (stop_on_nonfinite
+        ended the epoch), ``interrupted`` (Ctrl-C), ``nonfinite_param`` (index of the first
+        parameter holding NaN/inf after the epoch, or -1)."""
+        return dict(self._last_epoch_stats)
+
+    def _require_core(self, what):
+        self._require_compiled(what)
+        if not self.built:
+            raise ValueError(f"{what}: the model is not built yet: call build(input_shape) or fit first")
+
     # -- data ----------------------------------------------------------------------------
     def _np_dtype(self):
         return _DTYPES[self.dtype][0]
@@ -382,194 +329,9 @@ class Sequential:
         """
         self._require_compiled("fit")
         with self._training():
-            return self._fit(x, y, epochs, batch_size, verbose, callbacks, validation_split,
-                             validation_data, shuffle, seed, sample_weight, class_weight,
-                             gradient_warnings, initial_epoch)
-
-    def _fit(self, x, y, epochs, batch_size, verbose, callbacks, validation_split, validation_data,
-             shuffle, seed, sample_weight, class_weight, gradient_warnings, initial_epoch):
-        epochs = _checks.positive_int("epochs", epochs)
-        if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, (int, np.integer)) or initial_epoch < 0:
-            raise ValueError(f"initial_epoch must be a non-negative integer; received {initial_epoch!r}")
-        initial_epoch = int(initial_epoch)
-        batch_size = _checks.positive_int("batch_size", batch_size)
-        if verbose not in (0, 1, 2):
-            raise ValueError(f"verbose must be 0, 1 or 2; received {verbose!r}")
-        split = _checks.fraction("validation_split", validation_split)
-        if not isinstance(shuffle, bool):
-            raise TypeError(f"shuffle must be True or False; received {shuffle!r}")
-        if seed is None:
-            seed = int(np.random.SeedSequence().entropy % (1 << 63))
-        elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer or None; received {seed!r}")
-        callbacks = [] if callbacks is None else list(callbacks)
-        for cb in callbacks:
-            if not isinstance(cb, _callbacks.Callback):
-                raise TypeError(f"callbacks must be chainrule.callbacks.Callback instances; received {cb!r}")
-        X, Y, SW = self._prepare(x, y, sample_weight)
-        if class_weight is not None:
-            SW = self._apply_class_weight(class_weight, Y, SW)
-        val = None
-        if validation_data is not None:
-            if split:
-                raise ValueError("pass either validation_split or validation_data, not both")
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
-                raise ValueError("validation_data must be a tuple (x_val, y_val) or (x_val, y_val, "
-                                 f"sample_weight_val); received {type(validation_data).__name__}")
-            val = self._prepare(*validation_data, xname="validation_data x", yname="validation_data y")
-        elif split:
-            n = X.shape[0]
-            split_at = int(n * (1.0 - split))
-            if split_at < 1 or split_at >= n:
-                raise ValueError(f"validation_split={validation_split!r} leaves {split_at} training and "
-                                 f"{n - split_at} validation samples out of {n}; both must be >= 1")
-            val = (X[split_at:], Y[split_at:], None if SW is None else SW[split_at:])
-            X, Y = X[:split_at], Y[:split_at]
-            SW = None if SW is None else SW[:split_at]
-
-        history = History()
-        steps = -(-X.shape[0] // batch_size)
-        history.params = {"epochs": epochs, "batch_size": batch_size, "samples": X.shape[0], "steps": steps}
-        self.history = history
-        self.stop_training = False
-        warned = set()
-        for cb in callbacks:
-            cb.set_model(self)
-        try:
-            for cb in callbacks:
-                cb.on_train_begin({})
-            for epoch in range(initial_epoch, epochs):
-                for cb in callbacks:
-                    cb.on_epoch_begin(epoch, {})
-                # dropout masks follow (seed, epoch), as the shuffle order does
-                self._core.seed_layers(_epoch_seed(seed, (1 << 31) + epoch))
-                bar = None
-                if verbose == 1:
-                    print(f"Epoch {epoch + 1}/{epochs}", flush=True)
-                    bar = ProgressBar(steps)
-                t0 = time.perf_counter()
-                stats = self._core.train_epoch(X, Y, SW, batch_size, shuffle, _epoch_seed(seed, epoch),
-                                               bar.update if bar else None, bar.every if bar else 0)
-                self._last_epoch_stats = stats
-                if "nonfinite" not in warned:
-                    self._warn_nonfinite(stats, f"epoch {epoch + 1}", warned)
-                logs = self._logs(stats)
-                if val is not None:
-                    logs.update(self._logs(self._core.evaluate(val[0], val[1], val[2], max(batch_size, 256)),
-                                           "val_"))
-                logs["lr"] = float(stats["learning_rate"])
-                layer_stats = self._layer_stats()
-                history._record(epoch, logs)
-                history._record_layers(layer_stats)
-                if gradient_warnings:
-                    self._warn_gradients(layer_stats, epoch, warned)
-                if bar is not None:
-                    bar.finish(logs)
-                elif verbose == 2:
-                    dt = time.perf_counter() - t0
-                    items = " - ".join(f"{k}: {v:.4g}" if k == "lr" else f"{k}: {v:.4f}" for k, v in logs.items())
-                    print(f"Epoch {epoch + 1}/{epochs} - {dt:.2f}s - {items}", file=sys.stdout, flush=True)
-                for cb in callbacks:
-                    cb.on_epoch_end(epoch, logs)
-                if self.stop_training:
-                    break
-        finally:
-            for cb in callbacks:
-                cb.on_train_end({})
-        return history
-
-    def _apply_class_weight(self, class_weight, Y, SW):
-        if not isinstance(class_weight, dict):
-            raise TypeError(f"class_weight must be a dict {{class: weight}}; received {class_weight!r}")
-        if self.loss == "sparse_categorical_crossentropy":
-            labels = Y[:, 0].astype(np.int64)
-        elif Y.shape[1] == 1:
-            labels = (Y[:, 0] > 0.5).astype(np.int64)
-        else:
-            labels = np.argmax(Y, axis=1)
-        n_classes = max(int(math.prod(self.output_shape)), 2)
-        table = np.ones(n_classes, dtype=np.float64)
-        for k, w in class_weight.items():
-            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < n_classes:
-                raise ValueError(f"class_weight: keys must be class indices in [0, {n_classes}); received {k!r}")
-            w = _checks.real_number(f"class_weight[{k}]", w)
-            if not (math.isfinite(w) and w >= 0):
-                raise ValueError(f"class_weight[{k}] must be a finite number >= 0; received {w!r}")
-            table[k] = w
-        weights = table[labels]
-        if SW is not None:
-            weights = weights * SW
-        return _checks.as_finite("class_weight x sample_weight", weights, self._np_dtype())
-
-    def _warn_nonfinite(self, stats, when, warned=None):
-        """A NonFiniteWarning when the core reports NaN/inf weights after a call (noted in
-        ``warned``: one per fit)."""
-        k = stats.get("nonfinite_param", -1)
-        if k < 0:
-            return
-        if warned is not None:
-            warned.add("nonfinite")
-        p = self._core.params_info()[k]
-        layer = [l for l in self._layers if l.core_spec() is not None][p["layer"]]
-        warnings.warn(f"after {when}, the {p['name']} of layer {layer.name!r} holds NaN or infinite "
-                      "values: training diverged. Lower the learning rate, clip gradients "
-                      "(clipnorm=...), scale the inputs, or add callbacks.TerminateOnNaN() to stop "
-                      "at the last finite step.", NonFiniteWarning, stacklevel=4)
-
-    def _layer_stats(self):
-        """This epoch's gradient monitor, by layer name."""
-        health = self._core.param_health()
-        dead = self._core.dead_fraction()
-        out = {}
-        i = 0
-        core_index = 0
-        for layer in self._layers:
-            st = {}
-            for pname, shape, *_ in layer.param_specs():
-                h = health[i]
-                st[f"{pname}_grad_norm"] = h["grad_norm"]
-                if pname == "kernel":
-                    st["kernel_grad_norm_max"] = h["grad_norm_max"]
-                    st["kernel_update_ratio"] = h["update_ratio"]
-                    st["kernel_weight_norm"] = h["weight_norm"]
-                    st["kernel_grad_rms"] = h["grad_norm"] / math.sqrt(math.prod(shape))
-                i += 1
-            if layer.core_spec() is not None:
-                if dead[core_index] >= 0:
-                    st["dead_fraction"] = dead[core_index]
-                core_index += 1
-            if st:
-                out[layer.name] = st
-        return out
-
-    def _warn_gradients(self, layer_stats, epoch, warned):
-        """One GradientWarning per kind (vanishing, exploding) and fit, naming the layers."""
-        rms = [(name, st["kernel_grad_rms"], st["kernel_grad_norm"]) for name, st in layer_stats.items()
-               if "kernel_grad_rms" in st]
-        if not rms:
-            return
-        out_name, out_rms, _ = rms[-1]
-        found = {"vanishing": [], "exploding": []}
-        for name, r, norm in rms:
-            if not math.isfinite(norm):
-                found["exploding"].append(f"{name!r} (gradient norm {norm})")
-            elif name != out_name and out_rms > 0 and r < _VANISH_RATIO * out_rms:
-                found["vanishing"].append(f"{name!r} ({out_rms / max(r, 1e-300):.1e}x smaller than the output layer's)")
-            elif name != out_name and out_rms > 0 and r > _EXPLODE_RATIO * out_rms:
-                found["exploding"].append(f"{name!r} ({r / out_rms:.1e}x larger than the output layer's)")
-        remedies = {
-            "vanishing": "use ReLU-family activations with He initialisation, fewer layers, or normalised inputs",
-            "exploding": "clip gradients (clipnorm=... on the optimizer), lower the learning rate, or use "
-                         "Glorot/He initialisation",
-        }
-        for kind, layers in found.items():
-            if layers and kind not in warned:
-                warned.add(kind)
-                warnings.warn(
-                    f"{kind} gradients in epoch {epoch + 1}: RMS kernel gradient of layer(s) "
-                    f"{', '.join(layers)}; output layer {out_name!r}: {out_rms:.2e}; "
-                    f"{remedies[kind]}. Per-layer norms are in History.layer_stats.",
-                    GradientWarning, stacklevel=3)
+            return _fit_loop.fit(self, x, y, epochs, batch_size, verbose, callbacks, validation_split,
+                                 validation_data, shuffle, seed, sample_weight, class_weight,
+                                 gradient_warnings, initial_epoch)
 
     def train_on_batch(self, x, y, sample_weight=None):
         """One optimizer step on exactly this batch; returns the loss (and accuracy if
@@ -578,7 +340,7 @@ class Sequential:
         self._check_not_training("train_on_batch")
         X, Y, SW = self._prepare(x, y, sample_weight)
         stats = self._core.train_batch(X, Y, SW)
-        self._warn_nonfinite(stats, "train_on_batch")
+        _warn_nonfinite(self, stats, "train_on_batch")
         return self._scalar_or_list(stats)
 
     def compute_gradients(self, x, y, sample_weight=None):
