@@ -365,13 +365,14 @@ INTERRUPT = """
     model.compile(optimizer=cr.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy")
     sent = {}
     def fire():
-        time.sleep(1.0)
+        time.sleep(0.5)   # well inside the epoch's C++ loop, which runs for many seconds
         sent["t"] = time.perf_counter()
         os.kill(os.getpid(), signal.SIGINT)
-    threading.Thread(target=fire, daemon=True).start()
+    start = cr.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: threading.Thread(target=fire, daemon=True).start())
     t0 = time.perf_counter()
     try:
-        model.fit(x, y, epochs=1, batch_size=32, verbose=VERBOSE, seed=0)
+        model.fit(x, y, epochs=1, batch_size=32, verbose=VERBOSE, seed=0, callbacks=[start])
         print("NOT INTERRUPTED", time.perf_counter() - t0)
     except KeyboardInterrupt:
         lag = time.perf_counter() - sent["t"]
@@ -484,3 +485,26 @@ def test_core_keeps_a_converted_sample_weight_alive():
     """
     proc = run_python(code)
     assert proc.returncode == 0 and "ok" in proc.stdout, (proc.returncode, proc.stderr[-2000:])
+
+
+@pytest.mark.parametrize("opt,expected", [
+    (lambda: cr.optimizers.Adam(0.01, beta_2=0.9999, epsilon=1.2e-38), 0.01),
+    (lambda: cr.optimizers.Adam(0.01, beta_1=0.999, beta_2=0.9999, epsilon=1.2e-38), 0.01),
+    # RMSprop's first step: lr * g / sqrt((1 - rho) g^2) = lr / sqrt(1 - rho)
+    (lambda: cr.optimizers.RMSprop(0.001, rho=0.9999, epsilon=1.2e-38), 0.1),
+], ids=["adam-beta2", "adam-beta1", "rmsprop-rho"])
+def test_float32_moment_factors_are_computed_in_double(opt, expected):
+    # Was: 1 - beta computed in float32 after rounding beta (0.9999 -> 0.99989998): the first
+    # Adam step came out lr * (1 + 8.4e-5) instead of lr. The first step of Adam is
+    # lr * g / sqrt(g^2) = lr * sign(g) (epsilon negligible) for every weight.
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 3)), rng.normal(size=(8, 2))
+    m = cr.Sequential([cr.layers.Dense(2)], seed=0, dtype="float32")
+    m.build((3,))
+    m.compile(optimizer=opt(), loss="mse")
+    w0 = m.get_weights()[0].astype(np.float64)
+    m.train_on_batch(x, y)
+    step = np.abs(m.get_weights()[0].astype(np.float64) - w0)
+    # float32 weights of size ~1 resolve a step to ~1e-7 absolute: allow that, no more
+    err = np.abs(step - expected).max()
+    assert err < 3e-7 + 1e-6 * expected, (err, np.abs(step / expected - 1).max())

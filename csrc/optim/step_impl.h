@@ -27,6 +27,9 @@ SegmentStats step_segment(const OptimConfig& c, T lr, i64 t, T gscale, T* p, T* 
                           T* s0, T* s1, T* s2, i64 n) {
   const T cv = T(c.clipvalue), eps = T(c.epsilon);
   const T mu = T(c.momentum), b1 = T(c.beta1), b2 = T(c.beta2), rho = T(c.rho);
+  // 1 - beta in double, then rounded: 1 - T(beta) would carry beta's float32 rounding error
+  // ~1000x magnified (0.9999 -> 1 - 0.99989998 is 8e-5 off).
+  const T one_m_b1 = T(1.0 - c.beta1), one_m_b2 = T(1.0 - c.beta2), one_m_rho = T(1.0 - c.rho);
   const T bc1 = T(1.0 - std::pow(c.beta1, double(t))), bc2 = T(1.0 - std::pow(c.beta2, double(t)));
   const T step_size = lr / bc1, inv_sqrt_bc2 = T(1.0 / step_sqrt(double(bc2)));
   const T decay = T(1) - lr * T(c.weight_decay);
@@ -53,8 +56,8 @@ SegmentStats step_segment(const OptimConfig& c, T lr, i64 t, T gscale, T* p, T* 
           w -= lr * (kVariant == 2 ? gi + mu * v : v);
         }
       } else if constexpr (K == OptKind::Adam) {
-        const T m = b1 * s0[i] + (T(1) - b1) * gi;
-        T v = b2 * s1[i] + (T(1) - b2) * gi * gi;
+        const T m = b1 * s0[i] + one_m_b1 * gi;
+        T v = b2 * s1[i] + one_m_b2 * gi * gi;
         s0[i] = m;
         s1[i] = v;
         if constexpr (kVariant == 1) {
@@ -63,7 +66,7 @@ SegmentStats step_segment(const OptimConfig& c, T lr, i64 t, T gscale, T* p, T* 
         }
         w -= step_size * m / (step_sqrt(v) * inv_sqrt_bc2 + eps);
       } else if constexpr (K == OptKind::RMSprop) {
-        const T v = rho * s0[i] + (T(1) - rho) * gi * gi;
+        const T v = rho * s0[i] + one_m_rho * gi * gi;
         s0[i] = v;
         T u = gi / (step_sqrt(v) + eps);
         if constexpr (kVariant == 1) {
