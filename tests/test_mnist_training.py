@@ -1,6 +1,6 @@
 """End to end on the real MNIST files: a 784-256-10 ReLU/softmax MLP trained with SGD and
 momentum reaches >= 97% test accuracy in a few epochs. Skipped (with the reason) when the
-files are absent. Not a benchmark: the time bound only guards against a pathological slowdown."""
+files are absent. Not a benchmark: the time is printed, never asserted."""
 
 import time
 
@@ -37,4 +37,3 @@ def test_mlp_reaches_97_percent_on_mnist(mnist_dir):
     # the reported accuracy agrees with the predictions themselves
     pred = model.predict(x_test).argmax(axis=1)
     assert np.mean(pred == y_test) == pytest.approx(test_acc)
-    assert elapsed < 300, f"6 epochs took {elapsed:.0f}s"
