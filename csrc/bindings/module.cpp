@@ -194,8 +194,8 @@ cr::OptimConfig optim_from_dict(const py::dict& d) {
   if (!(c.rho >= 0.0 && c.rho < 1.0)) cr::fail("rho must be in [0, 1); received ", c.rho);
   if (!(c.epsilon > 0.0)) cr::fail("epsilon must be > 0; received ", c.epsilon);
   if (!(c.weight_decay >= 0.0)) cr::fail("weight_decay must be >= 0; received ", c.weight_decay);
-  if (!(c.clipvalue >= 0.0)) cr::fail("clipvalue must be > 0; received ", c.clipvalue);
-  if (!(c.clipnorm >= 0.0)) cr::fail("clipnorm must be > 0; received ", c.clipnorm);
+  if (!(c.clipvalue >= 0.0)) cr::fail("clipvalue must be >= 0 (0: no clipping); received ", c.clipvalue);
+  if (!(c.clipnorm >= 0.0)) cr::fail("clipnorm must be >= 0 (0: no clipping); received ", c.clipnorm);
   if (d.contains("schedule") && !d["schedule"].is_none()) {
     py::dict sd = d["schedule"].cast<py::dict>();
     std::string sk = sd["kind"].cast<std::string>();
