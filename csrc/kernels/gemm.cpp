@@ -104,43 +104,30 @@ void pack(int R, const float* src, i64 ld_p, i64 ld_r, i64 n_valid, i64 k, float
   }
 }
 
-// Per-thread packing buffers, grown on first need and reused: no allocation per call in
-// steady state. (OpenMP keeps its worker threads alive, so these persist too.)
 // Apply the epilogue to rows [0, m) x columns [0, n) of a finished block of C whose first
-// column is column j0 of the whole product (the bias index).
+// column is column j0 of the whole product (the bias index): the activation table's fused
+// bias + activation row (kernels/activations.h), the same one Dense and Conv2D use.
 void apply_epilogue(const GemmEpilogue* ep, float* c, i64 ldc, i64 m, i64 n, i64 j0) {
   if (!ep) return;
   const float* b = ep->bias + j0;
-  const Act act = Act(ep->act);
   const float alpha = ep->alpha;
-  for (i64 i = 0; i < m; ++i) {
-    float* r = c + i * ldc;
-    switch (act) {
-      case Act::Relu:
-        for (i64 j = 0; j < n; ++j) {
-          const float z = r[j] + b[j];
-          r[j] = z > 0.0f ? z : 0.0f;
-        }
-        break;
-      case Act::LeakyRelu:
-        for (i64 j = 0; j < n; ++j) {
-          const float z = r[j] + b[j];
-          r[j] = z > 0.0f ? z : alpha * z;
-        }
-        break;
-      case Act::Sigmoid:
-        for (i64 j = 0; j < n; ++j) r[j] = sigmoid_scalar(r[j] + b[j]);
-        break;
-      case Act::Tanh:
-        for (i64 j = 0; j < n; ++j) r[j] = std::tanh(r[j] + b[j]);
-        break;
-      default:
-        for (i64 j = 0; j < n; ++j) r[j] += b[j];
-        break;
-    }
-  }
+  dispatch_act(Act(ep->act), [&](auto op) {
+    using Op = decltype(op);
+    if constexpr (!Op::row_coupled)  // sgemm_bias_act admits element-wise activations only
+      for (i64 i = 0; i < m; ++i) bias_act_row<Op>(c + i * ldc, b, n, alpha);
+  });
 }
 
+// Before any parallel region: the code is in the table and element-wise (softmax couples a
+// row, so it cannot run on a tile).
+void check_epilogue(const GemmEpilogue& ep) {
+  if (ep.act < 0 || ep.act >= kActCount) fail("sgemm_bias_act: unknown activation code ", ep.act);
+  if (act_row_coupled(Act(ep.act)))
+    fail("sgemm_bias_act: ", act_name(Act(ep.act)), " couples a row and cannot be a tile epilogue");
+}
+
+// Per-thread packing buffers, grown on first need and reused: no allocation per call in
+// steady state. (OpenMP keeps its worker threads alive, so these persist too.)
 float* thread_buffer(int which, i64 n) {
   static thread_local avec<float> bufs[2];
   avec<float>& b = bufs[which];
@@ -371,7 +358,7 @@ void sgemm(bool ta, bool tb, i64 M, i64 N, i64 K, float alpha, const float* A, i
 
 void sgemm_bias_act(bool ta, bool tb, i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda,
                     const float* B, i64 ldb, float* C, i64 ldc, const GemmEpilogue& ep) {
-  if (Act(ep.act) == Act::Softmax) fail("sgemm_bias_act: softmax cannot be a tile epilogue");
+  check_epilogue(ep);
   sgemm_with_kernel(sgemm_kernel_for_cpu(), ta, tb, M, N, K, alpha, A, lda, B, ldb, 0.0f, C,
                     ldc, &ep);
 }

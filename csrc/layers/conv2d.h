@@ -18,55 +18,6 @@
 
 namespace cr {
 
-// Row helpers of the piecewise-linear activations (ReLU: slope 0, leaky ReLU, identity:
-// slope 1), written with GCC vector types: GCC will not if-convert the scalar select
-// `v > 0 ? v : slope * v` at baseline, and the branchy loop mispredicts on every other sign
-// (0.19 ms of the LeNet conv2 forward, 0.1 ms of its backward per batch).
-// y[j] = act(y[j] + b[j]) for j < n (b may be null: no bias).
-template <typename T>
-inline void leaky_relu_bias_row(T* y, const T* b, i64 n, T slope) {
-  typedef T V __attribute__((vector_size(16)));
-  constexpr i64 L = 16 / sizeof(T);
-  const V zero = {}, sl = zero + slope;
-  i64 j = 0;
-  for (; j + L <= n; j += L) {
-    V v, bv = zero;
-    __builtin_memcpy(&v, y + j, 16);
-    if (b) __builtin_memcpy(&bv, b + j, 16);
-    v += bv;
-    v = v > zero ? v : v * sl;
-    __builtin_memcpy(y + j, &v, 16);
-  }
-  for (; j < n; ++j) {
-    const T v = y[j] + (b ? b[j] : T(0));
-    y[j] = v > T(0) ? v : slope * v;
-  }
-}
-
-// d[j] = y[j] > 0 ? d[j] : slope * d[j] (the activation's derivative at its output y), and
-// bsum[j] += the result, for j < n.
-template <typename T>
-inline void leaky_relu_backward_sum_row(const T* y, T* d, T* bsum, i64 n, T slope) {
-  typedef T V __attribute__((vector_size(16)));
-  constexpr i64 L = 16 / sizeof(T);
-  const V zero = {}, sl = zero + slope;
-  i64 j = 0;
-  for (; j + L <= n; j += L) {
-    V yv, g, acc;
-    __builtin_memcpy(&yv, y + j, 16);
-    __builtin_memcpy(&g, d + j, 16);
-    __builtin_memcpy(&acc, bsum + j, 16);
-    g = yv > zero ? g : g * sl;
-    acc += g;
-    __builtin_memcpy(d + j, &g, 16);
-    __builtin_memcpy(bsum + j, &acc, 16);
-  }
-  for (; j < n; ++j) {
-    d[j] = y[j] > T(0) ? d[j] : slope * d[j];
-    bsum[j] += d[j];
-  }
-}
-
 template <typename T>
 class Conv2D final : public Layer<T> {
  public:
@@ -144,7 +95,7 @@ class Conv2D final : public Layer<T> {
       if (!((relu || this->act_ == Act::Linear) &&
             conv2d_forward_c1_simd(s_, x, W_, b_, relu, y, B))) {
         conv2d_forward_c1(s_, x, W_, b_, y, B);
-        bias_activation_forward(y, B * P, false);
+        add_bias_and_activate(y, B * P, false);
       }
       col_holds_ = nullptr;
       return;
@@ -159,7 +110,7 @@ class Conv2D final : public Layer<T> {
         col = col_.data();
       }
       gemm(false, false, nb * P, Co, K, T(1), col, K, W_, Co, T(0), ys, Co);
-      bias_activation_forward(ys, nb * P, true);
+      add_bias_and_activate(ys, nb * P, true);
     }
     // Backward can reuse this col matrix when the whole batch was one chunk.
     col_holds_ = training && !pointwise_ && B <= chunk_ ? x : nullptr;
@@ -176,7 +127,7 @@ class Conv2D final : public Layer<T> {
       conv2d_backward_naive(s_, x, W_, dy, dW_, db_, dx, B);
       return;
     }
-    activation_backward_bias(y, dy, B * P);
+    backprop_activation_and_bias(y, dy, B * P);
     const bool have_col = col_holds_ == x && col_batch_ == B && B <= chunk_;
     col_holds_ = nullptr;
     for (i64 n0 = 0; n0 < B; n0 += chunk_) {
@@ -215,53 +166,31 @@ class Conv2D final : public Layer<T> {
       fail("Conv2D: batch of ", B, " exceeds the reserved capacity (reserve() was not called)");
   }
 
-  // y: (rows, Cout) GEMM output, in cache: add the bias and apply the activation in one pass
-  // where the activation is element-wise and cheap; otherwise a second pass.
-  void bias_activation_forward(T* y, i64 rows, bool add_bias) {
-    const i64 Co = s_.Cout;
-    if (!add_bias && this->act_ == Act::Linear) return;
-    const T* b = b_;
-    const Act act = this->act_;
-    const T alpha = this->alpha_;
-    if (act == Act::Relu || act == Act::LeakyRelu) {
-      const T slope = act == Act::Relu ? T(0) : alpha;
-      const T* bias = add_bias ? b : nullptr;
-#pragma omp parallel for schedule(static) if (rows * Co > kParallelElems)
-      for (i64 r = 0; r < rows; ++r) leaky_relu_bias_row(y + r * Co, bias, Co, slope);
-      return;
-    }
-    if (add_bias) {
-#pragma omp parallel for schedule(static) if (rows * Co > kParallelElems)
-      for (i64 r = 0; r < rows; ++r)
-        for (i64 j = 0; j < Co; ++j) y[r * Co + j] += b[j];
-    }
-    activation_forward(act, alpha, y, rows, Co);
+  // y: (rows, Cout) GEMM output, in cache: add the bias (unless the direct kernel already
+  // did) and apply the activation, one pass per row with the shared row kernel.
+  void add_bias_and_activate(T* y, i64 rows, bool add_bias) {
+    bias_activation_forward(this->act_, this->alpha_, add_bias ? b_ : nullptr, y, rows, s_.Cout);
   }
 
-  // dy -> dz = dy ⊙ act'(y) in place and db += Σ_rows dz, one pass for the piecewise-linear
-  // activations (a second pass for the others). Summed in blocks of rows so float32 sums over
-  // large batches keep their precision.
-  void activation_backward_bias(const T* y, T* dz, i64 rows) {
-    const i64 Co = s_.Cout;
-    const Act act = this->act_;
-    const bool piecewise = act == Act::Relu || act == Act::LeakyRelu || act == Act::Linear;
-    if (!piecewise) activation_backward(act, this->alpha_, y, dz, rows, Co);
-    const T slope = act == Act::LeakyRelu ? this->alpha_ : T(0);
-    const bool masked = piecewise && act != Act::Linear;
-    T* __restrict bs = bsum_.data();
-    constexpr i64 kBlock = 256;
-    for (i64 r0 = 0; r0 < rows; r0 += kBlock) {
-      const i64 r1 = std::min(rows, r0 + kBlock);
-      std::fill(bs, bs + Co, T(0));
-      if (masked) {
+  // dy -> dz = dy ⊙ act'(y) in place and db += Σ_rows dz, one pass with the shared row
+  // kernel (softmax, row-coupled: its own pass first). Summed in blocks of rows so float32
+  // sums over large batches keep their precision.
+  void backprop_activation_and_bias(const T* y, T* dz, i64 rows) {
+    dispatch_act(this->act_, [&](auto op) {
+      using Op = decltype(op);
+      const i64 Co = s_.Cout;
+      if constexpr (Op::row_coupled) activation_backward(this->act_, this->alpha_, y, dz, rows, Co);
+      using Elem = std::conditional_t<Op::row_coupled, act::Linear, Op>;
+      T* __restrict bs = bsum_.data();
+      constexpr i64 kBlock = 256;
+      for (i64 r0 = 0; r0 < rows; r0 += kBlock) {
+        const i64 r1 = std::min(rows, r0 + kBlock);
+        std::fill(bs, bs + Co, T(0));
         for (i64 r = r0; r < r1; ++r)
-          leaky_relu_backward_sum_row(y + r * Co, dz + r * Co, bs, Co, slope);
-      } else {
-        for (i64 r = r0; r < r1; ++r)
-          for (i64 j = 0; j < Co; ++j) bs[j] += dz[r * Co + j];
+          act_grad_sum_row<Elem>(y + r * Co, dz + r * Co, bs, Co, this->alpha_);
+        for (i64 j = 0; j < Co; ++j) db_[j] += bs[j];
       }
-      for (i64 j = 0; j < Co; ++j) db_[j] += bs[j];
-    }
+    });
   }
 
   ConvShape s_{};

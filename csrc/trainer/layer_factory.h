@@ -36,7 +36,7 @@ struct LayerSpec {
   }
   Act activation() const {
     double a = num("activation", 0.0);
-    if (a < 0 || a > 5 || a != std::floor(a)) fail(kind, ": unknown activation code ", a);
+    if (!(a >= 0 && a < kActCount) || a != std::floor(a)) fail(kind, ": unknown activation code ", a);
     return Act(int(a));
   }
 };
