@@ -113,31 +113,7 @@ Checked<T> check_xy(cr::Network<T>& net, const Arr<T>& x, const Arr<T>& y, const
   if (y.ndim() != 2 || y.shape(0) != c.n || y.shape(1) != tc)
     cr::fail("y must have shape (", c.n, ", ", tc, ") for loss '", cr::loss_name(net.loss()),
              "'; received shape ", shape_str(y));
-  // Targets outside the loss's domain would train on a loss that is not bounded below.
-  const T* yy = y.data();
-  const i64 ny = c.n * tc;
-  for (i64 i = 0; i < ny; ++i) {
-    const T v = yy[i];
-    const char* want = nullptr;
-    switch (net.loss()) {
-      case cr::Loss::SparseCategoricalCE:
-        if (!(v >= T(0) && v < T(C)) || v != std::floor(v))
-          cr::fail("y: labels must be integers in [0, ", C, "); received ", double(v), " at index ", i);
-        break;
-      case cr::Loss::BinaryCE:
-        if (!(v >= T(0) && v <= T(1))) want = "targets in [0, 1]";
-        break;
-      case cr::Loss::CategoricalCE:
-        if (!(v >= T(0) && v <= T(1))) want = "targets in [0, 1] (one-hot or class probabilities)";
-        break;
-      case cr::Loss::MSE:
-        if (!std::isfinite(v)) want = "finite targets";
-        break;
-    }
-    if (want)
-      cr::fail("y: ", cr::loss_name(net.loss()), " needs ", want, "; received ", double(v),
-               " at index (", i / tc, ", ", i % tc, ")");
-  }
+  cr::check_targets(net.loss(), y.data(), c.n, C);
   c.x = x.data();
   c.y = y.data();
   if (!sw.is_none()) {
@@ -256,7 +232,7 @@ void bind_network(py::module_& m, const char* name) {
       // Configuration: each waits for a running epoch to end.
       .def("compile",
            [](Net& n, int loss, const py::dict& opt) {
-             if (loss < 0 || loss > 3) cr::fail("unknown loss code ", loss);
+             if (loss < 0 || loss >= cr::kLossCount) cr::fail("unknown loss code ", loss);
              const cr::OptimConfig c = optim_from_dict(opt);
              locked(n, [&] { n.compile(cr::Loss(loss), c); });
            })

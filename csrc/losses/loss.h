@@ -11,28 +11,79 @@
 
 namespace cr {
 
-enum class Loss : int { MSE = 0, BinaryCE = 1, CategoricalCE = 2, SparseCategoricalCE = 3 };
+// The table of losses: enumerator, public name, the activation it fuses into a numerically
+// stable form when the last layer has it (Linear: none), and whether targets are sparse (one
+// column holding a class index) rather than one value per output. The position in the list
+// is the loss's code (Python reads names and codes from _core.LOSSES). Adding a loss: a line
+// here, its case in loss_forward_backward and in check_targets below.
+#define CR_LOSSES(X)                                                         \
+  X(MSE, "mean_squared_error", Linear, false)                                \
+  X(BinaryCE, "binary_crossentropy", Sigmoid, false)                         \
+  X(CategoricalCE, "categorical_crossentropy", Softmax, false)               \
+  X(SparseCategoricalCE, "sparse_categorical_crossentropy", Softmax, true)
 
-inline const char* loss_name(Loss l) {
-  switch (l) {
-    case Loss::MSE: return "mean_squared_error";
-    case Loss::BinaryCE: return "binary_crossentropy";
-    case Loss::CategoricalCE: return "categorical_crossentropy";
-    case Loss::SparseCategoricalCE: return "sparse_categorical_crossentropy";
-  }
-  return "?";
+enum class Loss : int {
+#define CR_LOSS_ENUMERATOR(E, name, head, sparse) E,
+  CR_LOSSES(CR_LOSS_ENUMERATOR)
+#undef CR_LOSS_ENUMERATOR
+};
+
+#define CR_LOSS_ONE(E, name, head, sparse) +1
+constexpr int kLossCount = 0 CR_LOSSES(CR_LOSS_ONE);
+#undef CR_LOSS_ONE
+
+struct LossInfo {
+  const char* name;
+  Act fusable_head;
+  bool sparse;
+};
+
+inline const LossInfo& loss_info(Loss l) {
+  static constexpr LossInfo table[] = {
+#define CR_LOSS_ROW(E, name, head, sparse) {name, Act::head, sparse},
+      CR_LOSSES(CR_LOSS_ROW)
+#undef CR_LOSS_ROW
+  };
+  const int i = int(l);
+  if (i < 0 || i >= kLossCount) fail("unknown loss code ", i);
+  return table[i];
 }
 
+inline const char* loss_name(Loss l) { return loss_info(l).name; }
+
 // Columns a target row has for this loss and an output width C.
-inline i64 target_cols(Loss l, i64 C) { return l == Loss::SparseCategoricalCE ? 1 : C; }
+inline i64 target_cols(Loss l, i64 C) { return loss_info(l).sparse ? 1 : C; }
 
 // The activation a loss can absorb into a numerically stable fused form (Linear: none).
-inline Act fusable_head(Loss l) {
-  switch (l) {
-    case Loss::BinaryCE: return Act::Sigmoid;
-    case Loss::CategoricalCE:
-    case Loss::SparseCategoricalCE: return Act::Softmax;
-    default: return Act::Linear;
+inline Act fusable_head(Loss l) { return loss_info(l).fusable_head; }
+
+// Targets outside a loss's domain would train on a loss that is not bounded below: check all
+// of them before training. y: (n, target_cols(l, C)); C: the output width.
+template <typename T>
+void check_targets(Loss l, const T* y, i64 n, i64 C) {
+  const i64 tc = target_cols(l, C);
+  const i64 ny = n * tc;
+  for (i64 i = 0; i < ny; ++i) {
+    const T v = y[i];
+    const char* want = nullptr;
+    switch (l) {
+      case Loss::SparseCategoricalCE:
+        if (!(v >= T(0) && v < T(C)) || v != std::floor(v))
+          fail("y: labels must be integers in [0, ", C, "); received ", double(v), " at index ", i);
+        break;
+      case Loss::BinaryCE:
+        if (!(v >= T(0) && v <= T(1))) want = "targets in [0, 1]";
+        break;
+      case Loss::CategoricalCE:
+        if (!(v >= T(0) && v <= T(1))) want = "targets in [0, 1] (one-hot or class probabilities)";
+        break;
+      case Loss::MSE:
+        if (!std::isfinite(v)) want = "finite targets";
+        break;
+    }
+    if (want)
+      fail("y: ", loss_name(l), " needs ", want, "; received ", double(v), " at index (", i / tc,
+           ", ", i % tc, ")");
   }
 }
 
