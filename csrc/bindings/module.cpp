@@ -392,6 +392,18 @@ void bind_network(py::module_& m, const char* name) {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "chainrule's C++ core (private: use the chainrule package)";
+  // The tables the Python package reads names and codes from (one owner: the C++ lists).
+  py::dict activations, activation_alpha, losses;
+  for (int c = 0; c < cr::kActCount; ++c)
+    cr::dispatch_act(cr::Act(c), [&](auto op) {
+      using Op = decltype(op);
+      activations[Op::name] = c;
+      if (Op::takes_alpha) activation_alpha[Op::name] = Op::default_alpha;
+    });
+  for (int c = 0; c < cr::kLossCount; ++c) losses[cr::loss_name(cr::Loss(c))] = c;
+  m.attr("ACTIVATIONS") = activations;
+  m.attr("ACTIVATION_ALPHA") = activation_alpha;
+  m.attr("LOSSES") = losses;
   bind_network<float>(m, "Network32");
   bind_network<double>(m, "Network64");
   bind_kernels(m);

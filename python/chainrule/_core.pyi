@@ -7,6 +7,12 @@ import numpy.typing as npt
 
 _F = npt.NDArray[np.floating]
 
+# The core's tables (csrc/kernels/activations.h, csrc/losses/loss.h): name -> code, and the
+# default alpha of each activation that takes one.
+ACTIVATIONS: dict[str, int]
+ACTIVATION_ALPHA: dict[str, float]
+LOSSES: dict[str, int]
+
 class _Network:
     def __init__(self, layers: Sequence[dict]) -> None: ...
     @property

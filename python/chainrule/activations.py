@@ -1,15 +1,18 @@
 """Activation functions by name. The arithmetic (and its exact derivative) lives in the
-C++ core; this module only names and configures them."""
+C++ core, which also owns the table of names and codes (csrc/kernels/activations.h,
+exported as ``_core.ACTIVATIONS``); this module only names and configures them."""
 
 from __future__ import annotations
 
 import math
 import numbers
 
+from . import _core
+
 __all__ = ["Activation", "LeakyReLU", "get", "NAMES"]
 
-# Codes shared with csrc/kernels/activations.h (enum class Act).
-_CODES = {"linear": 0, "sigmoid": 1, "tanh": 2, "relu": 3, "leaky_relu": 4, "softmax": 5}
+_CODES = dict(_core.ACTIVATIONS)           # name -> code, in the core's order
+_DEFAULT_ALPHA = dict(_core.ACTIVATION_ALPHA)  # name -> default alpha, for those that take one
 _ALIASES = {None: "linear", "identity": "linear", "none": "linear", "leakyrelu": "leaky_relu"}
 NAMES = tuple(_CODES)
 # The largest float32: a larger alpha is inf in a float32 model (and NaN after 0 * inf).
@@ -17,8 +20,8 @@ _F32_MAX = 3.4028234663852886e38
 
 
 class Activation:
-    """A named activation. ``alpha`` is the negative slope of ``leaky_relu`` (default 0.01,
-    as PyTorch); the other activations ignore it."""
+    """A named activation. ``alpha`` is the parameter of those that take one (the negative
+    slope of ``leaky_relu``, default 0.01 as PyTorch); the other activations ignore it."""
 
     def __init__(self, name: str, alpha: float | None = None):
         if name is not None and not isinstance(name, str):
@@ -27,7 +30,7 @@ class Activation:
         if name not in _CODES:
             raise ValueError(f"activation: unknown name {name!r}; expected one of {list(NAMES)}")
         if alpha is None:
-            alpha = 0.01 if name == "leaky_relu" else 0.0
+            alpha = _DEFAULT_ALPHA.get(name, 0.0)
         if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
             raise TypeError(f"activation alpha must be a number; received {alpha!r}")
         try:
@@ -46,6 +49,10 @@ class Activation:
     def code(self) -> int:
         return _CODES[self.name]
 
+    @property
+    def takes_alpha(self) -> bool:
+        return self.name in _DEFAULT_ALPHA
+
     def get_config(self):
         return {"name": self.name, "alpha": self.alpha}
 
@@ -53,10 +60,10 @@ class Activation:
         return isinstance(other, Activation) and (self.name, self.alpha) == (other.name, other.alpha)
 
     def __repr__(self):
-        return f"Activation({self.name!r}, alpha={self.alpha})" if self.name == "leaky_relu" else f"Activation({self.name!r})"
+        return f"Activation({self.name!r}, alpha={self.alpha})" if self.takes_alpha else f"Activation({self.name!r})"
 
 
-def LeakyReLU(alpha: float = 0.01) -> Activation:
+def LeakyReLU(alpha: float = _DEFAULT_ALPHA["leaky_relu"]) -> Activation:
     """Leaky ReLU with negative slope ``alpha``: ``Dense(64, activation=LeakyReLU(0.2))``."""
     return Activation("leaky_relu", alpha)
 

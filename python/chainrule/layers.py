@@ -119,7 +119,7 @@ class Layer:
 
     def _weights_config(self) -> dict:
         act = self.activation
-        cfg = {"activation": act.get_config() if act.name == "leaky_relu" else act.name,
+        cfg = {"activation": act.get_config() if act.takes_alpha else act.name,
                "kernel_initializer": self.kernel_initializer, "bias_initializer": self.bias_initializer}
         if self.kernel_regularizer is not None:
             cfg["kernel_regularizer"] = self.kernel_regularizer.get_config()

@@ -1,19 +1,17 @@
 """Losses by name. Values and gradients are computed in the C++ core; softmax +
 categorical cross-entropy and sigmoid + binary cross-entropy are fused there into their
-numerically stable forms (log-sum-exp, softplus) when the last layer has that activation."""
+numerically stable forms (log-sum-exp, softplus) when the last layer has that activation.
+The classes and aliases here are API sugar over the core's table of names."""
 
 from __future__ import annotations
+
+from . import _core
 
 __all__ = ["get", "NAMES", "MeanSquaredError", "BinaryCrossentropy", "CategoricalCrossentropy",
            "SparseCategoricalCrossentropy"]
 
-# Codes shared with csrc/losses/loss.h (enum class Loss).
-_CODES = {
-    "mean_squared_error": 0,
-    "binary_crossentropy": 1,
-    "categorical_crossentropy": 2,
-    "sparse_categorical_crossentropy": 3,
-}
+# name -> code: the core owns the table (csrc/losses/loss.h, exported as _core.LOSSES).
+_CODES = dict(_core.LOSSES)
 _ALIASES = {"mse": "mean_squared_error", "bce": "binary_crossentropy",
             "cce": "categorical_crossentropy", "sparse_cce": "sparse_categorical_crossentropy"}
 NAMES = tuple(_CODES)
