@@ -24,7 +24,8 @@ inline T sigmoid_scalar(T z) {
 
 namespace act {
 
-// What an element-wise activation declares (each struct below overrides what differs):
+// What an activation declares (Defaults holds the defaults; each struct below overrides
+// what differs):
 //   name                    the public name (Python's and the saved models')
 //   forward(z, alpha)       y = act(z)
 //   grad(y, dy, alpha)      dL/dz from dL/dy, through the output y = act(z): layers cache
@@ -36,18 +37,21 @@ namespace act {
 //   expensive               a libm call per element: parallel from fewer elements
 //   takes_alpha             alpha is a parameter (default_alpha unless configured)
 //   identity                forward is z itself: a pass without a bias is skipped
+//   dead_region             z <= 0 gives (almost) no output and gradient (the ReLU family):
+//                           a unit can get stuck there; the training monitor counts such units
 // A row-coupled activation (softmax) has row_coupled = true and forward_row / grad_row
 // instead of forward / grad.
-struct Elementwise {
+struct Defaults {
   static constexpr bool row_coupled = false;
   static constexpr bool vector_form = false;
   static constexpr bool expensive = false;
   static constexpr bool takes_alpha = false;
   static constexpr double default_alpha = 0.0;
   static constexpr bool identity = false;
+  static constexpr bool dead_region = false;
 };
 
-struct Linear : Elementwise {
+struct Linear : Defaults {
   static constexpr const char* name = "linear";
   static constexpr bool vector_form = true;
   static constexpr bool identity = true;
@@ -57,7 +61,7 @@ struct Linear : Elementwise {
   static V grad(V, V dy, V) { return dy; }
 };
 
-struct Sigmoid : Elementwise {
+struct Sigmoid : Defaults {
   static constexpr const char* name = "sigmoid";
   static constexpr bool expensive = true;
   template <typename T>
@@ -66,7 +70,7 @@ struct Sigmoid : Elementwise {
   static T grad(T y, T dy, T) { return dy * (y * (T(1) - y)); }
 };
 
-struct Tanh : Elementwise {
+struct Tanh : Defaults {
   static constexpr const char* name = "tanh";
   static constexpr bool expensive = true;
   template <typename T>
@@ -75,9 +79,10 @@ struct Tanh : Elementwise {
   static T grad(T y, T dy, T) { return dy * (T(1) - y * y); }
 };
 
-struct Relu : Elementwise {
+struct Relu : Defaults {
   static constexpr const char* name = "relu";
   static constexpr bool vector_form = true;
+  static constexpr bool dead_region = true;
   template <typename V>
   static V forward(V z, V) { return z > V{} ? z : V{}; }
   template <typename V>
@@ -86,9 +91,10 @@ struct Relu : Elementwise {
 
 // grad through the output is exact for alpha >= 0 (the sign of y is that of z), which the
 // Python side enforces. Default slope 0.01, as PyTorch.
-struct LeakyRelu : Elementwise {
+struct LeakyRelu : Defaults {
   static constexpr const char* name = "leaky_relu";
   static constexpr bool vector_form = true;
+  static constexpr bool dead_region = true;
   static constexpr bool takes_alpha = true;
   static constexpr double default_alpha = 0.01;
   template <typename V>
@@ -98,13 +104,10 @@ struct LeakyRelu : Elementwise {
 };
 
 // Row-wise: y = exp(z - max z) / Σ exp(z - max z); dz = y ⊙ (dy - <dy, y>).
-struct Softmax {
+struct Softmax : Defaults {
   static constexpr const char* name = "softmax";
   static constexpr bool row_coupled = true;
   static constexpr bool expensive = true;
-  static constexpr bool takes_alpha = false;
-  static constexpr double default_alpha = 0.0;
-  static constexpr bool identity = false;
   // z: (n), overwritten by softmax(z).
   template <typename T>
   static void forward_row(T* z, i64 n) {
@@ -162,6 +165,9 @@ inline const char* act_name(Act a) {
 }
 inline bool act_row_coupled(Act a) {
   return dispatch_act(a, [](auto op) { return decltype(op)::row_coupled; });
+}
+inline bool act_has_dead_region(Act a) {
+  return dispatch_act(a, [](auto op) { return decltype(op)::dead_region; });
 }
 
 // ---- row kernels: the one implementation of each activation's loops -------------------

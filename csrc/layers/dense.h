@@ -34,7 +34,7 @@ class Dense final : public Layer<T> {
   void forward(const T* x, T* y, i64 B, bool) override {
     const i64 in = this->in_, out = this->out_;
     if constexpr (std::is_same_v<T, float>) {
-      if (this->act_ != Act::Softmax) {  // bias + activation on each tile as the GEMM finishes it
+      if (!act_row_coupled(this->act_)) {  // bias + activation on each tile as the GEMM finishes it
         sgemm_bias_act(false, false, B, out, in, 1.0f, x, in, W_, out, y, out,
                        GemmEpilogue{b_, int(this->act_), this->alpha_});
         return;

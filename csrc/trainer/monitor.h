@@ -44,7 +44,7 @@ class GradientMonitor {
     for (size_t l = 0; l < layers.size(); ++l) {
       Act a = layers[l]->activation();
       i64 units = layers[l]->units();
-      bool relu = a == Act::Relu || a == Act::LeakyRelu;
+      bool relu = act_has_dead_region(a);
       const i64 out = layers[l]->out_size();
       if (active_ && relu && units > 0 && out % units == 0) {
         i64 width = units;  // widen to ~256 values, staying a multiple of units and dividing out
