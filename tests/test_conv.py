@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 
+import act_reference
 import chainrule as cr
 from chainrule.layers import (AveragePooling2D, Conv2D, Dense, Dropout, Flatten, MaxPooling2D,
                               Reshape)
@@ -254,6 +255,60 @@ def test_conv2d_one_channel_simd_kernels_match_naive_twin(target):
             want = np.tanh(want)
         assert rel_err(np.array(r["y"]).reshape(want.shape), want) < 1e-5, (shape, kernel)
         assert max(r["grad_err"]) < 1e-5, (shape, kernel, r["grad_err"])
+
+
+# Conv2D's paths for every activation in the core's table: the im2col GEMM, pointwise (no
+# im2col), the one-channel direct loops (with and without its SIMD kernels: Cout % 8 == 0 and
+# no padding) and the naive twin; then bias + activation on each output row.
+ACT_CONV_CASES = [
+    ((7, 6, 3), 5, (3, 3), (2, 2), "same"),    # im2col
+    ((5, 5, 4), 6, (1, 1), (1, 1), "valid"),   # pointwise
+    ((9, 8, 1), 3, (3, 2), (2, 2), "same"),    # direct, padded
+    ((9, 9, 1), 8, (3, 3), (1, 1), "valid"),   # direct, the SIMD kernels' shape
+]
+
+
+@pytest.mark.parametrize("spec", act_reference.specs(), ids=act_reference.spec_id)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("naive", [False, True])
+def test_conv2d_every_activation_matches_numpy(spec, dtype, naive, monkeypatch):
+    if naive:
+        monkeypatch.setenv("CHAINRULE_CONV_NAIVE", "1")
+    name, alpha = spec
+    rng = np.random.default_rng(7)
+    for shape, filters, kernel, strides, padding in ACT_CONV_CASES:
+        m = compiled([Conv2D(filters, kernel, strides=strides, padding=padding,
+                             activation=act_reference.make(spec))], shape, dtype=dtype)
+        k = rng.normal(size=m.get_weights()[0].shape)
+        b = rng.normal(size=(filters,))  # distinct per channel: a misplaced bias shows
+        m.set_weights([k.astype(dtype), b.astype(dtype)])
+        x = rng.normal(size=(5,) + shape).astype(dtype)
+        z = conv2d_ref(x.astype(np.float64), k.astype(dtype).astype(np.float64),
+                       b.astype(dtype).astype(np.float64), strides, padding)
+        want = act_reference.forward(name, z, alpha)  # softmax: over the channels of a pixel
+        tol = 1e-12 if dtype == "float64" else 2e-5
+        np.testing.assert_allclose(m.predict(x), want, rtol=tol, atol=tol,
+                                   err_msg=f"{shape} {kernel} {strides} {padding}")
+
+
+@pytest.mark.parametrize("spec", act_reference.specs(), ids=act_reference.spec_id)
+@pytest.mark.parametrize("case", ACT_CONV_CASES[:3], ids=["im2col", "pointwise", "direct"])
+def test_conv2d_every_activation_gradients(spec, case):
+    """The fused activation + bias-gradient pass of Conv2D's backward, for every activation
+    in the table, against central differences (weights, bias, and the input through the
+    Dense in front)."""
+    shape, filters, kernel, strides, padding = case
+    rng = np.random.default_rng(8)
+    n_in = 4
+    m = compiled([Dense(int(np.prod(shape)), activation="tanh"), Reshape(shape),
+                  Conv2D(filters, kernel, strides=strides, padding=padding,
+                         activation=act_reference.make(spec)),
+                  Flatten(), Dense(3)], (n_in,), loss="mse")
+    # nonzero biases keep pre-activations off the ReLU kink (an all-zero field sits on it)
+    m.set_weights([w if w.ndim > 1 else rng.normal(size=w.shape) for w in m.get_weights()])
+    x = rng.normal(size=(3, n_in))
+    y = rng.normal(size=(3, 3))
+    fd_check(m, x, y, rng=rng)
 
 
 # ------------------------------------------------------------------ gradients (float64 FD)

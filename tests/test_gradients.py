@@ -6,6 +6,7 @@ Not here: PyTorch parity (test_torch_parity.py) and the training API (test_model
 import numpy as np
 import pytest
 
+import act_reference
 import chainrule as cr
 
 EPS = 1e-6          # central-difference step (float64)
@@ -18,24 +19,7 @@ PROB_EPS = 1e-7     # Keras's clipping of probabilities for non-fused cross-entr
 SHAPES = [(1, 3, 4, 2), (7, 5, 3, 3), (13, 2, 6, 4)]
 
 
-# -- numpy oracles ------------------------------------------------------------------------
-def np_activation(name, z, alpha=0.01):
-    if name == "linear":
-        return z
-    if name == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-z))
-    if name == "tanh":
-        return np.tanh(z)
-    if name == "relu":
-        return np.maximum(z, 0.0)
-    if name == "leaky_relu":
-        return np.where(z > 0, z, alpha * z)
-    if name == "softmax":
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
-    raise AssertionError(name)
-
-
+# -- numpy oracles (activations: act_reference.py) ---------------------------------------
 def np_forward(weights, acts, x):
     """Outputs and the pre-activations of every layer; acts: [(name, alpha)]."""
     h = np.asarray(x, dtype=np.float64)
@@ -43,7 +27,7 @@ def np_forward(weights, acts, x):
     for (name, alpha), (k, b) in zip(acts, zip(weights[::2], weights[1::2])):
         z = h @ k + b
         pre.append(z)
-        h = np_activation(name, z, alpha)
+        h = act_reference.forward(name, z, alpha)
     return h, pre
 
 
@@ -93,7 +77,7 @@ def make_targets(loss, n, c, rng):
 def kink_free_inputs(model, acts, shape, rng, tries=200):
     """Inputs whose ReLU-family pre-activations are all at least KINK_MARGIN from 0."""
     n, n_in = shape
-    relu_layers = [i for i, (name, _) in enumerate(acts) if name in ("relu", "leaky_relu")]
+    relu_layers = [i for i, (name, _) in enumerate(acts) if name in act_reference.KINKED]
     for _ in range(tries):
         x = rng.normal(size=(n, n_in))
         _, pre = np_forward(model.get_weights(), acts, x)
@@ -153,8 +137,8 @@ def check_weight_gradients(model, acts, x, y, sample_weight=None):
 
 
 # -- finite differences: weights and biases ----------------------------------------------
-HIDDEN_ACTS = ["linear", "sigmoid", "tanh", "relu", "leaky_relu",
-               cr.activations.LeakyReLU(0.2), "softmax"]
+# Every activation in the core's table, those with an alpha also at a non-default one.
+HIDDEN_ACTS = [act_reference.make(spec) for spec in act_reference.specs()]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -172,13 +156,7 @@ def test_hidden_activation_gradients(hidden, shape):
     check_weight_gradients(model, spec, x, y)
 
 
-HEADS = [
-    ("linear", "mse"),
-    ("sigmoid", "mse"),
-    ("tanh", "mse"),
-    ("relu", "mse"),
-    ("leaky_relu", "mse"),
-    ("softmax", "mse"),
+HEADS = [(name, "mse") for name in act_reference.NAMES] + [  # every activation in the table
     ("softmax", "categorical_crossentropy"),          # fused
     ("softmax", "sparse_categorical_crossentropy"),   # fused
     ("sigmoid", "binary_crossentropy"),               # fused
