@@ -52,7 +52,6 @@ class Conv2D final : public Layer<T> {
     // One input channel: direct loops (no im2col) for the forward pass and dW.
     direct_ = cin == 1 && !pointwise_;
     chunk_ = std::max<i64>(1, kColBytes / i64(sizeof(T) * col_per_sample));
-    bsum_.assign(cout, T(0));
     const char* env = std::getenv("CHAINRULE_CONV_NAIVE");
     naive_ = env && env[0] == '1';
   }
@@ -71,6 +70,8 @@ class Conv2D final : public Layer<T> {
   }
   bool naive() const { return naive_; }
   void reserve(i64 batch) override {
+    const i64 nbs = bias_blocks(batch) * s_.Cout;
+    if (i64(bsum_.size()) < nbs) bsum_.assign(nbs, T(0));
     if (pointwise_ || naive_) return;
     if (direct_) {
       const i64 nk = s_.K() * s_.Cout * max_threads();
@@ -164,7 +165,15 @@ class Conv2D final : public Layer<T> {
     if (B < 1) fail("Conv2D: batch must be >= 1; received ", B);
     if (!pointwise_ && !naive_ && i64(col_.size()) < std::min(B, chunk_) * s_.OH() * s_.OW() * s_.K())
       fail("Conv2D: batch of ", B, " exceeds the reserved capacity (reserve() was not called)");
+    if (i64(bsum_.size()) < bias_blocks(B) * s_.Cout)
+      fail("Conv2D: batch of ", B, " exceeds the reserved capacity (reserve() was not called)");
   }
+
+  // The bias gradient is summed over blocks of this many output rows (pixels), each block's
+  // partial sums kept apart: float32 sums over large batches keep their precision, and the
+  // blocks can run on different threads.
+  static constexpr i64 kBiasBlock = 256;
+  i64 bias_blocks(i64 B) const { return (B * s_.OH() * s_.OW() + kBiasBlock - 1) / kBiasBlock; }
 
   // y: (rows, Cout) GEMM output, in cache: add the bias (unless the direct kernel already
   // did) and apply the activation, one pass per row with the shared row kernel.
@@ -173,23 +182,27 @@ class Conv2D final : public Layer<T> {
   }
 
   // dy -> dz = dy ⊙ act'(y) in place and db += Σ_rows dz, one pass with the shared row
-  // kernel (softmax, row-coupled: its own pass first). Summed in blocks of rows so float32
-  // sums over large batches keep their precision.
+  // kernel (softmax, row-coupled: its own pass first). Blocks of rows in parallel, their
+  // partial sums added to db in block order: the same sums whatever the thread count.
   void backprop_activation_and_bias(const T* y, T* dz, i64 rows) {
     dispatch_act(this->act_, [&](auto op) {
       using Op = decltype(op);
       const i64 Co = s_.Cout;
-      if constexpr (Op::row_coupled) activation_backward(this->act_, this->alpha_, y, dz, rows, Co);
+      const T alpha = this->alpha_;
+      if constexpr (Op::row_coupled) activation_backward(this->act_, alpha, y, dz, rows, Co);
       using Elem = std::conditional_t<Op::row_coupled, act::Linear, Op>;
-      T* __restrict bs = bsum_.data();
-      constexpr i64 kBlock = 256;
-      for (i64 r0 = 0; r0 < rows; r0 += kBlock) {
-        const i64 r1 = std::min(rows, r0 + kBlock);
+      const i64 nblk = (rows + kBiasBlock - 1) / kBiasBlock;
+      T* bsum = bsum_.data();
+#pragma omp parallel for schedule(static) if (rows * Co > kParallelElems && nblk > 1)
+      for (i64 k = 0; k < nblk; ++k) {
+        T* __restrict bs = bsum + k * Co;
         std::fill(bs, bs + Co, T(0));
-        for (i64 r = r0; r < r1; ++r)
-          act_grad_sum_row<Elem>(y + r * Co, dz + r * Co, bs, Co, this->alpha_);
-        for (i64 j = 0; j < Co; ++j) db_[j] += bs[j];
+        const i64 r1 = std::min(rows, (k + 1) * kBiasBlock);
+        for (i64 r = k * kBiasBlock; r < r1; ++r)
+          act_grad_sum_row<Elem>(y + r * Co, dz + r * Co, bs, Co, alpha);
       }
+      for (i64 k = 0; k < nblk; ++k)
+        for (i64 j = 0; j < Co; ++j) db_[j] += bsum[k * Co + j];
     });
   }
 
@@ -200,7 +213,7 @@ class Conv2D final : public Layer<T> {
   bool naive_ = false;  // run the direct twin (CHAINRULE_CONV_NAIVE=1)
   i64 chunk_ = 1;
   avec<T> col_;
-  avec<T> bsum_;  // (Cout) block partial sums for db
+  avec<T> bsum_;  // (bias blocks, Cout) partial sums for db
   const T* col_holds_ = nullptr;  // the x whose im2col the buffer holds (training forward)
   i64 col_batch_ = 0;
   T* W_ = nullptr;
