@@ -3,6 +3,7 @@ explicitly, checked first, and the caller's arrays are never modified."""
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -125,6 +126,23 @@ def prepare_sample_weight(sw, n, dtype):
         i = int(np.argmax(arr < 0))
         raise ValueError(f"sample_weight must be >= 0; received {arr[i]!r} at index {i}")
     return as_finite("sample_weight", arr, dtype)
+
+
+# The largest float32. Every hyperparameter must fit: a float32 model computes with them in
+# float32, where a larger value is inf and turns the weights into NaN on the first step.
+F32_MAX = 3.4028234663852886e38
+
+
+def hyper_float(value):
+    """``float(value)`` for a real number that is not a bool (numpy scalars included); a
+    string, None or any other object raises TypeError. A number too large for a float (such
+    as ``10**400``) becomes +-inf, so the caller's range check rejects it with ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"expected a real number; received {type(value).__name__}")
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 # Counts (epochs, batch sizes) above this are refused: the core indexes with int64, and no

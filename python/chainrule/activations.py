@@ -8,6 +8,7 @@ import math
 import numbers
 
 from . import _core
+from ._checks import F32_MAX
 
 __all__ = ["Activation", "LeakyReLU", "get", "NAMES"]
 
@@ -15,8 +16,6 @@ _CODES = dict(_core.ACTIVATIONS)           # name -> code, in the core's order
 _DEFAULT_ALPHA = dict(_core.ACTIVATION_ALPHA)  # name -> default alpha, for those that take one
 _ALIASES = {None: "linear", "identity": "linear", "none": "linear", "leakyrelu": "leaky_relu"}
 NAMES = tuple(_CODES)
-# The largest float32: a larger alpha is inf in a float32 model (and NaN after 0 * inf).
-_F32_MAX = 3.4028234663852886e38
 
 
 class Activation:
@@ -39,8 +38,8 @@ class Activation:
             value = math.inf
         if not (value >= 0.0 and value < math.inf):
             raise ValueError(f"activation alpha must be a finite number >= 0; received {alpha!r}")
-        if value > _F32_MAX:
-            raise ValueError(f"activation alpha must be at most {_F32_MAX:.8g} (the float32 range); "
+        if value > F32_MAX:
+            raise ValueError(f"activation alpha must be at most {F32_MAX:.8g} (the float32 range); "
                              f"received {alpha!r}")
         self.name = name
         self.alpha = value

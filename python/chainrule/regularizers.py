@@ -5,36 +5,24 @@ kernel's gradient, inside the C++ step (as Keras's regularizers)."""
 from __future__ import annotations
 
 import math
-import numbers
+
+from ._checks import F32_MAX, hyper_float
 
 __all__ = ["Regularizer", "L1", "L2", "L1L2", "get"]
 
-# The largest float32. Every hyperparameter must fit: a float32 model computes with them in
-# float32, where a larger value is inf and turns the weights into NaN on the first step.
-_F32_MAX = 3.4028234663852886e38
 
 
-def _float(value):
-    """``float(value)`` for a real number that is not a bool (numpy scalars included); a
-    string, None or any other object raises TypeError. A number too large for a float (such
-    as ``10**400``) becomes +-inf, so the caller's range check rejects it with ValueError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"expected a real number; received {type(value).__name__}")
-    try:
-        return float(value)
-    except OverflowError:
-        return math.inf if value > 0 else -math.inf
 
 
 def _factor(name, v):
     try:
-        f = _float(v)
+        f = hyper_float(v)
     except TypeError:
         raise TypeError(f"regularizer {name} must be a number; received {v!r}") from None
     if not (math.isfinite(f) and f >= 0):
         raise ValueError(f"regularizer {name} must be a finite number >= 0; received {v!r}")
-    if f > _F32_MAX:
-        raise ValueError(f"regularizer {name} must be at most {_F32_MAX:.8g} (the float32 range); received {v!r}")
+    if f > F32_MAX:
+        raise ValueError(f"regularizer {name} must be at most {F32_MAX:.8g} (the float32 range); received {v!r}")
     return f
 
 

@@ -9,38 +9,26 @@ The rate at step t (t = 0 for the first update) is also available as ``schedule(
 from __future__ import annotations
 
 import math
-import numbers
+
+from ._checks import F32_MAX, hyper_float
 
 __all__ = ["LearningRateSchedule", "StepDecay", "ExponentialDecay", "CosineDecay", "get"]
 
-# The largest float32. Every hyperparameter must fit: a float32 model computes with them in
-# float32, where a larger value is inf and turns the weights into NaN on the first step.
-_F32_MAX = 3.4028234663852886e38
 
 
-def _float(value):
-    """``float(value)`` for a real number that is not a bool (numpy scalars included); a
-    string, None or any other object raises TypeError. A number too large for a float (such
-    as ``10**400``) becomes +-inf, so the caller's range check rejects it with ValueError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"expected a real number; received {type(value).__name__}")
-    try:
-        return float(value)
-    except OverflowError:
-        return math.inf if value > 0 else -math.inf
 
 
 def _num(cls, name, value, lo=0.0, strict=True, hi=None):
     try:
-        v = _float(value)
+        v = hyper_float(value)
     except TypeError:
         raise TypeError(f"{cls}: {name} must be a number; received {value!r}") from None
     ok = math.isfinite(v) and (v > lo if strict else v >= lo) and (hi is None or v <= hi)
     if not ok:
         rng = f"{'>' if strict else '>='} {lo}" + (f" and <= {hi}" if hi is not None else "")
         raise ValueError(f"{cls}: {name} must be a finite number {rng}; received {value!r}")
-    if v > _F32_MAX:
-        raise ValueError(f"{cls}: {name} must be at most {_F32_MAX:.8g} (the float32 range); received {value!r}")
+    if v > F32_MAX:
+        raise ValueError(f"{cls}: {name} must be at most {F32_MAX:.8g} (the float32 range); received {value!r}")
     return v
 
 
