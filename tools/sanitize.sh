@@ -127,7 +127,10 @@ if [[ $KEEP_GOING == 1 ]]; then
 else
   SAN="$SAN -fno-sanitize-recover=undefined"; MODE=halt
 fi
-BUILD="$WORK/build-$MODE"
+# One build tree per checkout and interpreter: a tree configured for another source folder or
+# another Python (an earlier run on the same machine, a CI clone) is never reused.
+KEY="$(printf '%s\n%s\n' "$ROOT" "$("$PYTHON" -c 'import sys; print(sys.executable)')" | cksum | cut -d' ' -f1)"
+BUILD="$WORK/build-$MODE-$KEY"
 GEN=(-G "Unix Makefiles")
 [[ -n "$NINJA" ]] && GEN=(-G Ninja -DCMAKE_MAKE_PROGRAM="$NINJA")
 if [[ -f "$BUILD/CMakeCache.txt" ]] && ! grep -q "^CMAKE_GENERATOR:INTERNAL=${GEN[1]}\$" "$BUILD/CMakeCache.txt"; then
