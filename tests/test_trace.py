@@ -177,3 +177,58 @@ def test_trace_bad_input():
         m.trace(np.full((2, 4), np.nan), np.zeros((2, 3)))
     with pytest.raises(ValueError):
         m.trace(np.zeros((2, 4)), np.zeros((2, 3)), sample_weight=np.ones(3))
+
+
+def test_gradient_check_small_errors_and_model_untouched():
+    m = _cnn(O.Adam(0.01))
+    m2 = cr.Sequential.from_config({**m.get_config(), "dtype": "float32"})
+    m2.compile(optimizer=O.SGD(0.1, momentum=0.9), loss="sparse_categorical_crossentropy")
+    x = _data(m, 3)
+    y = np.array([0, 2, 1])
+    for model in (m, m2):
+        model.train_on_batch(x, y)
+        before = model.get_weights()
+        state = model._core.get_optimizer_state()
+        step = model._core.step_count
+        errs = cr.gradient_check(model, x, y)
+        assert set(errs) == {"conv2d", "conv2d_1", "dense"}
+        assert all(set(e) == {"kernel", "bias"} for e in errs.values())
+        assert max(v for e in errs.values() for v in e.values()) < 1e-7
+        assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), before))
+        assert all(np.array_equal(a, b) for a, b in zip(model._core.get_optimizer_state(), state))
+        assert model._core.step_count == step and model.dtype in ("float32", "float64")
+
+
+def test_gradient_check_detects_a_wrong_gradient(monkeypatch):
+    m = _dense("tanh", "mse", "linear")
+    x, y = np.ones((2, 4)), np.zeros((2, 3))
+    m.build((4,))
+    from chainrule import tracing
+    real = tracing.build_trace
+
+    def broken(*a, **k):
+        t = real(*a, **k)
+        t.layers[0].grads["kernel"] = t.layers[0].grads["kernel"] * 1.01
+        return t
+    monkeypatch.setattr(tracing, "build_trace", broken)
+    errs = cr.gradient_check(m, x, y)
+    assert errs["dense"]["kernel"] > 1e-3 and errs["dense"]["bias"] < 1e-7
+
+
+def test_gradient_check_bad_input():
+    m = _dense()
+    x, y = np.ones((2, 4)), np.zeros((2, 3))
+    m.build((4,))
+    for eps in (0.0, -1e-6, float("nan"), 2.0):
+        with pytest.raises(ValueError, match="eps"):
+            cr.gradient_check(m, x, y, eps=eps)
+    with pytest.raises(TypeError, match="eps"):
+        cr.gradient_check(m, x, y, eps="small")
+    with pytest.raises(TypeError, match="model"):
+        cr.gradient_check("model", x, y)
+    with pytest.raises(ValueError):
+        cr.gradient_check(m, np.ones((2, 5)), y)
+    u = cr.Sequential([L.Dense(2, input_shape=(3,))])
+    u.build((3,))
+    with pytest.raises(ValueError, match="compiled"):
+        cr.gradient_check(u, np.ones((1, 3)), np.zeros((1, 2)))
