@@ -232,3 +232,62 @@ def test_gradient_check_bad_input():
     u.build((3,))
     with pytest.raises(ValueError, match="compiled"):
         cr.gradient_check(u, np.ones((1, 3)), np.zeros((1, 2)))
+
+
+def _drop_mlp(dtype="float64", opt=None):
+    m = cr.Sequential([L.Reshape((2, 3), input_shape=(6,)), L.Flatten(), L.Dense(8, activation="relu"),
+                       L.Dropout(0.5), L.Dense(4, activation="softmax"), L.Reshape((2, 2))],
+                      dtype=dtype, seed=4)
+    m.compile(optimizer=opt or O.SGD(0.05, momentum=0.9, clipvalue=0.5), loss="categorical_crossentropy")
+    return m
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_trace_between_steps_changes_nothing(dtype):
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(5, 6))
+    y = np.eye(4)[rng.integers(0, 4, 5)]
+    a, b = _drop_mlp(dtype), _drop_mlp(dtype)
+    for m in (a, b):
+        m.stop_on_nonfinite = True
+        m.fit(x, y, epochs=1, batch_size=2, verbose=0, seed=1)
+    grads_before = [a._core.get_param(i, True) for i in range(4)]
+    health, dead = a._core.param_health(), a._core.dead_fraction()
+    t = a.trace(x, y)
+    assert [a._core.get_param(i, True).tolist() for i in range(4)] == [g.tolist() for g in grads_before]
+    assert a._core.param_health() == health and a._core.dead_fraction() == dead
+    for _ in range(3):
+        la, lb = a.train_on_batch(x, y), b.train_on_batch(x, y)
+        assert la == lb
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+    # Flatten/Reshape: shapes and deltas routed from the neighbouring core layers.
+    assert [lt.kind for lt in t.layers] == ["Reshape", "Flatten", "Dense", "Dropout", "Dense", "Reshape"]
+    assert t.layers[0].a.shape == (5, 2, 3) and t.layers[-1].a.shape == (5, 2, 2)
+    np.testing.assert_array_equal(t.layers[1].delta.reshape(5, -1), t.layers[0].delta.reshape(5, -1))
+    assert t.layers[0].z is None and t.layers[3].z is None and t.layers[3].winners is None
+    np.testing.assert_array_equal(t.layers[-1].delta.reshape(5, -1), t.output_grad.reshape(5, -1))
+    np.testing.assert_array_equal(t.output, t.layers[-1].a)
+    np.testing.assert_array_equal(t.targets, y)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_trace_update_matches_step_with_dropout(dtype):
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(4, 6))
+    y = np.eye(4)[rng.integers(0, 4, 4)]
+    m = _drop_mlp(dtype, O.Adam(0.01, clipnorm=0.3, weight_decay=0.01))
+    m.train_on_batch(x, y)
+    before = m.get_weights()
+    t = m.trace(x, y)
+    loss = m.train_on_batch(x, y)
+    assert t.loss == pytest.approx(loss, rel=1e-6 if dtype == "float32" else 0)
+    ups = [u for lt in t.layers for u in lt.updates.values()]
+    assert len(ups) == 4
+    for u, a, b in zip(ups, m.get_weights(), before):
+        np.testing.assert_array_equal(u, a - b)
+    drop = t.layers[3]
+    kept = drop.a != 0
+    assert 0 < kept.mean() < 1  # dropout was active in the trace, with the step's masks
+    np.testing.assert_allclose(drop.a[kept], 2 * drop.input[kept], rtol=1e-6)
+    assert t.learning_rate == m.learning_rate

@@ -251,6 +251,8 @@ class Network {
   // weights, gradients and optimizer state). Nothing of the network's state changes: the
   // dropout streams are put back (the trace sees the masks the next step will draw), the
   // gradient block is restored, the monitor and NaN guard are not touched.
+  // z in float32 may differ from the value the fused Dense epilogue used in the last bit;
+  // in float64 the two are the same computation.
   TraceRecord<T> trace(const T* X, const T* Y, const T* SW, i64 B) {
     BatchCall call(*this, B, B, NeedsCompile::Yes);
     const size_t L = layers_.size();
