@@ -291,3 +291,29 @@ def test_trace_update_matches_step_with_dropout(dtype):
     assert 0 < kept.mean() < 1  # dropout was active in the trace, with the step's masks
     np.testing.assert_allclose(drop.a[kept], 2 * drop.input[kept], rtol=1e-6)
     assert t.learning_rate == m.learning_rate
+
+
+def test_maxpool_winners_overlapping_same_windows_and_sample_weight():
+    m = cr.Sequential([L.MaxPooling2D(3, strides=2, padding="same", input_shape=(5, 6, 2)), L.Flatten(),
+                       L.Dense(2, activation="sigmoid")], dtype="float64", seed=0)
+    m.compile(optimizer=O.RMSprop(0.01, momentum=0.5), loss="binary_crossentropy")
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3, 5, 6, 2))
+    y = rng.integers(0, 2, (3, 2)).astype(float)
+    sw = np.array([0.5, 2.0, 1.0])
+    t = m.trace(x, y, sample_weight=sw)
+    mp = t.layers[0]
+    assert mp.winners.shape == (3, 3, 3, 2) and mp.winners.dtype.kind == "i"
+    picked = np.take_along_axis(x.reshape(3, -1), mp.winners.reshape(3, -1), axis=1)
+    np.testing.assert_array_equal(picked, mp.a.reshape(3, -1))
+    # Each winner lies in its window (pad_before: 1 row, 0 columns) and has the output's channel.
+    h = mp.winners // (6 * 2)
+    w = (mp.winners // 2) % 6
+    c = mp.winners % 2
+    oh, ow, oc = np.meshgrid(np.arange(3), np.arange(3), np.arange(2), indexing="ij")
+    assert np.all((h >= 2 * oh - 1) & (h <= 2 * oh + 1) & (w >= 2 * ow) & (w <= 2 * ow + 2) & (c == oc))
+    before = m.get_weights()
+    m.train_on_batch(x, y, sample_weight=sw)
+    for u, a, b in zip([t.layers[2].updates["kernel"], t.layers[2].updates["bias"]], m.get_weights(), before):
+        np.testing.assert_array_equal(u, a - b)
+    assert max(v for e in cr.gradient_check(m, x, y, sample_weight=sw).values() for v in e.values()) < 1e-7
