@@ -361,6 +361,38 @@ void bind_network(py::module_& m, const char* name) {
              return stats_dict(locked(n, [&] { return n.compute_gradients(c.x, c.y, c.w, c.n); }));
            },
            py::arg("x").noconvert(), py::arg("y").noconvert(), py::arg("sample_weight") = py::none())
+      .def("trace",
+           [](Net& n, const Arr<T>& x, const Arr<T>& y, const py::object& sw) {
+             auto c = check_xy(n, x, y, sw);
+             cr::TraceRecord<T> tr = locked(n, [&] { return n.trace(c.x, c.y, c.w, c.n); });
+             auto arr = [](const std::vector<T>& v) -> py::object {
+               if (v.empty()) return py::none();
+               Arr<T> a(py::ssize_t(v.size()));
+               std::memcpy(a.mutable_data(), v.data(), sizeof(T) * v.size());
+               return std::move(a);
+             };
+             py::list layers;
+             for (auto& r : tr.layers) {
+               py::dict d;
+               d["input"] = arr(r.input);
+               d["z"] = arr(r.z);
+               d["a"] = arr(r.a);
+               d["dout"] = arr(r.dout);
+               d["delta"] = arr(r.delta);
+               d["dinput"] = arr(r.dinput);
+               layers.append(d);
+             }
+             py::dict out;
+             out["layers"] = layers;
+             out["output"] = arr(tr.output);
+             out["output_grad"] = arr(tr.output_grad);
+             out["grads"] = arr(tr.grads);
+             out["updates"] = arr(tr.updates);
+             out["loss"] = tr.loss;
+             out["learning_rate"] = tr.learning_rate;
+             return out;
+           },
+           py::arg("x").noconvert(), py::arg("y").noconvert(), py::arg("sample_weight") = py::none())
       .def("evaluate",
            [](Net& n, const Arr<T>& x, const Arr<T>& y, const py::object& sw, i64 batch) {
              auto c = check_xy(n, x, y, sw);

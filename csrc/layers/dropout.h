@@ -24,6 +24,8 @@ class Dropout final : public Layer<T> {
   }
   const char* kind() const override { return "dropout"; }
   void seed(std::uint64_t s) override { rng_ = SplitMix64(s); }
+  std::uint64_t rng_state() const override { return rng_.state; }
+  void set_rng_state(std::uint64_t s) override { rng_.state = s; }
   void reserve(i64 batch) override {
     if (i64(mask_.size()) < batch * this->in_) mask_.assign(batch * this->in_, T(0));
   }

@@ -39,6 +39,10 @@ class Layer {
   virtual void reserve(i64 batch) {}
   // For layers with randomness in training (dropout): reseeded once per fit call.
   virtual void seed(std::uint64_t s) {}
+  // The random stream's position (dropout), so a trace can put it back: 0 for layers
+  // without randomness.
+  virtual std::uint64_t rng_state() const { return 0; }
+  virtual void set_rng_state(std::uint64_t) {}
 
   // x: (B, in) -> y: (B, out). Caches what backward needs (usually just y, kept by caller).
   virtual void forward(const T* x, T* y, i64 B, bool training) = 0;

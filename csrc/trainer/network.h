@@ -70,6 +70,18 @@ class Poller {
 // What the gradient block holds, tracked by the Network from the calls it makes. Backward
 // passes accumulate (+=) into it; an optimizer step consumes it (reads each gradient and
 // zeroes it in the same loop, which saves a pass over the block per step).
+// What Network::trace records; flat row-major arrays, B rows each.
+template <typename T>
+struct LayerRecord {
+  std::vector<T> input, z, a, dout, delta, dinput;  // z empty for layers without parameters
+};
+template <typename T>
+struct TraceRecord {
+  std::vector<LayerRecord<T>> layers;
+  std::vector<T> output, output_grad, grads, updates;  // grads, updates: the flat block
+  double loss = 0.0, learning_rate = 0.0;
+};
+
 enum class GradState {
   Zero,         // every gradient is zero: just allocated, or consumed by an optimizer step
   Accumulated,  // a backward pass has added into it since
@@ -229,6 +241,89 @@ class Network {
     start_gradient_pass();
     backward(X, B);
     return batch_stats(ls, B);
+  }
+
+  // The numbers of one training step on (X, Y, SW) without taking it (model.trace): per
+  // layer its input, pre-activation z (the layer run with its activation set to Linear; a
+  // itself is the training forward's), output a, dL/d(output) before the layer's backward
+  // and delta after it (dL/dz for layers with an activation), dL/d(input); the gradients
+  // (penalty included) and the update the optimizer step would make (run on copies of the
+  // weights, gradients and optimizer state). Nothing of the network's state changes: the
+  // dropout streams are put back (the trace sees the masks the next step will draw), the
+  // gradient block is restored, the monitor and NaN guard are not touched.
+  // z in float32 may differ from the value the fused Dense epilogue used in the last bit;
+  // in float64 the two are the same computation.
+  TraceRecord<T> trace(const T* X, const T* Y, const T* SW, i64 B) {
+    BatchCall call(*this, B, B, NeedsCompile::Yes);
+    const size_t L = layers_.size();
+    TraceRecord<T> tr;
+    tr.layers.resize(L);
+    std::vector<std::uint64_t> rng(L);
+    for (size_t l = 0; l < L; ++l) rng[l] = layers_[l]->rng_state();
+    const i64 C = out_size();
+    const T* in = X;
+    for (size_t l = 0; l < L; ++l) {
+      Layer<T>& ly = *layers_[l];
+      auto& rec = tr.layers[l];
+      rec.input.assign(in, in + B * ly.in_size());
+      const i64 n = B * ly.out_size();
+      if (ly.param_shapes().size() > 0) {  // a layer with an activation: z first
+        const Act act = ly.activation();
+        ly.set_activation(Act::Linear);
+        try {
+          ly.forward(in, acts_[l].data(), B, false);
+        } catch (...) {
+          ly.set_activation(act);
+          throw;
+        }
+        ly.set_activation(act);
+        rec.z.assign(acts_[l].data(), acts_[l].data() + n);
+      }
+      ly.forward(in, acts_[l].data(), B, true);
+      rec.a.assign(acts_[l].data(), acts_[l].data() + n);
+      in = acts_[l].data();
+    }
+    for (size_t l = 0; l < L; ++l) layers_[l]->set_rng_state(rng[l]);
+    tr.output.assign(acts_.back().data(), acts_.back().data() + B * C);
+    if (head_ != Act::Linear) activation_forward(head_, T(0), tr.output.data(), B, C);
+    std::memcpy(probs_.data(), acts_.back().data(), sizeof(T) * B * C);
+    const LossStats ls = loss_forward_backward<T>(loss_, head_, probs_.data(), Y, SW, B, C, gbuf_[0].data());
+    tr.output_grad.assign(gbuf_[0].data(), gbuf_[0].data() + B * C);
+    // The gradient pass, into the gradient block (the layers are bound to it), saved first.
+    const i64 np = params_.size();
+    std::vector<T> saved_grads(params_.grads(), params_.grads() + np);
+    params_.zero_grads();
+    avec<T> dx0(B * in_size(), T(0));
+    T* dcur = gbuf_[0].data();
+    int which = 0;
+    for (i64 l = i64(L) - 1; l >= 0; --l) {
+      const T* lin = l == 0 ? X : acts_[l - 1].data();
+      T* dx = l == 0 ? dx0.data() : gbuf_[1 - which].data();
+      const i64 n = B * layers_[l]->out_size();
+      tr.layers[l].dout.assign(dcur, dcur + n);
+      layers_[l]->backward(lin, acts_[l].data(), dcur, dx, B);
+      tr.layers[l].delta.assign(dcur, dcur + n);
+      tr.layers[l].dinput.assign(dx, dx + B * layers_[l]->in_size());
+      dcur = dx;
+      which = 1 - which;
+    }
+    const double pen = params_.add_penalty_gradients(params_.all_segments());
+    tr.grads.assign(params_.grads(), params_.grads() + np);
+    const double norm = std::sqrt(params_.grad_sum_squares());
+    std::copy(saved_grads.begin(), saved_grads.end(), params_.grads());
+    // The update, on copies: the step consumes (zeroes) the gradient copy.
+    std::vector<avec<T>> state = opt_state_;
+    avec<T> p(params_.params(), params_.params() + np), g(tr.grads.begin(), tr.grads.end());
+    std::vector<SegmentStats> sums(params_.segments().size());
+    const double gscale = opt_.clipnorm > 0.0 && norm > opt_.clipnorm ? opt_.clipnorm / norm : 1.0;
+    tr.learning_rate = current_learning_rate();
+    optimizer_step(opt_, tr.learning_rate, step_ + 1, gscale, p.data(), g.data(), state,
+                   params_.segments().data(), params_.segments().size(), sums.data(),
+                   monitor_.active() || nan_guard_.enabled());
+    tr.updates.resize(np);
+    for (i64 i = 0; i < np; ++i) tr.updates[i] = p[i] - params_.params()[i];
+    tr.loss = (ls.loss_sum + pen * double(B)) / double(B);
+    return tr;
   }
 
   EpochStats evaluate(const T* X, const T* Y, const T* SW, i64 N, i64 batch,

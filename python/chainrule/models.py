@@ -352,6 +352,22 @@ class Sequential:
         grads = [self._core.get_param(i, True) for i in range(len(self._core.params_info()))]
         return float(stats["loss"]), grads
 
+    def trace(self, x, y, sample_weight=None):
+        """The numbers of the training step ``train_on_batch(x, y, sample_weight)`` would take,
+        without taking it: per layer the input, pre-activation ``z``, output ``a``, error term
+        ``delta`` (dL/dz; dL/d(output) for layers without an activation), the gradients (batch
+        mean, regularization included) and the update the compiled optimizer would add
+        (clipping, weight decay and schedule included), plus the loss and ``output_grad``:
+        dL/d(last layer's pre-activation) when a final softmax/sigmoid is fused into the loss,
+        else dL/d(output). Dropout uses the masks the next step will draw. Nothing of the model
+        changes (weights, optimizer state, step count, dropout streams). Returns a
+        :class:`chainrule.trace.Trace`."""
+        from .tracing import build_trace
+        self._require_compiled("trace")
+        self._check_not_training("trace")
+        X, Y, SW = self._prepare(x, y, sample_weight)
+        return build_trace(self, X, Y, SW, y)
+
     def _scalar_or_list(self, stats):
         if self.metrics:
             return [float(stats["loss"]), float(stats["accuracy"])]
