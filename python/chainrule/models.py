@@ -452,9 +452,42 @@ class Sequential:
             model.build(tuple(config["input_shape"]))
         return model
 
+    # -- pickling and copying --------------------------------------------------------------
+    def __getstate__(self):
+        """``pickle`` and ``copy`` support. The state is the model in the model-file format
+        (:func:`chainrule.saving.model_to_bytes`: config, weights, compile settings, optimizer
+        state, step count and ``lr_scale``; config and compile settings only for a model not
+        built yet), ``stop_on_nonfinite``, and any attributes added to the instance; unpickling
+        reads the model back with :func:`~chainrule.saving.model_from_bytes`'s checks (damaged
+        bytes raise :class:`~chainrule.saving.ModelFormatError`). The copy is independent of
+        the original: ``copy.copy`` gives such a copy too (it cannot share the C++ core).
+
+        Predictions of a copy equal the original's bit for bit, and so does training with the
+        same thread count: ``fit`` with the same ``seed`` and ``initial_epoch`` (the model
+        keeps no epoch counter: pass the epoch to resume at), and ``train_on_batch`` in a
+        model without Dropout (a copy's dropout streams start afresh; ``fit`` reseeds them
+        every epoch). Not copied: ``history`` and ``last_epoch_stats`` (records of the last
+        ``fit``, as in Keras). Pickling a model that another thread is training (inside
+        ``fit``) raises RuntimeError; the training thread's callbacks may pickle it. NaN or
+        infinite weights raise ValueError."""
+        from .saving import _pickle_state
+        return _pickle_state(self)
+
+    def __setstate__(self, state):
+        from .saving import _restore_pickle_state
+        _restore_pickle_state(self, state)
+
     # -- persistence ---------------------------------------------------------------------
     def save(self, path):
         """Write the model (architecture, weights, compile settings, optimizer state) to
         ``path``; see :func:`chainrule.saving.save_model` for the format."""
         from .saving import save_model
         save_model(self, path)
+
+    def export(self, path, format="onnx"):
+        """Write the model for inference elsewhere (Keras's ``export``). ``format``: "onnx",
+        the only one (Keras's default, "tf_saved_model", needs TensorFlow). The ONNX model
+        takes input "input", the array :meth:`predict` takes, and returns what it returns;
+        see :mod:`chainrule.onnx_export`. Needs the onnx package."""
+        from .onnx_export import export
+        export(self, path, format)

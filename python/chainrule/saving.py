@@ -1,4 +1,5 @@
-"""Model files: ``save_model`` / ``load_model``.
+"""Model files: ``save_model`` / ``load_model``, and the same format in memory:
+``model_to_bytes`` / ``model_from_bytes`` (what pickling and copying a model use).
 
 A model file is an uncompressed NumPy ``.npz`` archive: ``__chainrule__`` holds UTF-8 JSON
 metadata (format, version, config, compile), ``param_000``, ``param_001``, … the weights in
@@ -17,12 +18,23 @@ large is allocated. The limits:
   the count, shapes and dtype the saved config builds: the weights are in the file, so a small
   file never builds a large model;
 - one sample's input and each layer's output hold at most 2**31 - 1 values, as for any model.
+
+The bytes of :func:`model_to_bytes` are such a file's contents, read back by the same checks.
+They may also hold a model that is not built yet: its config (``input_shape`` null, no
+weights) and compile settings (no optimizer state, step 0). :func:`load_model` accepts only
+built models, as :func:`save_model` writes only those.
+
+Pickling a model (``pickle``, ``copy``, multiprocessing) stores these bytes, and unpickling
+reads them with the same checks. That guards the model's part only: ``pickle.loads`` itself
+runs whatever code its input names, so unpickle only data you trust, and exchange untrusted
+models as model files or ``model_to_bytes`` bytes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import math
 import os
@@ -37,7 +49,7 @@ from . import layers as _layers
 from . import losses as _losses
 from . import optimizers as _optimizers
 
-__all__ = ["save_model", "load_model", "ModelFormatError"]
+__all__ = ["save_model", "load_model", "model_to_bytes", "model_from_bytes", "ModelFormatError"]
 
 _FORMAT = "chainrule.model"
 _FORMAT_VERSION = 1
@@ -70,23 +82,65 @@ def save_model(model, path):
     """Write ``model`` to ``path``. The file is written to a temporary name in the same folder,
     flushed to disk and renamed over ``path``, so a crash never leaves a partial file. A new
     file gets the permissions ``open()`` would give it (0o666 less the umask); a file that is
-    replaced keeps its permissions."""
+    replaced keeps its permissions. Saving a model that another thread is training (inside
+    ``fit``) raises RuntimeError; a callback of that ``fit`` may save it."""
     if not model.built:
         raise ValueError("the model is not built yet: nothing to save")
     path = os.fspath(path)
-    meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "config": model.get_config()}
-    opt_state = []
-    if model._compiled:
-        opt_state = model._core.get_optimizer_state()
-        meta["compile"] = {"loss": model.loss, "optimizer": model.optimizer.get_config(),
-                           "metrics": list(model.metrics), "optimizer_step": int(model._core.step_count),
-                           "lr_scale": float(model._core.lr_scale), "optimizer_slots": len(opt_state)}
-    arrays = {"__chainrule__": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
-    for i, w in enumerate(model.get_weights()):
-        arrays[f"param_{i:03d}"] = w
-    for i, st in enumerate(opt_state):
-        arrays[f"optimizer_{i:03d}"] = st
+    arrays = _model_arrays(model, "save")
     _write_atomically(path, lambda f: np.savez(f, **arrays))
+
+
+def model_to_bytes(model):
+    """``model`` in the model-file format (what :func:`save_model` writes), as bytes;
+    :func:`model_from_bytes` reads them back. Unlike a file, the bytes may hold a model that
+    is not built yet. Raises RuntimeError while another thread trains the model, and
+    ValueError when its weights or optimizer state hold NaN or infinite values (the loader
+    refuses those)."""
+    return _to_bytes(model, "model_to_bytes")
+
+
+def _to_bytes(model, what):
+    arrays = _model_arrays(model, what)
+    for key, arr in arrays.items():
+        if key != "__chainrule__" and not np.isfinite(arr).all():
+            if key.startswith("param_"):
+                i = int(key[6:])
+                layer, pname = [(l.name, n) for l in model._layers for n, *_ in l.param_specs()][i]
+                entry = f"weights[{i}] ({pname} of layer {layer!r})"
+            else:
+                entry = f"optimizer state slot {int(key[10:])}"
+            raise ValueError(f"{what}: model {model.name!r}: {entry} holds NaN or infinite values; a "
+                             "serialized model holds finite values only (set finite weights first)")
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _model_arrays(model, what):
+    """The archive entries of ``model``: the metadata, the weights and the optimizer state,
+    read together while no other thread trains the model (``fit`` waits to start)."""
+    from .models import _TRAINING_MARK_LOCK
+    with _TRAINING_MARK_LOCK:
+        model._check_not_training(what)
+        config = model.get_config()
+        meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "config": config}
+        opt_state = []
+        if model._compiled:
+            if model.built:
+                opt_state = model._core.get_optimizer_state()
+                step, lr_scale = int(model._core.step_count), float(model._core.lr_scale)
+            else:  # compile settings only: the core (and its state) comes with build
+                step, lr_scale = 0, 1.0
+            meta["compile"] = {"loss": model.loss, "optimizer": model.optimizer.get_config(),
+                               "metrics": list(model.metrics), "optimizer_step": step,
+                               "lr_scale": lr_scale, "optimizer_slots": len(opt_state)}
+        arrays = {"__chainrule__": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
+        for i, w in enumerate(model.get_weights()):
+            arrays[f"param_{i:03d}"] = w
+        for i, st in enumerate(opt_state):
+            arrays[f"optimizer_{i:03d}"] = st
+    return arrays
 
 
 def _write_atomically(path, write):
@@ -164,9 +218,10 @@ class _Archive:
     (uncompressed) .npy array of the size its header declares before its data is read, so no
     read allocates more than the file's own size."""
 
-    def __init__(self, path, f):
-        self.path = path
-        self.file_size = os.fstat(f.fileno()).st_size
+    def __init__(self, source, f):
+        self.source = source  # how messages name the data: the file's repr(path)
+        self.file_size = f.seek(0, io.SEEK_END)
+        f.seek(0)
         try:
             self.zf = zipfile.ZipFile(f)
             infos = self.zf.infolist()
@@ -217,10 +272,10 @@ class _Archive:
                                    f"{len(entries)} {what} entries, numbered up to {max(entries):03d})")
 
     def foreign(self, why):
-        return ModelFormatError(f"{self.path!r} is not a chainrule model file ({why})")
+        return ModelFormatError(f"{self.source} is not a chainrule model file ({why})")
 
     def damaged(self, why):
-        return ModelFormatError(f"{self.path!r} is damaged or not a valid chainrule model file: {why}")
+        return ModelFormatError(f"{self.source} is damaged or not a valid chainrule model file: {why}")
 
     def header(self, info):
         """(open entry, shape, dtype, fortran_order) after checking the entry's size."""
@@ -347,8 +402,10 @@ def _depth(obj):
     return deepest
 
 
-def _check_metadata(meta, ar):
-    """Types and values of every field saving.py writes; returns (config, compile or None)."""
+def _check_metadata(meta, ar, allow_unbuilt):
+    """Types and values of every field saving.py writes; returns (config, compile or None).
+    With ``allow_unbuilt``, the config of a model that is not built (``input_shape`` null,
+    possibly no layers) is accepted too."""
     fmt = meta.get("format")
     if fmt != _FORMAT:
         raise ar.foreign(f"format {_short(fmt)}")
@@ -356,7 +413,7 @@ def _check_metadata(meta, ar):
     if not _is_int(version) or version < 1:
         raise ar.damaged(f"the format version must be a positive integer; received {_short(version)}")
     if version > _FORMAT_VERSION:
-        raise ModelFormatError(f"{ar.path!r} was written by a newer chainrule (format version {version}); "
+        raise ModelFormatError(f"{ar.source} was written by a newer chainrule (format version {version}); "
                                f"this one reads version {_FORMAT_VERSION}")
     extra = set(meta) - _TOP_KEYS
     if extra:
@@ -380,15 +437,18 @@ def _check_metadata(meta, ar):
     if seed is not None and (not _is_int(seed) or seed < 0):
         raise ar.damaged(f"config 'seed' must be a non-negative integer or null; received {_short(seed)}")
     shape = config["input_shape"]
-    if (not isinstance(shape, list) or not shape
+    unbuilt = allow_unbuilt and shape is None
+    if unbuilt:
+        pass
+    elif (not isinstance(shape, list) or not shape
             or any(not _is_int(d) or not 1 <= d <= _layers.MAX_SIZE for d in shape)):
         raise ar.damaged("config 'input_shape' must be a non-empty list of positive integer sizes; "
                          f"received {_short(shape)}")
-    if math.prod(shape) > _layers.MAX_SIZE:
+    elif math.prod(shape) > _layers.MAX_SIZE:
         raise ar.damaged(f"config 'input_shape' {shape} has {math.prod(shape)} values per sample; the limit "
                          f"is {_layers.MAX_SIZE}")
     layers = config["layers"]
-    if not isinstance(layers, list) or not layers:
+    if not isinstance(layers, list) or not (layers or unbuilt):
         raise ar.damaged(f"config 'layers' must be a non-empty list; received {_short(layers)}")
     for i, layer in enumerate(layers):
         if not isinstance(layer, dict) or set(layer) != {"class_name", "config"}:
@@ -436,8 +496,6 @@ def load_model(path):
     A missing file raises FileNotFoundError (a folder IsADirectoryError, an unreadable file
     PermissionError); a file that is damaged, foreign or crafted raises
     :class:`ModelFormatError` saying what is wrong with it."""
-    from .models import Sequential
-
     path = os.fspath(path)
     st = os.stat(path)  # FileNotFoundError / PermissionError as they are
     if stat.S_ISDIR(st.st_mode):
@@ -445,85 +503,184 @@ def load_model(path):
     if not stat.S_ISREG(st.st_mode):
         raise ModelFormatError(f"{path!r} is not a chainrule model file (not a regular file)")
     with open(path, "rb") as f:
-        ar = _Archive(path, f)
+        return _read_model(f, repr(path), allow_unbuilt=False)
 
-        def invalid(e):
-            return ModelFormatError(f"{path!r}: the file's model config is invalid: {_why(e)}")
 
-        meta = ar.metadata()
-        config, comp = _check_metadata(meta, ar)
+def model_from_bytes(data):
+    """The model in ``data``, bytes from :func:`model_to_bytes` (or a model file's contents),
+    read with the same checks as :func:`load_model`: never executes code from the data, and
+    damaged, foreign or crafted bytes raise :class:`ModelFormatError`."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"model_from_bytes: data must be bytes; received {type(data).__name__}")
+    return _read_model(io.BytesIO(data), "the serialized model", allow_unbuilt=True)
 
-        # Layers and shapes in Python first: nothing is allocated until the stored arrays are
-        # known to match what the config builds.
+
+def _read_model(f, source, allow_unbuilt):
+    """The model in the open binary file ``f``; ``source`` names it in messages."""
+    from .models import Sequential
+
+    ar = _Archive(source, f)
+
+    def invalid(e):
+        return ModelFormatError(f"{source}: its model config is invalid: {_why(e)}")
+
+    def bad_compile(e):
+        return ModelFormatError(f"{source}: its compile settings are invalid: {_why(e)}")
+
+    meta = ar.metadata()
+    config, comp = _check_metadata(meta, ar, allow_unbuilt)
+    if config["input_shape"] is None:
+        return _read_unbuilt(ar, config, comp, invalid, bad_compile)
+
+    # Layers and shapes in Python first: nothing is allocated until the stored arrays are
+    # known to match what the config builds.
+    try:
+        model = Sequential.from_config({**config, "input_shape": None})
+        shape = _layers.shape_tuple("the saved model", "input_shape", config["input_shape"])
+        model._assign_names()
+        for layer in model._layers:
+            shape = layer.build(shape)
+        specs = [(layer, pname, tuple(int(d) for d in pshape))
+                 for layer in model._layers for pname, pshape, *_ in layer.param_specs()]
+        _layers.check_size("the saved model's parameter count",
+                           (sum(math.prod(s) for *_, s in specs),))
+    except _CONFIG_ERRORS as e:
+        raise invalid(e) from e
+    np_dtype = np.dtype(config["dtype"])
+    if len(ar.params) != len(specs):
+        raise ar.damaged(f"it holds {len(ar.params)} weight arrays; the saved config builds a model "
+                         f"with {len(specs)}")
+    weights = []
+    for i, (layer, pname, pshape) in enumerate(specs):
+        weights.append(ar.float_array(ar.params[i], pshape, np_dtype, f"the {pname} of layer {layer.name!r}"))
+
+    optimizer = loss = None
+    if comp is not None:
         try:
-            model = Sequential.from_config({**config, "input_shape": None})
-            shape = _layers.shape_tuple("the saved model", "input_shape", config["input_shape"])
-            model._assign_names()
-            for layer in model._layers:
-                shape = layer.build(shape)
-            specs = [(layer, pname, tuple(int(d) for d in pshape))
-                     for layer in model._layers for pname, pshape, *_ in layer.param_specs()]
-            _layers.check_size("the saved model's parameter count",
-                               (sum(math.prod(s) for *_, s in specs),))
+            loss = _losses.get(comp["loss"])
+            optimizer = _optimizers.get(comp["optimizer"])
         except _CONFIG_ERRORS as e:
-            raise invalid(e) from e
-        np_dtype = np.dtype(config["dtype"])
-        if len(ar.params) != len(specs):
-            raise ar.damaged(f"it holds {len(ar.params)} weight arrays; the saved config builds a model "
-                             f"with {len(specs)}")
-        weights = []
-        for i, (layer, pname, pshape) in enumerate(specs):
-            weights.append(ar.float_array(ar.params[i], pshape, np_dtype, f"the {pname} of layer {layer.name!r}"))
+            raise bad_compile(e) from e
+        if len(ar.slots) != comp["optimizer_slots"]:
+            raise ar.damaged(f"it holds {len(ar.slots)} optimizer state arrays; its metadata says "
+                             f"{comp['optimizer_slots']}")
+    elif ar.slots:
+        raise ar.damaged(f"it holds {len(ar.slots)} optimizer state arrays but no compile settings")
 
-        optimizer = loss = None
-        if comp is not None:
-            try:
-                loss = _losses.get(comp["loss"])
-                optimizer = _optimizers.get(comp["optimizer"])
-            except _CONFIG_ERRORS as e:
-                raise ModelFormatError(f"{path!r}: the file's compile settings are invalid: {_why(e)}") from e
-            if len(ar.slots) != comp["optimizer_slots"]:
-                raise ar.damaged(f"it holds {len(ar.slots)} optimizer state arrays; its metadata says "
-                                 f"{comp['optimizer_slots']}")
-        elif ar.slots:
-            raise ar.damaged(f"it holds {len(ar.slots)} optimizer state arrays but no compile settings")
+    # Build: the parameter count equals the stored weights' total size.
+    try:
+        model.build(tuple(config["input_shape"]))
+    except _CONFIG_ERRORS as e:
+        raise invalid(e) from e
+    got = [tuple(p["shape"]) for p in model._core.params_info()]
+    if got != [s for *_, s in specs]:
+        raise RuntimeError(f"internal error: parameter layout mismatch {got} != {[s for *_, s in specs]}")
+    try:
+        model.set_weights(weights)
+    except ValueError as e:
+        raise ar.damaged(f"its weights were rejected: {_why(e)}") from e
+    del weights
 
-        # Build: the parameter count equals the stored weights' total size.
+    if comp is not None:
         try:
-            model.build(tuple(config["input_shape"]))
+            model.compile(optimizer=optimizer, loss=loss, metrics=comp["metrics"])
         except _CONFIG_ERRORS as e:
-            raise invalid(e) from e
-        got = [tuple(p["shape"]) for p in model._core.params_info()]
-        if got != [s for *_, s in specs]:
-            raise RuntimeError(f"internal error: parameter layout mismatch {got} != {[s for *_, s in specs]}")
+            raise bad_compile(e) from e
+        expected = [int(a.size) for a in model._core.get_optimizer_state()]
+        if len(ar.slots) != len(expected):
+            raise ar.damaged(f"it holds {len(ar.slots)} optimizer state arrays; its optimizer "
+                             f"({type(optimizer).__name__}) keeps {len(expected)}")
+        nonneg = _NONNEGATIVE_SLOTS.get(optimizer.kind, ())
+        state = []
+        for k, n in enumerate(expected):
+            arr = ar.float_array(ar.slots[k], (n,), np_dtype, f"optimizer state slot {k}")
+            if k in nonneg and arr.size and arr.min() < 0:
+                raise ar.damaged(f"entry 'optimizer_{k:03d}' holds negative values ({arr.min()!r}) in "
+                                 f"{type(optimizer).__name__}'s running average of squared gradients")
+            state.append(arr)
         try:
-            model.set_weights(weights)
-        except ValueError as e:
-            raise ar.damaged(f"its weights were rejected: {_why(e)}") from e
-        del weights
-
-        if comp is not None:
-            try:
-                model.compile(optimizer=optimizer, loss=loss, metrics=comp["metrics"])
-            except _CONFIG_ERRORS as e:
-                raise ModelFormatError(f"{path!r}: the file's compile settings are invalid: {_why(e)}") from e
-            expected = [int(a.size) for a in model._core.get_optimizer_state()]
-            if len(ar.slots) != len(expected):
-                raise ar.damaged(f"it holds {len(ar.slots)} optimizer state arrays; its optimizer "
-                                 f"({type(optimizer).__name__}) keeps {len(expected)}")
-            nonneg = _NONNEGATIVE_SLOTS.get(optimizer.kind, ())
-            state = []
-            for k, n in enumerate(expected):
-                arr = ar.float_array(ar.slots[k], (n,), np_dtype, f"optimizer state slot {k}")
-                if k in nonneg and arr.size and arr.min() < 0:
-                    raise ar.damaged(f"entry 'optimizer_{k:03d}' holds negative values ({arr.min()!r}) in "
-                                     f"{type(optimizer).__name__}'s running average of squared gradients")
-                state.append(arr)
-            try:
-                if state:
-                    model._core.set_optimizer_state(state)
-                model._core.set_step_count(comp["optimizer_step"])
-                model._core.set_lr_scale(float(comp["lr_scale"]))
-            except (ValueError, TypeError, OverflowError) as e:
-                raise ar.damaged(f"its optimizer state was rejected: {_why(e)}") from e
+            if state:
+                model._core.set_optimizer_state(state)
+            model._core.set_step_count(comp["optimizer_step"])
+            model._core.set_lr_scale(float(comp["lr_scale"]))
+        except (ValueError, TypeError, OverflowError) as e:
+            raise ar.damaged(f"its optimizer state was rejected: {_why(e)}") from e
     return model
+
+
+def _read_unbuilt(ar, config, comp, invalid, bad_compile):
+    """A model that is not built: its layers and compile settings, no weights or state."""
+    from .models import Sequential
+
+    if ar.params or ar.slots:
+        raise ar.damaged(f"its model is not built (input_shape null) but it holds {len(ar.params)} weight "
+                         f"and {len(ar.slots)} optimizer state arrays")
+    try:
+        model = Sequential.from_config(config)
+    except _CONFIG_ERRORS as e:
+        raise invalid(e) from e
+    if comp is not None:
+        if comp["optimizer_step"] != 0 or comp["lr_scale"] != 1.0 or comp["optimizer_slots"] != 0:
+            raise ar.damaged("its model is not built, so its optimizer has taken no step: optimizer_step "
+                             f"must be 0, lr_scale 1.0 and optimizer_slots 0; received "
+                             f"{_short(comp['optimizer_step'])}, {_short(comp['lr_scale'])} and "
+                             f"{_short(comp['optimizer_slots'])}")
+        try:
+            model.compile(optimizer=_optimizers.get(comp["optimizer"]), loss=_losses.get(comp["loss"]),
+                          metrics=comp["metrics"])
+        except _CONFIG_ERRORS as e:
+            raise bad_compile(e) from e
+    return model
+
+
+# -- pickling and copying -------------------------------------------------------------------
+# A pickled Sequential's state: the model-file bytes, plus what a model keeps outside the
+# format: stop_on_nonfinite, and the attributes a user (or a subclass) added to the instance.
+_PICKLE_KEYS = {"model", "stop_on_nonfinite", "attributes"}
+_OWN_ATTRIBUTES = None  # the attribute names of a new Sequential (set on first use)
+
+
+def _own_attributes():
+    """The attribute names a new Sequential has: what the format and the state below hold."""
+    global _OWN_ATTRIBUTES
+    if _OWN_ATTRIBUTES is None:
+        from .models import Sequential
+        _OWN_ATTRIBUTES = frozenset(vars(Sequential()))
+    return _OWN_ATTRIBUTES
+
+
+def _pickle_state(model):
+    """``Sequential.__getstate__``: the model in the model-file format (model_to_bytes), its
+    stop_on_nonfinite, and the instance attributes Sequential does not define itself. The
+    history of the last ``fit`` and ``last_epoch_stats`` are records of a past run, not state,
+    and are not included (as in Keras)."""
+    own = _own_attributes()
+    return {"model": _to_bytes(model, "pickle/copy"), "stop_on_nonfinite": bool(model._stop_on_nonfinite),
+            "attributes": {k: v for k, v in vars(model).items() if k not in own}}
+
+
+def _restore_pickle_state(model, state):
+    """``Sequential.__setstate__``: ``model`` (an empty instance pickle made) becomes the one
+    in ``state``. The model bytes go through :func:`model_from_bytes`; any damage raises
+    ModelFormatError."""
+    source = "the pickled model"
+    if not isinstance(state, dict) or set(state) != _PICKLE_KEYS:
+        got = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+        raise ModelFormatError(f"{source} is damaged or not a chainrule model: its state must be a dict with "
+                               f"keys {sorted(_PICKLE_KEYS)}; received {_short(got)}")
+    data, stop, extra = state["model"], state["stop_on_nonfinite"], state["attributes"]
+    if not isinstance(data, bytes):
+        raise ModelFormatError(f"{source} is damaged: 'model' must be bytes; received {type(data).__name__}")
+    if not isinstance(stop, bool):
+        raise ModelFormatError(f"{source} is damaged: 'stop_on_nonfinite' must be True or False; "
+                               f"received {_short(stop)}")
+    own = _own_attributes()
+    if not isinstance(extra, dict) or any(not isinstance(k, str) or k in own for k in extra):
+        raise ModelFormatError(f"{source} is damaged: 'attributes' must map names that are not "
+                               f"Sequential's own to values; received keys "
+                               f"{_short(list(extra) if isinstance(extra, dict) else extra)}")
+    loaded = _read_model(io.BytesIO(data), source, allow_unbuilt=True)
+    vars(model).clear()
+    vars(model).update(vars(loaded))
+    model.stop_on_nonfinite = stop
+    vars(model).update(extra)
