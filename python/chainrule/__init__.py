@@ -15,8 +15,9 @@ __all__ = ["Sequential", "gradient_check", "History", "load_model", "ModelFormat
 
 
 def __getattr__(name):
-    # datasets is imported lazily: it is not needed to train on arrays one already has.
-    if name == "datasets":
+    # datasets is imported lazily: it is not needed to train on arrays one already has;
+    # sklearn (the scikit-learn estimators) imports scikit-learn, an optional dependency.
+    if name in ("datasets", "sklearn"):
         import importlib
-        return importlib.import_module(".datasets", __name__)
+        return importlib.import_module("." + name, __name__)
     raise AttributeError(f"module 'chainrule' has no attribute {name!r}")
