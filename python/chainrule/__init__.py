@@ -7,7 +7,7 @@ from .models import GradientWarning, History, NonFiniteWarning, Sequential
 from .saving import ModelFormatError, load_model
 from .system import cpu_info, get_num_threads, set_num_threads
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["Sequential", "gradient_check", "History", "load_model", "ModelFormatError", "GradientWarning", "NonFiniteWarning", "layers", "optimizers", "losses",
            "activations", "initializers", "regularizers", "schedules", "callbacks", "datasets",
