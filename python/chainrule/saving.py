@@ -30,12 +30,16 @@ import re
 import secrets
 import stat
 import zipfile
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import layers as _layers
 from . import losses as _losses
 from . import optimizers as _optimizers
+
+if TYPE_CHECKING:
+    from .models import Sequential
 
 __all__ = ["save_model", "load_model", "ModelFormatError"]
 
@@ -66,7 +70,7 @@ class ModelFormatError(ValueError):
 
 # -- saving ---------------------------------------------------------------------------------
 
-def save_model(model, path):
+def save_model(model: Sequential, path: str | os.PathLike[str]) -> None:
     """Write ``model`` to ``path``. The file is written to a temporary name in the same folder,
     flushed to disk and renamed over ``path``, so a crash never leaves a partial file. A new
     file gets the permissions ``open()`` would give it (0o666 less the umask); a file that is
@@ -77,16 +81,17 @@ def save_model(model, path):
     meta = {"format": _FORMAT, "version": _FORMAT_VERSION, "config": model.get_config()}
     opt_state = []
     if model._compiled:
+        assert model.optimizer is not None  # compile sets it
         opt_state = model._core.get_optimizer_state()
         meta["compile"] = {"loss": model.loss, "optimizer": model.optimizer.get_config(),
                            "metrics": list(model.metrics), "optimizer_step": int(model._core.step_count),
                            "lr_scale": float(model._core.lr_scale), "optimizer_slots": len(opt_state)}
-    arrays = {"__chainrule__": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
+    arrays: dict[str, np.ndarray] = {"__chainrule__": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
     for i, w in enumerate(model.get_weights()):
         arrays[f"param_{i:03d}"] = w
     for i, st in enumerate(opt_state):
         arrays[f"optimizer_{i:03d}"] = st
-    _write_atomically(path, lambda f: np.savez(f, **arrays))
+    _write_atomically(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]  # numpy's stub takes **arrays for allow_pickle
 
 
 def _write_atomically(path, write):
@@ -430,7 +435,7 @@ def _check_metadata(meta, ar):
     return config, comp
 
 
-def load_model(path):
+def load_model(path: str | os.PathLike[str]) -> Sequential:
     """Load a model written by :meth:`Sequential.save`. Never executes code from the file.
 
     A missing file raises FileNotFoundError (a folder IsADirectoryError, an unreadable file
@@ -475,7 +480,8 @@ def load_model(path):
         for i, (layer, pname, pshape) in enumerate(specs):
             weights.append(ar.float_array(ar.params[i], pshape, np_dtype, f"the {pname} of layer {layer.name!r}"))
 
-        optimizer = loss = None
+        optimizer: _optimizers.Optimizer | None = None
+        loss: str | None = None
         if comp is not None:
             try:
                 loss = _losses.get(comp["loss"])
@@ -503,6 +509,7 @@ def load_model(path):
         del weights
 
         if comp is not None:
+            assert optimizer is not None  # read with comp above
             try:
                 model.compile(optimizer=optimizer, loss=loss, metrics=comp["metrics"])
             except _CONFIG_ERRORS as e:
