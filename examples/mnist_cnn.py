@@ -1,27 +1,24 @@
 """LeNet-style convolutional network on MNIST with chainrule (target: >= 99.0% test accuracy).
 
-    PYTHONPATH=python python examples/mnist_cnn.py [--data DIR] [--epochs 6] [--threads N]
+    python examples/mnist_cnn.py [--data DIR] [--epochs 6] [--threads N]
 
-The MNIST files (the four standard .gz files) are read from --data, else from the
-CHAINRULE_MNIST_DIR environment variable, else from ../shared/data/mnist relative to the
-repository root. Images stay (28, 28): a Conv2D first layer reads them as one channel.
-Training uses 60,000 images; accuracy is measured on the 10,000 test images.
+Uses the installed chainrule (`pip install .` from the repository root first). DIR holds the
+four standard gzipped IDX files; without --data, chainrule looks in $CHAINRULE_MNIST_DIR, then
+in its cache folder, and downloads them there if missing (as examples/mnist_mlp.py).
+Images stay (28, 28): a Conv2D first layer reads them as one channel. Training uses 60,000
+images; accuracy is measured on the 10,000 test images.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "python"))
-
-import chainrule as cr  # noqa: E402
-from chainrule.datasets import load_mnist  # noqa: E402
-from chainrule.layers import Conv2D, Dense, Dropout, Flatten, MaxPooling2D  # noqa: E402
-from chainrule.optimizers import SGD  # noqa: E402
+import chainrule as cr
+from chainrule.datasets import load_mnist
+from chainrule.layers import Conv2D, Dense, Dropout, Flatten, MaxPooling2D
+from chainrule.optimizers import SGD
 
 
 def build(seed):
@@ -41,9 +38,8 @@ def build(seed):
 
 
 def main():
-    default = os.environ.get("CHAINRULE_MNIST_DIR") or os.path.join(REPO, "..", "shared", "data", "mnist")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=default, help="folder with the MNIST .gz files")
+    ap.add_argument("--data", default=None, help="folder with the MNIST .gz files")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None)
@@ -52,7 +48,7 @@ def main():
     if args.threads:
         cr.set_num_threads(args.threads)
 
-    (x_train, y_train), (x_test, y_test) = load_mnist(args.data, download=False, normalize=True)
+    (x_train, y_train), (x_test, y_test) = load_mnist(args.data, normalize=True)
     model = build(args.seed)
     model.build(x_train.shape[1:])
     model.summary()

@@ -760,6 +760,17 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement():
         assert es.stopped_epoch == 1 + patience and len(hist.epoch) == 2 + patience, patience
 
 
+def test_early_stopping_verbose_report_when_the_monitored_value_is_never_finite(capsys):
+    # Was: with verbose=1 the end-of-training report formatted best=None and best_epoch=None
+    # and raised TypeError after training had stopped.
+    x, y = batches(1, size=20, seed=16)[0]
+    model = make_mlp("float64", cr.optimizers.SGD(0.2))
+    es = cr.callbacks.EarlyStopping(monitor="score", patience=1, verbose=1, restore_best_weights=True)
+    hist = model.fit(x, y, epochs=5, batch_size=20, verbose=0, callbacks=[_inject([math.nan] * 5), es])
+    assert es.best is None and es.best_epoch is None and es.stopped_epoch == 0 and len(hist.epoch) == 1
+    assert "Early stopping after epoch 1: no finite score in any epoch" in capsys.readouterr().out
+
+
 def test_early_stopping_patience_zero_stops_at_the_first_epoch_without_improvement():
     x, y = batches(1, size=20, seed=16)[0]
     model = make_mlp("float64", cr.optimizers.SGD(0.2))

@@ -1,13 +1,18 @@
 """chainrule: backpropagation for fully connected (and convolutional) networks on CPUs,
 with the whole training epoch in a C++ core."""
 
+from typing import TYPE_CHECKING
+
 from . import activations, callbacks, initializers, layers, losses, optimizers, regularizers, schedules
 from .gradcheck import gradient_check
 from .models import GradientWarning, History, NonFiniteWarning, Sequential
 from .saving import ModelFormatError, load_model
 from .system import cpu_info, get_num_threads, set_num_threads
 
-__version__ = "0.1.0"
+from ._version import __version__
+
+if TYPE_CHECKING:  # for type checkers; at run time datasets is imported on first use (below)
+    from . import datasets
 
 __all__ = ["Sequential", "gradient_check", "History", "load_model", "ModelFormatError", "GradientWarning", "NonFiniteWarning", "layers", "optimizers", "losses",
            "activations", "initializers", "regularizers", "schedules", "callbacks", "datasets",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Any
 
 from . import _core
 from ._checks import F32_MAX
@@ -22,14 +23,18 @@ class Activation:
     """A named activation. ``alpha`` is the parameter of those that take one (the negative
     slope of ``leaky_relu``, default 0.01 as PyTorch); the other activations ignore it."""
 
-    def __init__(self, name: str, alpha: float | None = None):
+    name: str
+    alpha: float
+
+    def __init__(self, name: str | None, alpha: float | None = None) -> None:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"activation: name must be a string such as 'relu'; received {name!r}")
-        name = _ALIASES.get(name, name)
-        if name not in _CODES:
-            raise ValueError(f"activation: unknown name {name!r}; expected one of {list(NAMES)}")
+        key = _ALIASES.get(name, name)
+        if key not in _CODES:
+            raise ValueError(f"activation: unknown name {key!r}; expected one of {list(NAMES)}")
+        assert key is not None  # None is an alias of "linear"
         if alpha is None:
-            alpha = _DEFAULT_ALPHA.get(name, 0.0)
+            alpha = _DEFAULT_ALPHA.get(key, 0.0)
         if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
             raise TypeError(f"activation alpha must be a number; received {alpha!r}")
         try:
@@ -41,7 +46,7 @@ class Activation:
         if value > F32_MAX:
             raise ValueError(f"activation alpha must be at most {F32_MAX:.8g} (the float32 range); "
                              f"received {alpha!r}")
-        self.name = name
+        self.name = key
         self.alpha = value
 
     @property
@@ -52,13 +57,13 @@ class Activation:
     def takes_alpha(self) -> bool:
         return self.name in _DEFAULT_ALPHA
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"name": self.name, "alpha": self.alpha}
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, Activation) and (self.name, self.alpha) == (other.name, other.alpha)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Activation({self.name!r}, alpha={self.alpha})" if self.takes_alpha else f"Activation({self.name!r})"
 
 
@@ -67,7 +72,7 @@ def LeakyReLU(alpha: float = _DEFAULT_ALPHA["leaky_relu"]) -> Activation:
     return Activation("leaky_relu", alpha)
 
 
-def get(identifier) -> Activation:
+def get(identifier: str | Activation | dict[str, Any] | None) -> Activation:
     """An :class:`Activation` from a name, a config dict, an Activation, or None (linear)."""
     if isinstance(identifier, Activation):
         return identifier

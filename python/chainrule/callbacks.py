@@ -16,34 +16,45 @@ import numbers
 import os
 import string
 import sys
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import _checks
+
+if TYPE_CHECKING:
+    from ._typing import FloatArray, Logs, PathLike
+    from .models import Sequential
 
 __all__ = ["Callback", "EarlyStopping", "ModelCheckpoint", "TerminateOnNaN", "LambdaCallback",
            "ReduceLROnPlateau"]
 
 
 class Callback:
-    def __init__(self):
-        self.model = None
+    """Base class: override any of the hooks. ``fit`` calls ``set_model`` before the first
+    hook, so ``self.model`` is the model being trained inside every hook. ``logs`` maps metric
+    names (``loss``, ``accuracy``, ``val_loss``, ..., ``lr``) to the epoch's values."""
 
-    def set_model(self, model):
+    model: Sequential
+
+    def __init__(self) -> None:
+        self.model = None  # type: ignore[assignment]  # set by fit (set_model) before any hook
+
+    def set_model(self, model: Sequential) -> None:
         self.model = model
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: Logs | None = None) -> None:
         pass
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: Logs | None = None) -> None:
         pass
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: Logs | None = None) -> None:
         pass
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
         pass
 
 
-def _real(cls, name, value, lo=0.0):
+def _real(cls: str, name: str, value: Any, lo: float = 0.0) -> float:
     """A finite real number >= lo (not a bool or a string): TypeError / ValueError naming it."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{cls}: {name} must be a number; received {value!r}")
@@ -56,7 +67,7 @@ def _real(cls, name, value, lo=0.0):
     return v
 
 
-def _count(cls, name, value):
+def _count(cls: str, name: str, value: Any) -> int:
     """An integer >= 0 (not a bool): TypeError / ValueError naming it."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{cls}: {name} must be an integer >= 0; received {value!r}")
@@ -65,15 +76,15 @@ def _count(cls, name, value):
     return int(value)
 
 
-def _flag(cls, name, value):
+def _flag(cls: str, name: str, value: Any) -> bool:
     return _checks.flag(f"{cls}: {name}", value)
 
 
-def _verbosity(cls, value):
+def _verbosity(cls: str, value: Any) -> int:
     return _checks.verbosity(f"{cls}: verbose", value)
 
 
-def _monitor_op(cls, monitor, mode):
+def _monitor_op(cls: str, monitor: str, mode: str) -> str:
     if mode not in ("auto", "min", "max"):
         raise ValueError(f"{cls}: mode must be 'auto', 'min' or 'max'; received {mode!r}")
     if mode == "auto":
@@ -84,7 +95,7 @@ def _monitor_op(cls, monitor, mode):
 class _Monitor(Callback):
     """Tracks the best value of ``monitor`` in the direction given by ``mode``."""
 
-    def __init__(self, monitor, mode, min_delta=0.0):
+    def __init__(self, monitor: str, mode: str, min_delta: float = 0.0) -> None:
         super().__init__()
         if not isinstance(monitor, str):
             raise TypeError(f"{type(self).__name__}: monitor must be a metric name; received {monitor!r}")
@@ -93,15 +104,16 @@ class _Monitor(Callback):
         if isinstance(min_delta, numbers.Real) and not isinstance(min_delta, bool) and min_delta < 0:
             min_delta = -min_delta  # Keras: the sign is ignored
         self.min_delta = _real(type(self).__name__, "min_delta", min_delta)
-        self.best = None
+        self.best: float | None = None
 
-    def _value(self, logs):
+    def _value(self, logs: Logs | None) -> float:
         if self.monitor not in (logs or {}):
             raise ValueError(f"{type(self).__name__}: monitor={self.monitor!r} is not among the logged "
                              f"metrics {sorted(logs or {})}")
+        assert logs is not None
         return float(logs[self.monitor])
 
-    def _improved(self, value):
+    def _improved(self, value: float) -> bool:
         if self.best is None:
             return math.isfinite(value)
         if self.mode == "min":
@@ -113,21 +125,21 @@ class EarlyStopping(_Monitor):
     """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience``
     epochs; with ``restore_best_weights`` the weights of the best epoch are put back."""
 
-    def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto",
-                 restore_best_weights=False, verbose=0):
+    def __init__(self, monitor: str = "val_loss", min_delta: float = 0.0, patience: int = 0, mode: str = "auto",
+                 restore_best_weights: bool = False, verbose: int = 0) -> None:
         super().__init__(monitor, mode, min_delta)
         self.patience = _count("EarlyStopping", "patience", patience)
         self.restore_best_weights = _flag("EarlyStopping", "restore_best_weights", restore_best_weights)
         self.verbose = _verbosity("EarlyStopping", verbose)
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: Logs | None = None) -> None:
         self.best = None
         self.wait = 0
-        self.best_epoch = None
-        self.best_weights = None
-        self.stopped_epoch = None
+        self.best_epoch: int | None = None
+        self.best_weights: list[FloatArray] | None = None
+        self.stopped_epoch: int | None = None
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
         value = self._value(logs)
         if self._improved(value):
             self.best = value
@@ -141,13 +153,16 @@ class EarlyStopping(_Monitor):
             self.stopped_epoch = epoch
             self.model.stop_training = True
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: Logs | None = None) -> None:
         if self.stopped_epoch is not None and self.verbose:
-            print(f"Early stopping after epoch {self.stopped_epoch + 1}: best {self.monitor} "
-                  f"{self.best:.4f} at epoch {self.best_epoch + 1}")
+            if self.best is None or self.best_epoch is None:  # the monitored value was never finite
+                best = f"no finite {self.monitor} in any epoch"
+            else:
+                best = f"best {self.monitor} {self.best:.4f} at epoch {self.best_epoch + 1}"
+            print(f"Early stopping after epoch {self.stopped_epoch + 1}: {best}")
         if self.restore_best_weights and self.best_weights is not None:
             self.model.set_weights(self.best_weights)
-            if self.verbose:
+            if self.verbose and self.best_epoch is not None:
                 print(f"Restored the weights of epoch {self.best_epoch + 1}")
 
 
@@ -157,7 +172,8 @@ class ModelCheckpoint(_Monitor):
     ``"ckpt-{epoch:02d}-{val_loss:.3f}.crm"``. Files are written atomically
     (temporary file + rename), so a crash never leaves a half-written checkpoint."""
 
-    def __init__(self, filepath, monitor="val_loss", save_best_only=False, mode="auto", verbose=0):
+    def __init__(self, filepath: PathLike, monitor: str = "val_loss", save_best_only: bool = False,
+                 mode: str = "auto", verbose: int = 0) -> None:
         super().__init__(monitor, mode)
         try:
             path = os.fsdecode(os.fspath(filepath))
@@ -178,10 +194,10 @@ class ModelCheckpoint(_Monitor):
         self.save_best_only = _flag("ModelCheckpoint", "save_best_only", save_best_only)
         self.verbose = _verbosity("ModelCheckpoint", verbose)
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: Logs | None = None) -> None:
         self.best = None
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
         logs = logs or {}
         if self.save_best_only:
             if not self._improved(self._value(logs)):
@@ -202,13 +218,13 @@ class TerminateOnNaN(Callback):
     checks every step and puts back the weights, optimizer state and step count of the last
     step whose loss and weights were finite."""
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: Logs | None = None) -> None:
         self._was_stopping = self.model.stop_on_nonfinite
         self.model.stop_on_nonfinite = True
-        self.stopped_epoch = None
+        self.stopped_epoch: int | None = None
 
-    def on_epoch_end(self, epoch, logs=None):
-        if self.model.last_epoch_stats.get("stopped_nan") or not math.isfinite(logs.get("loss", 0.0)):
+    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
+        if self.model.last_epoch_stats.get("stopped_nan") or not math.isfinite((logs or {}).get("loss", 0.0)):
             self.stopped_epoch = epoch
             self.model.stop_training = True
             print(f"TerminateOnNaN: the loss or the weights became NaN or infinite in epoch {epoch + 1}; "
@@ -216,7 +232,7 @@ class TerminateOnNaN(Callback):
                   "Try a lower learning rate, "
                   "gradient clipping (clipnorm=...) or normalised inputs.", file=sys.stderr)
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: Logs | None = None) -> None:
         # the model's own setting back (False unless its user set it before fit)
         self.model.stop_on_nonfinite = getattr(self, "_was_stopping", False)
 
@@ -224,7 +240,10 @@ class TerminateOnNaN(Callback):
 class LambdaCallback(Callback):
     """A callback from plain functions: ``LambdaCallback(on_epoch_end=lambda epoch, logs: ...)``."""
 
-    def __init__(self, on_epoch_begin=None, on_epoch_end=None, on_train_begin=None, on_train_end=None):
+    def __init__(self, on_epoch_begin: Callable[[int, Logs | None], Any] | None = None,
+                 on_epoch_end: Callable[[int, Logs | None], Any] | None = None,
+                 on_train_begin: Callable[[Logs | None], Any] | None = None,
+                 on_train_end: Callable[[Logs | None], Any] | None = None) -> None:
         super().__init__()
         for name, fn in (("on_epoch_begin", on_epoch_begin), ("on_epoch_end", on_epoch_end),
                          ("on_train_begin", on_train_begin), ("on_train_end", on_train_end)):
@@ -239,8 +258,8 @@ class ReduceLROnPlateau(_Monitor):
     ``patience`` epochs (then wait ``cooldown`` epochs), never below ``min_lr``. Works on top
     of a schedule: it scales whatever the schedule gives."""
 
-    def __init__(self, monitor="val_loss", factor=0.1, patience=10, mode="auto", min_delta=1e-4,
-                 cooldown=0, min_lr=0.0, verbose=0):
+    def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10, mode: str = "auto",
+                 min_delta: float = 1e-4, cooldown: int = 0, min_lr: float = 0.0, verbose: int = 0) -> None:
         super().__init__(monitor, mode, min_delta)
         f = _real("ReduceLROnPlateau", "factor", factor)
         if not (0.0 < f < 1.0):
@@ -251,12 +270,12 @@ class ReduceLROnPlateau(_Monitor):
         self.min_lr = _real("ReduceLROnPlateau", "min_lr", min_lr)
         self.verbose = _verbosity("ReduceLROnPlateau", verbose)
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: Logs | None = None) -> None:
         self.best = None
         self.wait = 0
         self.cooldown_counter = 0
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
         value = self._value(logs)
         if self.cooldown_counter > 0:
             self.cooldown_counter -= 1

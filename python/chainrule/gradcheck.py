@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import copy
 import numbers
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import _checks
+
+if TYPE_CHECKING:
+    from ._typing import ArrayLike
+    from .models import Sequential
 
 __all__ = ["gradient_check"]
 
@@ -38,7 +43,8 @@ def _float64_copy(model):
     return twin
 
 
-def gradient_check(model, x, y, eps=1e-6, sample_weight=None):
+def gradient_check(model: Sequential, x: ArrayLike, y: ArrayLike, eps: float = 1e-6,
+                   sample_weight: ArrayLike | None = None) -> dict[str, dict[str, float]]:
     """Compare the analytic gradient of every parameter with central differences
     (L(w + eps) - L(w - eps)) / (2 eps) of the training loss on (x, y), in float64 on a copy
     of ``model`` (the model itself is not touched). Returns ``{layer name: {parameter name:

@@ -6,6 +6,12 @@ It only stores and draws what the fit loop (``fit_loop.py``) hands it; it comput
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ._typing import PathLike
 
 __all__ = ["History"]
 
@@ -18,28 +24,28 @@ class History:
     ``history.loss`` are shortcuts.
     """
 
-    def __init__(self):
-        self.history: dict[str, list] = {}
+    def __init__(self) -> None:
+        self.history: dict[str, list[float]] = {}
         self.epoch: list[int] = []
-        self.params: dict = {}
+        self.params: dict[str, Any] = {}
         # layer name -> statistic -> one value per epoch: kernel_grad_norm / bias_grad_norm
         # (mean over the epoch's steps of the L2 norm), kernel_grad_norm_max,
         # kernel_update_ratio (mean ||Δw|| / ||w||), kernel_weight_norm, and for ReLU-family
         # layers dead_fraction (units never positive on any training sample of the epoch).
-        self.layer_stats: dict[str, dict[str, list]] = {}
+        self.layer_stats: dict[str, dict[str, list[float]]] = {}
 
-    def _record(self, epoch, logs):
+    def _record(self, epoch: int, logs: dict[str, float]) -> None:
         self.epoch.append(epoch)
         for k, v in logs.items():
             self.history.setdefault(k, []).append(v)
 
-    def _record_layers(self, stats):
+    def _record_layers(self, stats: dict[str, dict[str, float]]) -> None:
         for layer, values in stats.items():
             dst = self.layer_stats.setdefault(layer, {})
             for k, v in values.items():
                 dst.setdefault(k, []).append(v)
 
-    def plot(self, path=None, dpi=100):
+    def plot(self, path: PathLike | None = None, dpi: float = 100) -> Figure:
         """Loss and accuracy (train and validation), the learning rate, and per-layer
         gradient norms on a log scale, as one matplotlib Figure (1000x800 pixels at the
         default dpi). Saves a PNG when ``path`` is given. Needs matplotlib
@@ -81,14 +87,14 @@ class History:
             fig.savefig(os.fspath(path), format="png")
         return fig
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: str) -> list[float]:
         return self.history[key]
 
-    def __getattr__(self, key):
+    def __getattr__(self, key: str) -> list[float]:
         history = self.__dict__.get("history", {})
         if key in history:
             return history[key]
         raise AttributeError(key)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"History(epochs={len(self.epoch)}, keys={list(self.history)})"

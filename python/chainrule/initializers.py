@@ -7,38 +7,45 @@ units. Normal variants use a plain (untruncated) normal with the paper's standar
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    from ._typing import Initializer
 
 __all__ = ["glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "zeros", "ones", "get", "NAMES"]
 
 
-def glorot_uniform(shape, fan_in, fan_out, rng):
+def glorot_uniform(shape: tuple[int, ...], fan_in: int, fan_out: int, rng: np.random.Generator) -> NDArray[np.float64]:
     limit = np.sqrt(6.0 / (fan_in + fan_out))
     return rng.uniform(-limit, limit, size=shape)
 
 
-def glorot_normal(shape, fan_in, fan_out, rng):
+def glorot_normal(shape: tuple[int, ...], fan_in: int, fan_out: int, rng: np.random.Generator) -> NDArray[np.float64]:
     return rng.normal(0.0, np.sqrt(2.0 / (fan_in + fan_out)), size=shape)
 
 
-def he_uniform(shape, fan_in, fan_out, rng):
+def he_uniform(shape: tuple[int, ...], fan_in: int, fan_out: int, rng: np.random.Generator) -> NDArray[np.float64]:
     limit = np.sqrt(6.0 / fan_in)
     return rng.uniform(-limit, limit, size=shape)
 
 
-def he_normal(shape, fan_in, fan_out, rng):
+def he_normal(shape: tuple[int, ...], fan_in: int, fan_out: int, rng: np.random.Generator) -> NDArray[np.float64]:
     return rng.normal(0.0, np.sqrt(2.0 / fan_in), size=shape)
 
 
-def zeros(shape, fan_in, fan_out, rng):
+def zeros(shape: tuple[int, ...], fan_in: int, fan_out: int, rng: np.random.Generator) -> NDArray[np.float64]:
     return np.zeros(shape)
 
 
-def ones(shape, fan_in, fan_out, rng):
+def ones(shape: tuple[int, ...], fan_in: int, fan_out: int, rng: np.random.Generator) -> NDArray[np.float64]:
     return np.ones(shape)
 
 
-_REGISTRY = {
+_REGISTRY: dict[str, Initializer] = {
     "glorot_uniform": glorot_uniform,
     "glorot_normal": glorot_normal,
     "xavier_uniform": glorot_uniform,
@@ -58,7 +65,7 @@ def default_for(activation_name: str) -> str:
     return "he_normal" if activation_name in ("relu", "leaky_relu") else "glorot_uniform"
 
 
-def get(name: str):
+def get(name: str) -> Initializer:
     if not isinstance(name, str):
         raise TypeError(f"initializer must be a name such as 'he_normal'; received {name!r}")
     fn = _REGISTRY.get(name.lower())

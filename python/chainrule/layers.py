@@ -7,14 +7,26 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import TYPE_CHECKING, Any, Sequence, TypeVar
 
 from . import activations as _activations
 from . import initializers as _initializers
 from . import regularizers as _regularizers
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from ._typing import Config, IntPair, ShapeLike
+    from .activations import Activation
+    from .regularizers import Regularizer
+
+    ParamSpec = tuple[str, tuple[int, ...], str, int, int]
+
+_L = TypeVar("_L", bound="type[Layer]")
+
 __all__ = ["Layer", "Dense", "get", "register"]
 
-_REGISTRY: dict[str, type] = {}
+_REGISTRY: dict[str, type[Layer]] = {}
 
 # The core's size limit (csrc/common.h, kMaxElems): one sample's input or output of any
 # layer, one parameter tensor, the model's parameter count and each size argument hold at
@@ -22,21 +34,21 @@ _REGISTRY: dict[str, type] = {}
 MAX_SIZE = (1 << 31) - 1
 
 
-def register(cls):
+def register(cls: _L) -> _L:
     """Make a layer class known to ``from_config`` / ``load_model``."""
     _REGISTRY[cls.__name__] = cls
     return cls
 
 
-def _positive_int(layer, name, value):
+def _positive_int(layer: str, name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{layer}: {name} must be a positive integer; received {value!r}")
-    if not 1 <= value <= MAX_SIZE:
+    if not 1 <= int(value) <= MAX_SIZE:
         raise ValueError(f"{layer}: {name} must be a positive integer; received {value!r} (the limit is {MAX_SIZE})")
     return int(value)
 
 
-def check_size(what, shape):
+def check_size(what: str, shape: Sequence[int]) -> int:
     """The number of values in ``shape``, or a ValueError naming ``what`` when it exceeds
     MAX_SIZE."""
     n = math.prod(shape)
@@ -45,7 +57,7 @@ def check_size(what, shape):
     return n
 
 
-def shape_tuple(layer, name, shape):
+def shape_tuple(layer: str, name: str, shape: Any) -> tuple[int, ...]:
     """A per-sample shape as a tuple of positive ints within the size limit."""
     if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
         shape = (shape,)
@@ -66,21 +78,27 @@ class Layer:
     """Base class. Subclasses implement ``compute_output_shape`` and, if they have weights or
     work to do in C++, ``core_spec`` and ``param_specs``."""
 
-    def __init__(self, name=None, input_shape=None):
+    # set by _configure_weights in the layers that have weights (Dense, Conv2D)
+    activation: Activation
+    kernel_initializer: str
+    bias_initializer: str
+    kernel_regularizer: Regularizer | None
+
+    def __init__(self, name: str | None = None, input_shape: ShapeLike | None = None) -> None:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"{type(self).__name__}: name must be a string; received {name!r}")
         self.name = name
         self._declared_input_shape = (
             None if input_shape is None else shape_tuple(type(self).__name__, "input_shape", input_shape))
-        self.input_shape = None   # per sample, without the batch dimension
-        self.output_shape = None
+        self.input_shape: tuple[int, ...] | None = None   # per sample, without the batch dimension
+        self.output_shape: tuple[int, ...] | None = None
         self.built = False
 
     # -- shapes ---------------------------------------------------------------------------
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         raise NotImplementedError
 
-    def build(self, input_shape):
+    def build(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         input_shape = tuple(int(d) for d in input_shape)
         label = f"{type(self).__name__} layer {self.name!r}"
         output_shape = tuple(self.compute_output_shape(input_shape))
@@ -92,21 +110,37 @@ class Layer:
         self.built = True
         return self.output_shape
 
+    def _built_input(self) -> tuple[int, ...]:
+        """The per-sample input shape; a ValueError if the layer is not built yet."""
+        if self.input_shape is None:
+            raise ValueError(f"{type(self).__name__} layer {self.name!r} is not built yet: build the "
+                             f"model (model.build(input_shape)) first")
+        return self.input_shape
+
+    def _built_output(self) -> tuple[int, ...]:
+        """The per-sample output shape; a ValueError if the layer is not built yet."""
+        if self.output_shape is None:
+            raise ValueError(f"{type(self).__name__} layer {self.name!r} is not built yet: build the "
+                             f"model (model.build(input_shape)) first")
+        return self.output_shape
+
     # -- the C++ side -----------------------------------------------------------------------
-    def core_spec(self) -> dict:
-        """The dict the C++ layer factory builds this layer from (numbers only + 'kind')."""
+    def core_spec(self) -> dict[str, Any] | None:
+        """The dict the C++ layer factory builds this layer from (numbers only + 'kind'), or
+        None for a layer with no C++ twin (Flatten, Reshape)."""
         raise NotImplementedError
 
-    def param_specs(self) -> list:
+    def param_specs(self) -> list[ParamSpec]:
         """[(name, shape, initializer_name, fan_in, fan_out)] in the order the core stores them."""
         return []
 
-    def regularizers(self) -> dict:
+    def regularizers(self) -> dict[str, Regularizer]:
         """{parameter name: Regularizer} for the parameters with a penalty."""
         reg = getattr(self, "kernel_regularizer", None)  # set by _configure_weights
         return {"kernel": reg} if reg is not None else {}
 
-    def _configure_weights(self, activation, kernel_initializer, bias_initializer, kernel_regularizer):
+    def _configure_weights(self, activation: Any, kernel_initializer: Any, bias_initializer: Any,
+                           kernel_regularizer: Any) -> None:
         """Shared by layers with a kernel, a bias and an output activation (Dense, Conv2D)."""
         self.activation = _activations.get(activation)
         if kernel_initializer is None:
@@ -117,7 +151,7 @@ class Layer:
         self.bias_initializer = bias_initializer
         self.kernel_regularizer = _regularizers.get(kernel_regularizer)
 
-    def _weights_config(self) -> dict:
+    def _weights_config(self) -> Config:
         act = self.activation
         cfg = {"activation": act.get_config() if act.takes_alpha else act.name,
                "kernel_initializer": self.kernel_initializer, "bias_initializer": self.bias_initializer}
@@ -129,17 +163,17 @@ class Layer:
         return sum(math.prod(shape) for _, shape, *_ in self.param_specs())
 
     # -- config -----------------------------------------------------------------------------
-    def get_config(self) -> dict:
-        cfg = {"name": self.name}
+    def get_config(self) -> Config:
+        cfg: Config = {"name": self.name}
         if self._declared_input_shape is not None:
             cfg["input_shape"] = list(self._declared_input_shape)
         return cfg
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: Config) -> Self:
         return cls(**config)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name!r} output_shape={self.output_shape}>"
 
 
@@ -152,35 +186,37 @@ class Dense(Layer):
     and to Glorot (uniform) otherwise.
     """
 
-    def __init__(self, units, activation=None, kernel_initializer=None, bias_initializer="zeros",
-                 kernel_regularizer=None, name=None, input_shape=None):
+    def __init__(self, units: int, activation: str | Activation | Config | None = None,
+                 kernel_initializer: str | None = None, bias_initializer: str = "zeros",
+                 kernel_regularizer: Regularizer | str | Config | None = None, name: str | None = None,
+                 input_shape: ShapeLike | None = None) -> None:
         super().__init__(name=name, input_shape=input_shape)
         self.units = _positive_int("Dense", "units", units)
         self._configure_weights(activation, kernel_initializer, bias_initializer, kernel_regularizer)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         if len(input_shape) != 1:
             raise ValueError(
                 f"Dense layer {self.name!r} expects 1-D samples of shape (features,); received "
                 f"samples of shape {input_shape} — add a Flatten layer before it")
         return (self.units,)
 
-    def core_spec(self):
-        return {"kind": "dense", "in": self.input_shape[0], "units": self.units,
+    def core_spec(self) -> dict[str, Any]:
+        return {"kind": "dense", "in": self._built_input()[0], "units": self.units,
                 "activation": self.activation.code, "alpha": self.activation.alpha}
 
-    def param_specs(self):
-        fan_in = self.input_shape[0]
+    def param_specs(self) -> list[ParamSpec]:
+        fan_in = self._built_input()[0]
         return [("kernel", (fan_in, self.units), self.kernel_initializer, fan_in, self.units),
                 ("bias", (self.units,), self.bias_initializer, fan_in, self.units)]
 
-    def get_config(self):
+    def get_config(self) -> Config:
         cfg = super().get_config()
         cfg.update(units=self.units, **self._weights_config())
         return cfg
 
 
-def get(config: dict) -> Layer:
+def get(config: Config) -> Layer:
     """A layer from ``{"class_name": ..., "config": {...}}`` (as in a saved model)."""
     if not isinstance(config, dict) or "class_name" not in config:
         raise ValueError(f"layer config must be a dict with 'class_name'; received {config!r}")
@@ -195,7 +231,7 @@ def get(config: dict) -> Layer:
 # in Keras: im2col rows are then contiguous patches and a convolution is one GEMM whose
 # output is already channels-last. A 2-D sample (height, width) is one channel.
 
-def _pair(layer, name, value):
+def _pair(layer: str, name: str, value: Any) -> tuple[int, int]:
     """An int or a pair of ints, as a (rows, cols) tuple of positive ints."""
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
@@ -205,14 +241,14 @@ def _pair(layer, name, value):
     return (v, v)
 
 
-def _padding(layer, value):
+def _padding(layer: str, value: Any) -> str:
     p = value.lower() if isinstance(value, str) else value
     if p not in ("valid", "same"):
         raise ValueError(f"{layer}: padding must be 'valid' or 'same'; received {value!r}")
     return p
 
 
-def _window_out(size, window, stride, padding):
+def _window_out(size: int, window: int, stride: int, padding: str) -> int | None:
     """Output length of one spatial axis (TensorFlow's definition), or None if the window does
     not fit a 'valid' input."""
     if padding == "same":
@@ -222,7 +258,7 @@ def _window_out(size, window, stride, padding):
     return (size - window) // stride + 1
 
 
-def _image_shape(layer, input_shape, allow_2d):
+def _image_shape(layer: str, input_shape: Sequence[int], allow_2d: bool) -> tuple[int, int, int]:
     shape = tuple(input_shape)
     if allow_2d and len(shape) == 2:
         shape = shape + (1,)
@@ -234,7 +270,8 @@ def _image_shape(layer, input_shape, allow_2d):
     return shape
 
 
-def _spatial_out(layer, shape, window, strides, padding, what):
+def _spatial_out(layer: str, shape: tuple[int, int, int], window: tuple[int, int],
+                 strides: tuple[int, int], padding: str, what: str) -> tuple[int, int]:
     h, w, _ = shape
     oh = _window_out(h, window[0], strides[0], padding)
     ow = _window_out(w, window[1], strides[1], padding)
@@ -258,9 +295,10 @@ class Conv2D(Layer):
     (fan_in = kh·kw·in_channels, fan_out = kh·kw·filters).
     """
 
-    def __init__(self, filters, kernel_size, strides=1, padding="valid", activation=None,
-                 kernel_initializer=None, bias_initializer="zeros", kernel_regularizer=None,
-                 input_shape=None, name=None):
+    def __init__(self, filters: int, kernel_size: IntPair, strides: IntPair = 1, padding: str = "valid",
+                 activation: str | Activation | Config | None = None, kernel_initializer: str | None = None,
+                 bias_initializer: str = "zeros", kernel_regularizer: Regularizer | str | Config | None = None,
+                 input_shape: ShapeLike | None = None, name: str | None = None) -> None:
         super().__init__(name=name, input_shape=input_shape)
         self.filters = _positive_int("Conv2D", "filters", filters)
         self.kernel_size = _pair("Conv2D", "kernel_size", kernel_size)
@@ -268,34 +306,34 @@ class Conv2D(Layer):
         self.padding = _padding("Conv2D", padding)
         self._configure_weights(activation, kernel_initializer, bias_initializer, kernel_regularizer)
 
-    def _label(self):
+    def _label(self) -> str:
         return f"Conv2D layer {self.name!r}" if self.name else "Conv2D"
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         shape = _image_shape(self._label(), input_shape, allow_2d=True)
         oh, ow = _spatial_out(self._label(), shape, self.kernel_size, self.strides, self.padding,
                               "kernel_size")
         return (oh, ow, self.filters)
 
-    def build(self, input_shape):
+    def build(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         self._image = _image_shape(self._label(), tuple(input_shape), allow_2d=True)  # param_specs needs it
         return super().build(input_shape)
 
-    def core_spec(self):
+    def core_spec(self) -> dict[str, Any]:
         h, w, c = self._image
         return {"kind": "conv2d", "h": h, "w": w, "cin": c, "filters": self.filters,
                 "kh": self.kernel_size[0], "kw": self.kernel_size[1],
                 "sh": self.strides[0], "sw": self.strides[1], "same": int(self.padding == "same"),
                 "activation": self.activation.code, "alpha": self.activation.alpha}
 
-    def param_specs(self):
+    def param_specs(self) -> list[ParamSpec]:
         kh, kw = self.kernel_size
         cin = self._image[2]
         fan_in, fan_out = kh * kw * cin, kh * kw * self.filters
         return [("kernel", (kh, kw, cin, self.filters), self.kernel_initializer, fan_in, fan_out),
                 ("bias", (self.filters,), self.bias_initializer, fan_in, fan_out)]
 
-    def get_config(self):
+    def get_config(self) -> Config:
         cfg = super().get_config()
         cfg.update(filters=self.filters, kernel_size=list(self.kernel_size), strides=list(self.strides),
                    padding=self.padding, **self._weights_config())
@@ -305,29 +343,30 @@ class Conv2D(Layer):
 class _Pooling2D(Layer):
     _kind = ""
 
-    def __init__(self, pool_size=2, strides=None, padding="valid", input_shape=None, name=None):
+    def __init__(self, pool_size: IntPair = 2, strides: IntPair | None = None, padding: str = "valid",
+                 input_shape: ShapeLike | None = None, name: str | None = None) -> None:
         super().__init__(name=name, input_shape=input_shape)
         cls = type(self).__name__
         self.pool_size = _pair(cls, "pool_size", pool_size)
         self.strides = self.pool_size if strides is None else _pair(cls, "strides", strides)
         self.padding = _padding(cls, padding)
 
-    def _label(self):
+    def _label(self) -> str:
         cls = type(self).__name__
         return f"{cls} layer {self.name!r}" if self.name else cls
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         shape = _image_shape(self._label(), input_shape, allow_2d=False)
         oh, ow = _spatial_out(self._label(), shape, self.pool_size, self.strides, self.padding, "pool_size")
         return (oh, ow, shape[2])
 
-    def core_spec(self):
-        h, w, c = self.input_shape
+    def core_spec(self) -> dict[str, Any]:
+        h, w, c = self._built_input()
         return {"kind": self._kind, "h": h, "w": w, "c": c,
                 "ph": self.pool_size[0], "pw": self.pool_size[1],
                 "sh": self.strides[0], "sw": self.strides[1], "same": int(self.padding == "same")}
 
-    def get_config(self):
+    def get_config(self) -> Config:
         cfg = super().get_config()
         cfg.update(pool_size=list(self.pool_size), strides=list(self.strides), padding=self.padding)
         return cfg
@@ -352,10 +391,10 @@ class Flatten(Layer):
     """Samples of any shape to 1-D. Free: samples are stored row-major and flattened already,
     so this layer has no C++ twin (``core_spec`` is None)."""
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         return (math.prod(input_shape),)
 
-    def core_spec(self):
+    def core_spec(self) -> None:
         return None
 
 
@@ -363,7 +402,8 @@ class Flatten(Layer):
 class Reshape(Layer):
     """Samples to ``target_shape`` (one entry may be -1: inferred). Free, like Flatten."""
 
-    def __init__(self, target_shape, input_shape=None, name=None):
+    def __init__(self, target_shape: Sequence[int], input_shape: ShapeLike | None = None,
+                 name: str | None = None) -> None:
         super().__init__(name=name, input_shape=input_shape)
         try:
             t = tuple(target_shape)
@@ -377,7 +417,7 @@ class Reshape(Layer):
                              f"received {target_shape!r}")
         self.target_shape = t
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         n = math.prod(input_shape)
         t = self.target_shape
         label = f"Reshape layer {self.name!r}" if self.name else "Reshape"
@@ -392,10 +432,10 @@ class Reshape(Layer):
                              f"({n} values) to {t} ({math.prod(t)} values)")
         return t
 
-    def core_spec(self):
+    def core_spec(self) -> None:
         return None
 
-    def get_config(self):
+    def get_config(self) -> Config:
         cfg = super().get_config()
         cfg.update(target_shape=list(self.target_shape))
         return cfg
@@ -407,7 +447,7 @@ class Dropout(Layer):
     kept ones are scaled by 1/(1-rate); predict and evaluate pass values through unchanged.
     Masks are drawn in C++ from a stream seeded by ``fit(seed=...)``."""
 
-    def __init__(self, rate, input_shape=None, name=None):
+    def __init__(self, rate: float, input_shape: ShapeLike | None = None, name: str | None = None) -> None:
         super().__init__(name=name, input_shape=input_shape)
         if isinstance(rate, bool):
             raise TypeError(f"Dropout: rate must be a number in [0, 1); received {rate!r}")
@@ -419,13 +459,13 @@ class Dropout(Layer):
             raise ValueError(f"Dropout: rate must be in [0, 1); received {rate!r}")
         self.rate = r
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(input_shape)
 
-    def core_spec(self):
-        return {"kind": "dropout", "size": math.prod(self.input_shape), "rate": self.rate}
+    def core_spec(self) -> dict[str, Any]:
+        return {"kind": "dropout", "size": math.prod(self._built_input()), "rate": self.rate}
 
-    def get_config(self):
+    def get_config(self) -> Config:
         cfg = super().get_config()
         cfg.update(rate=self.rate)
         return cfg

@@ -5,6 +5,8 @@ The classes and aliases here are API sugar over the core's table of names."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from . import _core
 
 __all__ = ["get", "NAMES", "MeanSquaredError", "BinaryCrossentropy", "CategoricalCrossentropy",
@@ -18,12 +20,14 @@ NAMES = tuple(_CODES)
 
 
 class Loss:
+    """Base class of the named losses; ``compile(loss=...)`` takes one of them or its name."""
+
     name = ""
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"name": self.name}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
 
@@ -43,7 +47,7 @@ class SparseCategoricalCrossentropy(Loss):
     name = "sparse_categorical_crossentropy"
 
 
-def get(identifier) -> str:
+def get(identifier: str | Loss) -> str:
     """The canonical loss name for a name, alias or Loss object."""
     if isinstance(identifier, Loss):
         if identifier.name not in _CODES:  # the base class, or a user subclass: no C++ loss to run

@@ -11,6 +11,7 @@ import contextlib
 import math
 import re
 import threading
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -24,6 +25,11 @@ from . import optimizers as _optimizers
 from .diagnostics import GradientWarning, NonFiniteWarning, warn_nonfinite as _warn_nonfinite
 from .fit_loop import _epoch_seed  # noqa: F401  (re-exported: importable from here as before)
 from .history import History
+
+if TYPE_CHECKING:
+    from ._typing import ArrayLike, Config, FloatArray, PathLike, ShapeLike
+    from .callbacks import Callback
+    from .trace import Trace
 
 __all__ = ["Sequential", "History", "GradientWarning", "NonFiniteWarning"]
 
@@ -46,7 +52,15 @@ class Sequential:
     weight initialisation.
     """
 
-    def __init__(self, layers=None, name=None, dtype="float32", seed=None):
+    _core: Any  # the C++ network (_core.Network32/64) once built, else None
+    _input_shape: tuple[int, ...] | None
+    _last_epoch_stats: dict[str, Any]
+    loss: str | None
+    optimizer: _optimizers.Optimizer | None
+    history: History | None
+
+    def __init__(self, layers: Iterable[_layers.Layer] | None = None, name: str | None = None,
+                 dtype: str = "float32", seed: int | None = None) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be 'float32' or 'float64'; received {dtype!r}")
         self.seed = _checks.seed(seed)
@@ -69,22 +83,22 @@ class Sequential:
 
     # -- structure ----------------------------------------------------------------------
     @property
-    def layers(self):
+    def layers(self) -> list[_layers.Layer]:
         return list(self._layers)
 
     @property
-    def built(self):
+    def built(self) -> bool:
         return self._core is not None
 
     @property
-    def input_shape(self):
+    def input_shape(self) -> tuple[int, ...] | None:
         return self._input_shape
 
     @property
-    def output_shape(self):
+    def output_shape(self) -> tuple[int, ...] | None:
         return self._layers[-1].output_shape if self.built else None
 
-    def add(self, layer):
+    def add(self, layer: _layers.Layer) -> None:
         if not isinstance(layer, _layers.Layer):
             raise TypeError(f"Sequential.add expects a chainrule layer; received {layer!r}")
         self._check_not_training("add")
@@ -94,7 +108,7 @@ class Sequential:
             raise ValueError(f"layer {layer!r} is already in this model")
         self._layers.append(layer)
 
-    def build(self, input_shape=None):
+    def build(self, input_shape: ShapeLike | None = None) -> None:
         """Create the weights for samples of ``input_shape`` (per sample, without the batch
         dimension; a leading None is ignored). Without it, the first layer's
         ``input_shape=`` is used."""
@@ -178,13 +192,14 @@ class Sequential:
                 raise ValueError(f"x must have shape (n, features...); received shape {x_arr.shape}")
             self.build(x_arr.shape[1:])
 
-    def count_params(self):
+    def count_params(self) -> int:
         if not self.built:
             raise ValueError("the model is not built yet: call build(input_shape) or fit first")
         return int(self._core.num_params)
 
     # -- compile ------------------------------------------------------------------------
-    def compile(self, optimizer="sgd", loss=None, metrics=None):
+    def compile(self, optimizer: str | _optimizers.Optimizer | Config = "sgd",
+                loss: str | _losses.Loss | None = None, metrics: Sequence[str] | None = None) -> None:
         """Choose the optimizer (an Optimizer or 'sgd'), the loss (a name such as
         'sparse_categorical_crossentropy', 'categorical_crossentropy', 'binary_crossentropy',
         'mse') and metrics (['accuracy'] or none)."""
@@ -235,14 +250,14 @@ class Sequential:
 
     # -- training state (public hooks, for callbacks) -----------------------------------
     @property
-    def learning_rate(self):
+    def learning_rate(self) -> float:
         """The learning rate of the next optimizer step: the optimizer's rate (its schedule's
         value at the current step) times :attr:`lr_scale`. Read-only."""
         self._require_core("learning_rate")
         return float(self._core.current_learning_rate())
 
     @property
-    def lr_scale(self):
+    def lr_scale(self) -> float:
         """A factor on every rate the optimizer or its schedule gives (1.0 after compile;
         saved with the model). ReduceLROnPlateau lowers it; a callback may set it to any
         finite number > 0 between epochs."""
@@ -250,13 +265,13 @@ class Sequential:
         return float(self._core.lr_scale)
 
     @lr_scale.setter
-    def lr_scale(self, value):
+    def lr_scale(self, value: float) -> None:
         self._require_core("lr_scale")
         self._check_not_training("lr_scale")
         self._core.set_lr_scale(_checks.real_number("lr_scale", value))
 
     @property
-    def stop_on_nonfinite(self):
+    def stop_on_nonfinite(self) -> bool:
         """When True, every training step is checked: at the first NaN or infinite loss or
         weight the core puts back the weights, optimizer state and step count of the last
         finite step and ends the epoch (``last_epoch_stats["stopped_nan"]`` is then True).
@@ -264,7 +279,7 @@ class Sequential:
         return self._stop_on_nonfinite
 
     @stop_on_nonfinite.setter
-    def stop_on_nonfinite(self, value):
+    def stop_on_nonfinite(self, value: bool) -> None:
         value = _checks.flag("stop_on_nonfinite", value)
         self._check_not_training("stop_on_nonfinite")
         self._stop_on_nonfinite = value
@@ -272,7 +287,7 @@ class Sequential:
             self._core.set_stop_on_nan(value)
 
     @property
-    def last_epoch_stats(self):
+    def last_epoch_stats(self) -> dict[str, Any]:
         """What the core reported for the last epoch ``fit`` ran (a new dict; empty before
         any): ``loss`` and ``accuracy`` (running, over the epoch's batches), ``samples``,
         ``steps``, ``learning_rate`` (of the last step), ``stopped_nan`` (stop_on_nonfinite
@@ -305,9 +320,12 @@ class Sequential:
         return logs
 
     # -- training ------------------------------------------------------------------------
-    def fit(self, x, y, epochs=1, batch_size=32, verbose=1, callbacks=None, validation_split=0.0,
-            validation_data=None, shuffle=True, seed=None, sample_weight=None, class_weight=None,
-            gradient_warnings=True, initial_epoch=0):
+    def fit(self, x: ArrayLike, y: ArrayLike, epochs: int = 1, batch_size: int = 32, verbose: int = 1,
+            callbacks: Sequence[Callback] | None = None, validation_split: float = 0.0,
+            validation_data: tuple[ArrayLike, ArrayLike] | tuple[ArrayLike, ArrayLike, ArrayLike] | None = None,
+            shuffle: bool = True, seed: int | None = None, sample_weight: ArrayLike | None = None,
+            class_weight: dict[int, float] | None = None, gradient_warnings: bool = True,
+            initial_epoch: int = 0) -> History:
         """Train for ``epochs`` passes over (x, y) with mini-batches of ``batch_size`` (the
         last one may be smaller), in a fresh seeded random order each epoch when ``shuffle``.
 
@@ -333,7 +351,7 @@ class Sequential:
                                  validation_data, shuffle, seed, sample_weight, class_weight,
                                  gradient_warnings, initial_epoch)
 
-    def train_on_batch(self, x, y, sample_weight=None):
+    def train_on_batch(self, x: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) -> Any:
         """One optimizer step on exactly this batch; returns the loss (and accuracy if
         requested in compile) measured before the step."""
         self._require_compiled("train_on_batch")
@@ -343,7 +361,8 @@ class Sequential:
         _warn_nonfinite(self, stats, "train_on_batch")
         return self._scalar_or_list(stats)
 
-    def compute_gradients(self, x, y, sample_weight=None):
+    def compute_gradients(self, x: ArrayLike, y: ArrayLike,
+                          sample_weight: ArrayLike | None = None) -> tuple[float, list[FloatArray]]:
         """(loss, gradients) of the batch-mean loss on (x, y), gradients in the order and
         shapes of :meth:`get_weights`. The weights are not changed."""
         self._require_compiled("compute_gradients")
@@ -352,7 +371,7 @@ class Sequential:
         grads = [self._core.get_param(i, True) for i in range(len(self._core.params_info()))]
         return float(stats["loss"]), grads
 
-    def trace(self, x, y, sample_weight=None):
+    def trace(self, x: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) -> Trace:
         """The numbers of the training step ``train_on_batch(x, y, sample_weight)`` would take,
         without taking it: per layer the input, pre-activation ``z``, output ``a``, error term
         ``delta`` (dL/dz; dL/d(output) for layers without an activation), the gradients (batch
@@ -373,8 +392,10 @@ class Sequential:
             return [float(stats["loss"]), float(stats["accuracy"])]
         return float(stats["loss"])
 
-    def evaluate(self, x, y, batch_size=256, verbose=0, sample_weight=None, return_dict=False):
-        """Loss (and accuracy if requested in compile) over (x, y)."""
+    def evaluate(self, x: ArrayLike, y: ArrayLike, batch_size: int = 256, verbose: int = 0,
+                 sample_weight: ArrayLike | None = None, return_dict: bool = False) -> Any:
+        """Loss (and accuracy if requested in compile) over (x, y): a float, ``[loss,
+        accuracy]`` with ``metrics=["accuracy"]``, or with ``return_dict`` a dict of floats."""
         self._require_compiled("evaluate")
         batch_size = _checks.positive_int("batch_size", batch_size)
         X, Y, SW = self._prepare(x, y, sample_weight)
@@ -384,7 +405,7 @@ class Sequential:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()), flush=True)
         return logs if return_dict else self._scalar_or_list(stats)
 
-    def predict(self, x, batch_size=256):
+    def predict(self, x: ArrayLike, batch_size: int = 256) -> FloatArray:
         """The model's outputs for x (with the final activation, e.g. softmax probabilities),
         as a numpy array of shape (n,) + output_shape."""
         batch_size = _checks.positive_int("batch_size", batch_size)
@@ -392,17 +413,17 @@ class Sequential:
         self._ensure_built(x_arr)
         X = _checks.prepare_x("x", x_arr, self._input_shape, self._np_dtype())
         out = self._core.predict(X, batch_size)
-        return out.reshape((X.shape[0],) + tuple(self.output_shape))
+        return out.reshape((X.shape[0],) + tuple(self._layers[-1]._built_output()))
 
     # -- weights -------------------------------------------------------------------------
-    def get_weights(self):
+    def get_weights(self) -> list[FloatArray]:
         """All parameters as numpy arrays (copies), layer by layer: Dense gives
         [kernel (in, units), bias (units,)]."""
         if not self.built:
             return []
         return [self._core.get_param(i) for i in range(len(self._core.params_info()))]
 
-    def set_weights(self, weights):
+    def set_weights(self, weights: Sequence[ArrayLike]) -> None:
         if not self.built:
             raise ValueError("the model is not built yet: call build(input_shape) first")
         self._check_not_training("set_weights")
@@ -421,7 +442,7 @@ class Sequential:
             self._core.set_param(i, arr)
 
     # -- description ---------------------------------------------------------------------
-    def summary(self, print_fn=print):
+    def summary(self, print_fn: Callable[[str], Any] = print) -> None:
         if not self.built:
             raise ValueError("the model is not built yet: call build(input_shape) or fit first")
         rows = [(f"{l.name} ({type(l).__name__})", str((None,) + tuple(l.output_shape)), str(l.count_params()))
@@ -434,16 +455,16 @@ class Sequential:
                "Layer (type)".ljust(w0) + "Output Shape".ljust(w1) + "Param #".rjust(w2), "=" * len(line)]
         out += [r[0].ljust(w0) + r[1].ljust(w1) + r[2].rjust(w2) for r in rows]
         out += ["=" * len(line), f"Total params: {self.count_params():,}",
-                f"Input shape: {(None,) + tuple(self._input_shape)}  dtype: {self.dtype}", line]
+                f"Input shape: {(None, *(self._input_shape or ()))}  dtype: {self.dtype}", line]
         print_fn("\n".join(out))
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"name": self.name, "dtype": self.dtype, "seed": self.seed,
                 "input_shape": None if self._input_shape is None else list(self._input_shape),
                 "layers": [{"class_name": type(l).__name__, "config": l.get_config()} for l in self._layers]}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: Config) -> Sequential:
         if not isinstance(config, dict) or "layers" not in config:
             raise ValueError(f"Sequential.from_config expects a dict with 'layers'; received {config!r}")
         model = cls([_layers.get(c) for c in config["layers"]], name=config.get("name"),
@@ -478,7 +499,7 @@ class Sequential:
         _restore_pickle_state(self, state)
 
     # -- persistence ---------------------------------------------------------------------
-    def save(self, path):
+    def save(self, path: PathLike) -> None:
         """Write the model (architecture, weights, compile settings, optimizer state) to
         ``path``; see :func:`chainrule.saving.save_model` for the format."""
         from .saving import save_model

@@ -14,9 +14,15 @@ Clipping sees the gradient of the loss plus any ``kernel_regularizer`` penalty.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any, Mapping
 
 from . import schedules as _schedules
 from ._checks import F32_MAX, hyper_float
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from ._typing import Config
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "get", "MIN_EPSILON"]
 
@@ -27,7 +33,8 @@ MIN_EPSILON = 1.1754943508222875e-38
 
 
 
-def _number(cls, name, value, lo=0.0, strict=False, hi=None, hi_strict=True):
+def _number(cls: str, name: str, value: Any, lo: float = 0.0, strict: bool = False, hi: float | None = None,
+            hi_strict: bool = True) -> float:
     try:
         v = hyper_float(value)
     except TypeError:
@@ -45,7 +52,7 @@ def _number(cls, name, value, lo=0.0, strict=False, hi=None, hi_strict=True):
     return v
 
 
-def _epsilon(cls, value):
+def _epsilon(cls: str, value: Any) -> float:
     v = _number(cls, "epsilon", value, strict=True)
     if v < MIN_EPSILON:
         raise ValueError(f"{cls}: epsilon must be >= {MIN_EPSILON!r} (the smallest normal float32: a "
@@ -53,7 +60,7 @@ def _epsilon(cls, value):
     return v
 
 
-def _bool(cls, name, value):
+def _bool(cls: str, name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{cls}: {name} must be True or False; received {value!r}")
     return value
@@ -64,8 +71,11 @@ class Optimizer:
 
     kind = ""
 
-    def __init__(self, learning_rate, clipvalue=None, clipnorm=None, weight_decay=0.0):
+    def __init__(self, learning_rate: float | _schedules.LearningRateSchedule | Config,
+                 clipvalue: float | None = None, clipnorm: float | None = None,
+                 weight_decay: float = 0.0) -> None:
         cls = type(self).__name__
+        self.learning_rate: float | _schedules.LearningRateSchedule
         if isinstance(learning_rate, (_schedules.LearningRateSchedule, dict)):
             self.learning_rate = _schedules.get(learning_rate)
         else:
@@ -79,31 +89,31 @@ class Optimizer:
         lr = self.learning_rate
         return lr.initial_learning_rate if isinstance(lr, _schedules.LearningRateSchedule) else lr
 
-    def _base_config(self):
+    def _base_config(self) -> Config:
         lr = self.learning_rate
         return {"class_name": type(self).__name__,
                 "learning_rate": lr.get_config() if isinstance(lr, _schedules.LearningRateSchedule) else lr,
                 "clipvalue": self.clipvalue, "clipnorm": self.clipnorm, "weight_decay": self.weight_decay}
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return self._base_config()
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: Mapping[str, Any]) -> Self:
         config = dict(config)
         config.pop("class_name", None)
         return cls(**config)
 
-    def _core_config(self):
+    def _core_config(self) -> Config:
         lr = self.learning_rate
-        cfg = {"kind": self.kind, "learning_rate": self.base_learning_rate,
+        cfg: Config = {"kind": self.kind, "learning_rate": self.base_learning_rate,
                "clipvalue": self.clipvalue or 0.0, "clipnorm": self.clipnorm or 0.0,
                "weight_decay": self.weight_decay}
         if isinstance(lr, _schedules.LearningRateSchedule):
             cfg["schedule"] = lr._core_config()
         return cfg
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "class_name")
         return f"{type(self).__name__}({args})"
 
@@ -118,17 +128,18 @@ class SGD(Optimizer):
 
     kind = "sgd"
 
-    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, **kwargs):
+    def __init__(self, learning_rate: float | _schedules.LearningRateSchedule | Config = 0.01,
+                 momentum: float = 0.0, nesterov: bool = False, **kwargs: Any) -> None:
         super().__init__(learning_rate, **kwargs)
         self.momentum = _number("SGD", "momentum", momentum, hi=1.0)
         self.nesterov = _bool("SGD", "nesterov", nesterov)
         if nesterov and self.momentum == 0.0:
             raise ValueError("SGD: nesterov=True requires momentum > 0; received momentum=0")
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {**self._base_config(), "momentum": self.momentum, "nesterov": self.nesterov}
 
-    def _core_config(self):
+    def _core_config(self) -> Config:
         return {**super()._core_config(), "momentum": self.momentum, "nesterov": self.nesterov}
 
 
@@ -139,7 +150,9 @@ class Adam(Optimizer):
 
     kind = "adam"
 
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-8, amsgrad=False, **kwargs):
+    def __init__(self, learning_rate: float | _schedules.LearningRateSchedule | Config = 0.001,
+                 beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-8, amsgrad: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(learning_rate, **kwargs)
         cls = type(self).__name__
         self.beta_1 = _number(cls, "beta_1", beta_1, hi=1.0)
@@ -147,11 +160,11 @@ class Adam(Optimizer):
         self.epsilon = _epsilon(cls, epsilon)
         self.amsgrad = _bool(cls, "amsgrad", amsgrad)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {**self._base_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
                 "epsilon": self.epsilon, "amsgrad": self.amsgrad}
 
-    def _core_config(self):
+    def _core_config(self) -> Config:
         return {**super()._core_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
                 "epsilon": self.epsilon, "amsgrad": self.amsgrad}
 
@@ -160,7 +173,8 @@ class AdamW(Adam):
     """Adam with decoupled weight decay (Loshchilov & Hutter), default ``weight_decay=0.01``
     as torch.optim.AdamW."""
 
-    def __init__(self, learning_rate=0.001, weight_decay=0.01, **kwargs):
+    def __init__(self, learning_rate: float | _schedules.LearningRateSchedule | Config = 0.001,
+                 weight_decay: float = 0.01, **kwargs: Any) -> None:
         super().__init__(learning_rate, weight_decay=weight_decay, **kwargs)
 
 
@@ -170,16 +184,17 @@ class RMSprop(Optimizer):
 
     kind = "rmsprop"
 
-    def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, **kwargs):
+    def __init__(self, learning_rate: float | _schedules.LearningRateSchedule | Config = 0.001,
+                 rho: float = 0.9, momentum: float = 0.0, epsilon: float = 1e-7, **kwargs: Any) -> None:
         super().__init__(learning_rate, **kwargs)
         self.rho = _number("RMSprop", "rho", rho, hi=1.0)
         self.momentum = _number("RMSprop", "momentum", momentum, hi=1.0)
         self.epsilon = _epsilon("RMSprop", epsilon)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {**self._base_config(), "rho": self.rho, "momentum": self.momentum, "epsilon": self.epsilon}
 
-    def _core_config(self):
+    def _core_config(self) -> Config:
         return {**super()._core_config(), "rho": self.rho, "momentum": self.momentum, "epsilon": self.epsilon}
 
 
@@ -189,24 +204,25 @@ class Adagrad(Optimizer):
 
     kind = "adagrad"
 
-    def __init__(self, learning_rate=0.01, initial_accumulator_value=0.1, epsilon=1e-7, **kwargs):
+    def __init__(self, learning_rate: float | _schedules.LearningRateSchedule | Config = 0.01,
+                 initial_accumulator_value: float = 0.1, epsilon: float = 1e-7, **kwargs: Any) -> None:
         super().__init__(learning_rate, **kwargs)
         self.initial_accumulator_value = _number("Adagrad", "initial_accumulator_value", initial_accumulator_value)
         self.epsilon = _epsilon("Adagrad", epsilon)
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {**self._base_config(), "initial_accumulator_value": self.initial_accumulator_value,
                 "epsilon": self.epsilon}
 
-    def _core_config(self):
+    def _core_config(self) -> Config:
         return {**super()._core_config(), "initial_accumulator_value": self.initial_accumulator_value,
                 "epsilon": self.epsilon}
 
 
-_REGISTRY = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad}
+_REGISTRY: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad}
 
 
-def get(identifier) -> Optimizer:
+def get(identifier: Optimizer | str | Config) -> Optimizer:
     """An optimizer from an instance, a name ('sgd', 'adam', 'adamw', 'rmsprop', 'adagrad')
     or a config dict."""
     if isinstance(identifier, Optimizer):
@@ -218,7 +234,7 @@ def get(identifier) -> Optimizer:
         cls = _REGISTRY.get(identifier.lower())
         if cls is None:
             raise ValueError(f"optimizer: unknown name {identifier!r}; expected one of {list(_REGISTRY)}")
-        return cls()
+        return cls()  # type: ignore[call-arg]  # every built-in optimizer has a default learning rate
     if isinstance(identifier, dict) and "class_name" in identifier:
         name = identifier["class_name"]
         cls = {c.__name__: c for c in _REGISTRY.values()}.get(name) if isinstance(name, str) else None

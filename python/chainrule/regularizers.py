@@ -5,8 +5,12 @@ kernel's gradient, inside the C++ step (as Keras's regularizers)."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 from ._checks import F32_MAX, hyper_float
+
+if TYPE_CHECKING:
+    from ._typing import ArrayLike, Config
 
 __all__ = ["Regularizer", "L1", "L2", "L1L2", "get"]
 
@@ -14,7 +18,7 @@ __all__ = ["Regularizer", "L1", "L2", "L1L2", "get"]
 
 
 
-def _factor(name, v):
+def _factor(name: str, v: Any) -> float:
     try:
         f = hyper_float(v)
     except TypeError:
@@ -27,36 +31,38 @@ def _factor(name, v):
 
 
 class Regularizer:
-    def __init__(self, l1=0.0, l2=0.0):
+    """The penalty ``l1 * sum(|w|) + l2 * sum(w**2)`` of a layer's kernel."""
+
+    def __init__(self, l1: float = 0.0, l2: float = 0.0) -> None:
         self.l1 = _factor("l1", l1)
         self.l2 = _factor("l2", l2)
 
-    def __call__(self, w):
+    def __call__(self, w: ArrayLike) -> float:
         """The penalty of a weight array (numpy), for reference."""
         import numpy as np
-        w = np.asarray(w, dtype=np.float64)
-        return self.l1 * np.abs(w).sum() + self.l2 * np.square(w).sum()
+        a = np.asarray(w, dtype=np.float64)
+        return float(self.l1 * np.abs(a).sum() + self.l2 * np.square(a).sum())
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"class_name": "L1L2", "l1": self.l1, "l2": self.l2}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"L1L2(l1={self.l1}, l2={self.l2})"
 
 
-def L1(l1=0.01):
+def L1(l1: float = 0.01) -> Regularizer:
     return Regularizer(l1=l1)
 
 
-def L2(l2=0.01):
+def L2(l2: float = 0.01) -> Regularizer:
     return Regularizer(l2=l2)
 
 
-def L1L2(l1=0.0, l2=0.0):
+def L1L2(l1: float = 0.0, l2: float = 0.0) -> Regularizer:
     return Regularizer(l1=l1, l2=l2)
 
 
-def get(identifier):
+def get(identifier: Regularizer | str | Config | None) -> Regularizer | None:
     """A Regularizer from an instance, None, 'l1' / 'l2' / 'l1_l2' (factor 0.01) or a config."""
     if identifier is None or isinstance(identifier, Regularizer):
         return identifier

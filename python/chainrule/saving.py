@@ -42,12 +42,16 @@ import re
 import secrets
 import stat
 import zipfile
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import layers as _layers
 from . import losses as _losses
 from . import optimizers as _optimizers
+
+if TYPE_CHECKING:
+    from .models import Sequential
 
 __all__ = ["save_model", "load_model", "model_to_bytes", "model_from_bytes", "ModelFormatError"]
 
@@ -78,7 +82,7 @@ class ModelFormatError(ValueError):
 
 # -- saving ---------------------------------------------------------------------------------
 
-def save_model(model, path):
+def save_model(model: Sequential, path: str | os.PathLike[str]) -> None:
     """Write ``model`` to ``path``. The file is written to a temporary name in the same folder,
     flushed to disk and renamed over ``path``, so a crash never leaves a partial file. A new
     file gets the permissions ``open()`` would give it (0o666 less the umask); a file that is
@@ -490,7 +494,7 @@ def _check_metadata(meta, ar, allow_unbuilt):
     return config, comp
 
 
-def load_model(path):
+def load_model(path: str | os.PathLike[str]) -> Sequential:
     """Load a model written by :meth:`Sequential.save`. Never executes code from the file.
 
     A missing file raises FileNotFoundError (a folder IsADirectoryError, an unreadable file

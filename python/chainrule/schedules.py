@@ -9,8 +9,14 @@ The rate at step t (t = 0 for the first update) is also available as ``schedule(
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ._checks import F32_MAX, hyper_float
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from ._typing import Config
 
 __all__ = ["LearningRateSchedule", "StepDecay", "ExponentialDecay", "CosineDecay", "get"]
 
@@ -18,7 +24,7 @@ __all__ = ["LearningRateSchedule", "StepDecay", "ExponentialDecay", "CosineDecay
 
 
 
-def _num(cls, name, value, lo=0.0, strict=True, hi=None):
+def _num(cls: str, name: str, value: Any, lo: float = 0.0, strict: bool = True, hi: float | None = None) -> float:
     try:
         v = hyper_float(value)
     except TypeError:
@@ -32,7 +38,7 @@ def _num(cls, name, value, lo=0.0, strict=True, hi=None):
     return v
 
 
-def _floor(e):
+def _floor(e: float) -> float:
     """floor(e), keeping +inf (a step count over a tiny period) instead of raising."""
     return math.floor(e) if math.isfinite(e) else e
 
@@ -40,22 +46,23 @@ def _floor(e):
 class LearningRateSchedule:
     initial_learning_rate: float
 
-    def __call__(self, step):
+    def __call__(self, step: float) -> float:
+        """The learning rate at optimizer step ``step`` (0-based), as the core computes it."""
         raise NotImplementedError
 
-    def _core_config(self) -> dict:
+    def _core_config(self) -> Config:
         raise NotImplementedError
 
-    def get_config(self) -> dict:
+    def get_config(self) -> Config:
         raise NotImplementedError
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: Mapping[str, Any]) -> Self:
         config = dict(config)
         config.pop("class_name", None)
         return cls(**config)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "class_name")
         return f"{type(self).__name__}({args})"
 
@@ -63,18 +70,18 @@ class LearningRateSchedule:
 class StepDecay(LearningRateSchedule):
     """``lr = initial_learning_rate * factor ** floor(step / drop_every)``."""
 
-    def __init__(self, initial_learning_rate, drop_every, factor=0.5):
+    def __init__(self, initial_learning_rate: float, drop_every: float, factor: float = 0.5) -> None:
         self.initial_learning_rate = _num("StepDecay", "initial_learning_rate", initial_learning_rate)
         self.drop_every = _num("StepDecay", "drop_every", drop_every)
         self.factor = _num("StepDecay", "factor", factor, hi=1.0)
 
-    def __call__(self, step):
+    def __call__(self, step: float) -> float:
         return self.initial_learning_rate * self.factor ** _floor(step / self.drop_every)
 
-    def _core_config(self):
+    def _core_config(self) -> Config:
         return {"kind": "step", "decay_steps": self.drop_every, "decay_rate": self.factor}
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"class_name": "StepDecay", "initial_learning_rate": self.initial_learning_rate,
                 "drop_every": self.drop_every, "factor": self.factor}
 
@@ -84,7 +91,8 @@ class ExponentialDecay(LearningRateSchedule):
     when ``staircase``), as Keras's ExponentialDecay. ``decay_rate`` is in (0, 1]: a rate
     above 1 would grow the learning rate without bound (to inf) as training goes on."""
 
-    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False):
+    def __init__(self, initial_learning_rate: float, decay_steps: float, decay_rate: float,
+                 staircase: bool = False) -> None:
         self.initial_learning_rate = _num("ExponentialDecay", "initial_learning_rate", initial_learning_rate)
         self.decay_steps = _num("ExponentialDecay", "decay_steps", decay_steps)
         self.decay_rate = _num("ExponentialDecay", "decay_rate", decay_rate, hi=1.0)
@@ -92,15 +100,15 @@ class ExponentialDecay(LearningRateSchedule):
             raise TypeError(f"ExponentialDecay: staircase must be True or False; received {staircase!r}")
         self.staircase = staircase
 
-    def __call__(self, step):
+    def __call__(self, step: float) -> float:
         e = step / self.decay_steps
         return self.initial_learning_rate * self.decay_rate ** (_floor(e) if self.staircase else e)
 
-    def _core_config(self):
+    def _core_config(self) -> Config:
         return {"kind": "exponential", "decay_steps": self.decay_steps, "decay_rate": self.decay_rate,
                 "staircase": self.staircase}
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"class_name": "ExponentialDecay", "initial_learning_rate": self.initial_learning_rate,
                 "decay_steps": self.decay_steps, "decay_rate": self.decay_rate, "staircase": self.staircase}
 
@@ -110,34 +118,36 @@ class CosineDecay(LearningRateSchedule):
     ``warmup_steps``, then cosine decay to ``alpha * initial_learning_rate`` over
     ``decay_steps`` (then constant)."""
 
-    def __init__(self, initial_learning_rate, decay_steps, alpha=0.0, warmup_steps=0, warmup_start=0.0):
+    def __init__(self, initial_learning_rate: float, decay_steps: float, alpha: float = 0.0,
+                 warmup_steps: float = 0, warmup_start: float = 0.0) -> None:
         self.initial_learning_rate = _num("CosineDecay", "initial_learning_rate", initial_learning_rate)
         self.decay_steps = _num("CosineDecay", "decay_steps", decay_steps)
         self.alpha = _num("CosineDecay", "alpha", alpha, strict=False, hi=1.0)
         self.warmup_steps = _num("CosineDecay", "warmup_steps", warmup_steps, strict=False)
         self.warmup_start = _num("CosineDecay", "warmup_start", warmup_start, strict=False)
 
-    def __call__(self, step):
+    def __call__(self, step: float) -> float:
         if step < self.warmup_steps:
             return self.warmup_start + (self.initial_learning_rate - self.warmup_start) * step / self.warmup_steps
         progress = min(step - self.warmup_steps, self.decay_steps) / self.decay_steps
         cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
         return self.initial_learning_rate * ((1.0 - self.alpha) * cosine + self.alpha)
 
-    def _core_config(self):
+    def _core_config(self) -> Config:
         return {"kind": "cosine", "decay_steps": self.decay_steps, "alpha": self.alpha,
                 "warmup_steps": self.warmup_steps, "warmup_start": self.warmup_start}
 
-    def get_config(self):
+    def get_config(self) -> Config:
         return {"class_name": "CosineDecay", "initial_learning_rate": self.initial_learning_rate,
                 "decay_steps": self.decay_steps, "alpha": self.alpha, "warmup_steps": self.warmup_steps,
                 "warmup_start": self.warmup_start}
 
 
-_REGISTRY = {c.__name__: c for c in (StepDecay, ExponentialDecay, CosineDecay)}
+_REGISTRY: dict[str, type[LearningRateSchedule]] = {c.__name__: c for c in (StepDecay, ExponentialDecay, CosineDecay)}
 
 
-def get(config):
+def get(config: LearningRateSchedule | Config) -> LearningRateSchedule:
+    """A schedule from an instance or a config dict (``get_config()``'s output)."""
     if isinstance(config, LearningRateSchedule):
         if not isinstance(config, tuple(_REGISTRY.values())):  # the core evaluates only these
             raise ValueError(f"learning-rate schedule {type(config).__name__} is not a built-in one; "

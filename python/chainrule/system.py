@@ -3,6 +3,7 @@ threads its parallel regions use. Thin wrappers over chainrule._core."""
 
 import numbers
 import os
+from typing import Any
 
 from chainrule import _core
 
@@ -15,7 +16,7 @@ __all__ = ["cpu_info", "set_num_threads", "get_num_threads", "MAX_THREADS"]
 MAX_THREADS = max(4 * (os.cpu_count() or 1), 64)
 
 
-def cpu_info() -> dict:
+def cpu_info() -> dict[str, Any]:
     """What the core sees and chose.
 
     Keys: ``features`` (dict of bools: sse4_2, avx, avx2, fma, f16c, avx512f, avx512bw,

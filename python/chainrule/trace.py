@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ._typing import PathLike
 
 __all__ = ["LayerTrace", "Trace"]
 
@@ -31,35 +37,35 @@ class LayerTrace:
     z: np.ndarray | None
     a: np.ndarray
     delta: np.ndarray
-    weights: dict
-    grads: dict
-    updates: dict
+    weights: dict[str, np.ndarray]
+    grads: dict[str, np.ndarray]
+    updates: dict[str, np.ndarray]
     winners: np.ndarray | None = None
 
     @property
-    def num_units(self):
+    def num_units(self) -> int:
         """Units of a Dense layer, channels of an image layer (the last axis of the output)."""
         return int(self.a.shape[-1]) if self.a.ndim > 1 else 1
 
     @property
-    def is_image(self):
+    def is_image(self) -> bool:
         return self.a.ndim == 4
 
-    def unit_values(self, arr):
+    def unit_values(self, arr: np.ndarray) -> np.ndarray:
         """(B, units): ``arr`` per example and unit; image layers average over H×W."""
         arr = np.asarray(arr, dtype=np.float64)
         if arr.ndim == 4:
             return arr.mean(axis=(1, 2))
         return arr.reshape(arr.shape[0], -1)
 
-    def per_unit(self, param_dict, key):
+    def per_unit(self, param_dict: dict[str, np.ndarray], key: str) -> np.ndarray:
         """(units, fan_in) view of a kernel-like tensor (last axis = unit), or (units,) bias."""
         t = np.asarray(param_dict[key], dtype=np.float64)
         if key == "bias":
             return t.reshape(-1)
         return t.reshape(-1, t.shape[-1]).T
 
-    def grad_norms(self):
+    def grad_norms(self) -> dict[str, float]:
         """{param: L2 norm of its gradient}."""
         return {k: float(np.linalg.norm(np.asarray(g, dtype=np.float64))) for k, g in self.grads.items()}
 
@@ -70,7 +76,7 @@ class LayerTrace:
 
 @dataclass
 class Trace:
-    layers: list
+    layers: list[LayerTrace]
     loss: float
     output: np.ndarray
     output_grad: np.ndarray
@@ -78,10 +84,10 @@ class Trace:
     learning_rate: float
 
     @property
-    def batch_size(self):
+    def batch_size(self) -> int:
         return int(np.asarray(self.output).shape[0])
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: int | str) -> LayerTrace:
         """The LayerTrace by position or by layer name."""
         if isinstance(key, str):
             for layer in self.layers:
@@ -213,7 +219,7 @@ class Trace:
             out.append(f"    channel {c}: " + " ".join(pairs))
 
     # ---------------------------------------------------------------- figure
-    def plot(self, path=None, dpi=100):
+    def plot(self, path: PathLike | None = None, dpi: float = 100) -> Figure:
         """Per layer, heatmaps of the activations and of δ (units × examples; image layers
         show the channel mean over H×W), and a bar chart of every parameter tensor's gradient
         L2 norm on a log scale, as one matplotlib Figure (10 inches wide, 1.9 inches per
@@ -234,7 +240,7 @@ class Trace:
                                                       (lt.delta, dtitle, "coolwarm"))):
                 ax = fig.add_subplot(grid[i, col])
                 m = lt.unit_values(arr).T  # (units, B)
-                kw = {}
+                kw: dict[str, Any] = {}
                 if cmap == "coolwarm":
                     lim = float(np.max(np.abs(m))) or 1.0
                     kw = {"vmin": -lim, "vmax": lim}

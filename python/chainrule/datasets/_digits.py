@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import io
 from importlib import resources
+from typing import Literal, overload
 
 import numpy as np
 
@@ -47,8 +48,22 @@ def _load_raw() -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+_Split = tuple[np.ndarray, np.ndarray]
+
+
+@overload
+def load_digits(return_split: Literal[True] = ..., *, normalize: bool = ..., flatten: bool = ...,
+                seed: int = ...) -> tuple[_Split, _Split]: ...
+@overload
+def load_digits(return_split: Literal[False], *, normalize: bool = ..., flatten: bool = ...,
+                seed: int = ...) -> _Split: ...
+@overload
+def load_digits(return_split: bool = ..., *, normalize: bool = ..., flatten: bool = ...,
+                seed: int = ...) -> tuple[_Split, _Split] | _Split: ...
+
+
 def load_digits(return_split: bool = True, *, normalize: bool = True, flatten: bool = True,
-                seed: int = DIGITS_SEED):
+                seed: int = DIGITS_SEED) -> tuple[_Split, _Split] | _Split:
     """Load the UCI "Optical Recognition of Handwritten Digits" 8x8 set bundled with chainrule.
 
     1,797 images of handwritten digits 0-9 (about 180 per class), each an 8x8

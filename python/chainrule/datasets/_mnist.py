@@ -11,6 +11,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zlib
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,7 @@ _MAX_IDX_BYTES = 1 << 34  # refuse headers that promise more than 16 GiB
 _DOWNLOAD_TIMEOUT_S = 60
 
 # IDX type codes -> big-endian numpy dtypes
-_IDX_TYPES = {
+_IDX_TYPES: dict[int, np.dtype[Any]] = {
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
     0x0B: np.dtype(">i2"),
@@ -119,7 +120,7 @@ def _parse_idx(f, name: str) -> np.ndarray:
     return arr.astype(dtype.newbyteorder("="), copy=False) if dtype.itemsize > 1 else arr
 
 
-def read_idx(filename) -> np.ndarray:
+def read_idx(filename: str | os.PathLike[str]) -> np.ndarray:
     """Read an IDX file (gzip-compressed or not; detected from the content) into an ndarray.
 
     Checks the magic number, the dimensions and that the data size matches the
@@ -260,8 +261,8 @@ def _load_split(img_path: str, lbl_path: str):
     return images, labels.astype(np.int64)
 
 
-def load_mnist(path=None, download: bool = True, *, normalize: bool = False,
-               flatten: bool = False, verify: bool = False):
+def load_mnist(path: str | os.PathLike[str] | None = None, download: bool = True, *, normalize: bool = False,
+               flatten: bool = False, verify: bool = False) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Load MNIST: ``(x_train, y_train), (x_test, y_test)`` (60,000 and 10,000 images).
 
     Images are uint8 of shape ``(n, 28, 28)``; ``normalize=True`` gives float32

@@ -9,8 +9,12 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike, DTypeLike
 
 __all__ = [
     "scale",
@@ -80,7 +84,7 @@ def _check_float_dtype(dtype, name: str = "dtype") -> np.dtype:
 # --------------------------------------------------------------------------- scaling
 
 
-def scale(x, lo=0, hi=255, *, dtype=np.float32) -> np.ndarray:
+def scale(x: ArrayLike, lo: float = 0, hi: float = 255, *, dtype: DTypeLike = np.float32) -> np.ndarray:
     """Map ``x`` linearly so that ``lo -> 0`` and ``hi -> 1``: ``(x - lo) / (hi - lo)``.
 
     The defaults turn 8-bit pixel values (0..255, e.g. MNIST) into ``[0, 1]``.
@@ -104,7 +108,8 @@ def scale(x, lo=0, hi=255, *, dtype=np.float32) -> np.ndarray:
     return out
 
 
-def to_unit_range(x, lo=None, hi=None, *, dtype=np.float32) -> np.ndarray:
+def to_unit_range(x: ArrayLike, lo: float | None = None, hi: float | None = None, *,
+                  dtype: DTypeLike = np.float32) -> np.ndarray:
     """Min-max scale ``x`` into ``[0, 1]``.
 
     ``lo``/``hi`` default to ``x.min()``/``x.max()``.  If the data is constant
@@ -145,7 +150,7 @@ class Standardizer:
         x_train_s, x_test_s = st.transform(x_train), st.transform(x_test)
     """
 
-    def __init__(self, eps: float = 1e-7, dtype=np.float32):
+    def __init__(self, eps: float = 1e-7, dtype: DTypeLike = np.float32) -> None:
         eps_f = _check_real_scalar(eps, "eps")
         if eps_f < 0:
             raise ValueError(f"eps must be >= 0, got {eps!r}")
@@ -166,19 +171,22 @@ class Standardizer:
         _check_finite(a, name)
         return a
 
-    def _check_fitted(self) -> None:
-        if self.mean_ is None:
+    def _check_fitted(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean_, std_); a RuntimeError before fit."""
+        if self.mean_ is None or self.std_ is None:
             raise RuntimeError("this Standardizer is not fitted yet; call fit(x_train) first")
+        return self.mean_, self.std_
 
     def _check_features(self, a: np.ndarray, name: str) -> None:
-        if a.shape[1:] != self.mean_.shape:
+        mean, _ = self._check_fitted()
+        if a.shape[1:] != mean.shape:
             raise ValueError(
                 f"{name} has feature shape {a.shape[1:]} (shape {a.shape}), but the "
-                f"Standardizer was fitted on feature shape {self.mean_.shape}"
+                f"Standardizer was fitted on feature shape {mean.shape}"
             )
 
     # -- API
-    def fit(self, x) -> "Standardizer":
+    def fit(self, x: ArrayLike) -> Standardizer:
         a = self._check_x(x, "x")
         n = a.shape[0]
         if n == 0:
@@ -196,33 +204,33 @@ class Standardizer:
         self.mean_, self.std_, self.n_samples_seen_ = mean, std, n
         return self
 
-    def transform(self, x) -> np.ndarray:
-        self._check_fitted()
+    def transform(self, x: ArrayLike) -> np.ndarray:
+        mean, std = self._check_fitted()
         a = self._check_x(x, "x")
         self._check_features(a, "x")
         out = np.array(a, dtype=self.dtype, copy=True)
-        out -= self.mean_.astype(self.dtype)
-        out /= self.std_.astype(self.dtype)
+        out -= mean.astype(self.dtype)
+        out /= std.astype(self.dtype)
         return out
 
-    def fit_transform(self, x) -> np.ndarray:
+    def fit_transform(self, x: ArrayLike) -> np.ndarray:
         return self.fit(x).transform(x)
 
-    def inverse_transform(self, z) -> np.ndarray:
-        self._check_fitted()
+    def inverse_transform(self, z: ArrayLike) -> np.ndarray:
+        mean, std = self._check_fitted()
         a = self._check_x(z, "z")
         self._check_features(a, "z")
         out = np.array(a, dtype=self.dtype, copy=True)
-        out *= self.std_.astype(self.dtype)
-        out += self.mean_.astype(self.dtype)
+        out *= std.astype(self.dtype)
+        out += mean.astype(self.dtype)
         return out
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         """Constructor arguments, JSON-serialisable: ``Standardizer(**cfg)`` rebuilds an unfitted copy."""
         return {"eps": self.eps, "dtype": self.dtype.name}
 
     @classmethod
-    def from_config(cls, config: dict) -> "Standardizer":
+    def from_config(cls, config: dict[str, Any]) -> Standardizer:
         return cls(**config)
 
     def __repr__(self) -> str:
@@ -230,7 +238,8 @@ class Standardizer:
         return f"Standardizer(eps={self.eps!r}, dtype={self.dtype.name}) [{fitted}]"
 
 
-def standardize(x_train, *others, eps: float = 1e-7, dtype=np.float32) -> tuple:
+def standardize(x_train: ArrayLike, *others: ArrayLike, eps: float = 1e-7,
+                dtype: DTypeLike = np.float32) -> tuple[np.ndarray, ...]:
     """Standardise ``x_train`` per feature and apply the *training* statistics to ``others``.
 
     Returns a tuple ``(x_train_s, *others_s)`` (always a tuple, also with no
@@ -243,7 +252,7 @@ def standardize(x_train, *others, eps: float = 1e-7, dtype=np.float32) -> tuple:
 # --------------------------------------------------------------------------- labels
 
 
-def to_categorical(y, num_classes=None, *, dtype=np.float32) -> np.ndarray:
+def to_categorical(y: ArrayLike, num_classes: int | None = None, *, dtype: DTypeLike = np.float32) -> np.ndarray:
     """One-hot encode integer labels: shape ``y.shape + (num_classes,)``, ``dtype`` float32.
 
     ``num_classes`` defaults to ``y.max() + 1``.  Float labels are accepted only
@@ -281,6 +290,7 @@ def to_categorical(y, num_classes=None, *, dtype=np.float32) -> np.ndarray:
                 f"y contains label {a[hi_i].item()!r} at index {tuple(map(int, hi_i))}, "
                 f"which is >= num_classes={num_classes}"
             )
+    assert num_classes is not None  # inferred above, or the empty y raised
     dt = np.dtype(dtype)
     labels = a.astype(np.int64).reshape(-1)
     out = np.zeros((labels.size, num_classes), dtype=dt)
@@ -336,7 +346,8 @@ def _n_test(test_size, n: int) -> int:
     raise TypeError(f"test_size must be a float in (0, 1) or an int, got {test_size!r}")
 
 
-def _split_indices(y: np.ndarray | None, n: int, test_size, seed: int, stratify: bool):
+def _split_indices(y: np.ndarray | None, n: int, test_size: float, seed: int,
+                   stratify: bool) -> tuple[np.ndarray, np.ndarray]:
     """Return (train_idx, test_idx), both in shuffled order."""
     if isinstance(seed, (bool, np.bool_)):
         raise TypeError(f"seed must be a non-negative integer, got {seed!r}")
@@ -352,6 +363,7 @@ def _split_indices(y: np.ndarray | None, n: int, test_size, seed: int, stratify:
         return order[k:], order[:k]
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
+    assert y is not None  # stratify needs the labels
     classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
     inverse = inverse.reshape(-1)
     # largest-remainder allocation of k test samples proportional to class sizes
@@ -369,7 +381,8 @@ def _split_indices(y: np.ndarray | None, n: int, test_size, seed: int, stratify:
     return order[~is_test[order]], order[is_test[order]]
 
 
-def train_test_split(x, y, test_size=0.2, seed: int = 0, *, stratify: bool = False):
+def train_test_split(x: ArrayLike, y: ArrayLike, test_size: float = 0.2, seed: int = 0, *,
+                     stratify: bool = False) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Split ``(x, y)`` into shuffled train and test parts: ``(x_train, y_train), (x_test, y_test)``.
 
     ``test_size`` is a fraction in (0, 1) (the test set gets ``ceil(test_size * n)``
