@@ -65,13 +65,23 @@ auto locked_call(R (Net::*fn)(A...) const) {
 // Python hooks of a long C++ loop: an optional progress callback and a signal poll. Both
 // run with the GIL re-taken, between batches (never inside a parallel region). A Python
 // exception in either (KeyboardInterrupt from Ctrl-C included) stops the loop after the
-// current batch and is re-raised by rethrow() once the loop has returned.
+// current batch and is re-raised by rethrow() once the loop has returned. stop_owner, when
+// given, has a stop_requested attribute that the poll also reads: a stop asked for without
+// an exception (a data-parallel epoch turns Ctrl-C into one, as an exception could strike
+// in the middle of a reduction).
 class LoopHooks {
  public:
-  explicit LoopHooks(const py::object& progress_cb) : progress_cb_(progress_cb) {
+  explicit LoopHooks(const py::object& progress_cb, const py::object& stop_owner = py::none())
+      : progress_cb_(progress_cb), stop_owner_(stop_owner) {
     poll = [this] {
       py::gil_scoped_acquire gil;
-      return PyErr_CheckSignals() == 0 || keep_error();
+      if (PyErr_CheckSignals() != 0) return keep_error();
+      try {
+        return stop_owner_.is_none() || !stop_owner_.attr("stop_requested").cast<bool>();
+      } catch (py::error_already_set& e) {
+        pending_ = std::make_unique<py::error_already_set>(std::move(e));
+        return false;
+      }
     };
     if (!progress_cb_.is_none())
       progress = [this](i64 done, i64 total, double loss, double acc) {
@@ -97,7 +107,7 @@ class LoopHooks {
     pending_ = std::make_unique<py::error_already_set>();
     return false;
   }
-  py::object progress_cb_;
+  py::object progress_cb_, stop_owner_;
   std::unique_ptr<py::error_already_set> pending_;
 };
 
@@ -385,7 +395,7 @@ void bind_network(py::module_& m, const char* name) {
               bool shuffle, std::uint64_t seed, const py::object& progress, i64 every,
               const py::object& data_parallel) {
              auto c = check_xy(n, x, y, sw);
-             LoopHooks hooks(progress);
+             LoopHooks hooks(progress, data_parallel);
              cr::EpochStats s;
              if (data_parallel.is_none()) {
                s = locked(n, [&] {

@@ -14,7 +14,10 @@ distributed fit starts; ``import chainrule`` never imports it.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 import time
 import traceback
 import zlib
@@ -71,8 +74,9 @@ def _abort(comm, what):
 class _Transport:
     """The C++ epoch's Reducer (chainrule._core wraps it): in-place sums and maxima over the
     ranks, started with a non-blocking allreduce and waited for later. Also carries the
-    epoch's layout (rank, size, shard_sizes) and counts the seconds spent in its calls: the
-    time the training loop waits on communication."""
+    epoch's layout (rank, size, shard_sizes), the stop request the epoch's poll reads
+    (stop_requested: Ctrl-C during the epoch), and counts the seconds spent in its calls:
+    the time the training loop waits on communication."""
 
     def __init__(self, comm, MPI, shard_sizes):
         self._comm = comm
@@ -83,6 +87,7 @@ class _Transport:
         self._pending = {}
         self._next = 0
         self.seconds = 0.0
+        self.stop_requested = False
 
     def start_sum(self, view):
         return self._start(view, self._sum)
@@ -203,6 +208,27 @@ class Group:
         core.set_optimizer_state(slots)
         core.set_step_count(steps)
         core.set_lr_scale(lr_scale)
+
+    @contextlib.contextmanager
+    def interrupts_as_stop_requests(self):
+        """Ctrl-C (SIGINT) during a data-parallel epoch: a stop request, which the epoch's
+        next step carries to every rank, instead of a KeyboardInterrupt that could strike in
+        the middle of a reduction and leave the other ranks waiting. Only where Python's own
+        handler is in place (the main thread, no handler of the script's)."""
+        transport = self.transport
+        if (threading.current_thread() is not threading.main_thread()
+                or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+            yield
+            return
+
+        def request_stop(signum, frame):
+            transport.stop_requested = True
+
+        previous = signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def make_transport(self, shard_sizes):
         self.transport = _Transport(self.comm, self._MPI, shard_sizes)

@@ -253,9 +253,13 @@ def _train_epoch(model, epoch, opts, train, history, group):
 
     def run():
         transport.seconds = 0.0
-        s = core.train_epoch(*train, opts.batch_size, opts.shuffle,
-                             group.shuffle_seed(opts.seed, epoch, _epoch_seed), *progress,
-                             data_parallel=transport)
+        transport.stop_requested = False
+        with group.interrupts_as_stop_requests():
+            s = core.train_epoch(*train, opts.batch_size, opts.shuffle,
+                                 group.shuffle_seed(opts.seed, epoch, _epoch_seed), *progress,
+                                 data_parallel=transport)
+        if transport.stop_requested:
+            raise KeyboardInterrupt
         if s["interrupted"]:
             raise KeyboardInterrupt("training was interrupted on another rank")
         return s
