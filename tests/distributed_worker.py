@@ -127,8 +127,10 @@ def scenario_local(rank, outdir):
     model2 = dense_model(OPTIMIZERS["adam_clipnorm"]())
     h2 = model2.fit(x, y, epochs=2, batch_size=SHARD_BATCH, seed=3, verbose=0, distributed="local")
     arrays.update({f"shuffled/{i}": w for i, w in enumerate(model2.get_weights())})
+    from mpi4py import MPI
     _save(outdir, rank, arrays, {"history": h.history, "params": h.params,
-                                 "shuffled_history": h2.history, "shuffled_params": h2.params})
+                                 "shuffled_history": h2.history, "shuffled_params": h2.params,
+                                 "thread_level": MPI.Query_thread()})
 
 
 def scenario_callbacks(rank, outdir):

@@ -32,8 +32,8 @@ def _mpirun():
     return beside if os.path.isfile(beside) else shutil.which("mpirun")
 
 
-def _env():
-    env = dict(os.environ)
+def _env(**extra):
+    env = dict(os.environ, **extra)
     env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join(filter(None, [HERE, env.get("PYTHONPATH")])))
     return env
@@ -51,8 +51,8 @@ def _command(scenario, outdir):
             os.path.join(HERE, "distributed_worker.py"), scenario, str(outdir)]
 
 
-def run_mpi(scenario, outdir, expect_ok=True):
-    r = subprocess.run(_command(scenario, outdir), env=_env(), capture_output=True, text=True,
+def run_mpi(scenario, outdir, expect_ok=True, **env):
+    r = subprocess.run(_command(scenario, outdir), env=_env(**env), capture_output=True, text=True,
                        timeout=TIMEOUT, stdin=subprocess.DEVNULL)
     if expect_ok:
         assert r.returncode == 0, f"mpirun failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
@@ -123,12 +123,16 @@ def shard_steps():
         yield np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def test_local_shards(mpi, tmp_path):
+@pytest.mark.parametrize("thread_level", ["multiple", "funneled"])
+def test_local_shards(mpi, tmp_path, thread_level):
     """Each rank passes its own shard (23 and 14 rows, unequal): every step's global batch is
     both ranks' parts, as the plan says, and the epoch equals one process taking those
-    batches with train_on_batch; validation is over both ranks' validation shards."""
-    run_mpi("local", tmp_path)
+    batches with train_on_batch; validation is over both ranks' validation shards. With MPI
+    at MPI_THREAD_FUNNELED the reductions are non-blocking ones from the training thread
+    (no communication thread): the same results."""
+    run_mpi("local", tmp_path, MPI4PY_RC_THREAD_LEVEL=thread_level)
     (a0, i0), (a1, i1) = load(tmp_path, 0), load(tmp_path, 1)
+    assert i0["thread_level"] == {"multiple": 3, "funneled": 1}[thread_level]
     ref = w.dense_model(w.OPTIMIZERS["sgd_momentum"]())
     xv = np.concatenate([w.shard_val(r)[0] for r in range(2)])
     yv = np.concatenate([w.shard_val(r)[1] for r in range(2)])
@@ -248,6 +252,14 @@ def _gone(pid):
     return False
 
 
+def _all_gone(pids, seconds=10):
+    """Whether the processes have ended (mpirun may return a moment before they are reaped)."""
+    deadline = time.monotonic() + seconds
+    while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return all(_gone(p) for p in pids)
+
+
 def test_interrupt_on_one_rank_ends_every_rank(mpi, tmp_path):
     """Ctrl-C reaching one rank alone (SIGINT to its process): both ranks leave the epoch
     together and the job ends with the KeyboardInterrupt shown."""
@@ -257,7 +269,7 @@ def test_interrupt_on_one_rank_ends_every_rank(mpi, tmp_path):
     out = _finish(proc)
     assert proc.returncode != 0
     assert "KeyboardInterrupt" in out
-    assert all(_gone(p) for p in pids)
+    assert _all_gone(pids)
 
 
 def test_ctrl_c_on_mpirun_ends_every_rank(mpi, tmp_path):
@@ -265,10 +277,7 @@ def test_ctrl_c_on_mpirun_ends_every_rank(mpi, tmp_path):
     os.kill(proc.pid, signal.SIGINT)
     _finish(proc)
     assert proc.returncode != 0
-    deadline = time.monotonic() + 10
-    while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert all(_gone(p) for p in pids)
+    assert _all_gone(pids)
 
 
 def test_python_m_chainrule_distributed(mpi, tmp_path):

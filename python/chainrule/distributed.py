@@ -3,18 +3,20 @@
 
 Every rank runs the same script and fit. The C++ epoch (``Network::train_epoch_parallel``)
 takes each rank's share of every global batch through forward and backward and sums the
-gradients over the ranks through the transport here: a non-blocking allreduce per gradient
-bucket, started as soon as the backward pass has produced it, waited for just before that
-bucket's optimizer step. This module owns the rest of what MPI does for a fit: the
-communicator, the start-of-fit broadcast of rank 0's weights, optimizer state and seed, the
-validation sums, and :meth:`Group.exchange`, the agreement after each phase of the fit that
-ends every rank together when one of them fails. mpi4py is imported here only, when a
+gradients over the ranks through the transport here: an allreduce per gradient bucket,
+started as soon as the backward pass has produced it and run by a communication thread
+while the layers below compute, waited for just before that bucket's optimizer step. This
+module owns the rest of what MPI does for a fit: the communicator, the start-of-fit
+broadcast of rank 0's weights, optimizer state and seed, the validation sums, and
+:meth:`Group.exchange`, the agreement after each phase of the fit that ends every rank
+together when one of them fails. mpi4py is imported here only, when a
 distributed fit starts; ``import chainrule`` never imports it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import queue
 import signal
 import sys
 import threading
@@ -73,10 +75,15 @@ def _abort(comm, what):
 
 class _Transport:
     """The C++ epoch's Reducer (chainrule._core wraps it): in-place sums and maxima over the
-    ranks, started with a non-blocking allreduce and waited for later. Also carries the
-    epoch's layout (rank, size, shard_sizes), the stop request the epoch's poll reads
-    (stop_requested: Ctrl-C during the epoch), and counts the seconds spent in its calls:
-    the time the training loop waits on communication."""
+    ranks, started at once and waited for later. The reductions run, in the order started,
+    on a communication thread of their own as blocking allreduces (the MPI library's fastest
+    algorithms), so they proceed while the training loop computes the layers below; the loop
+    waits only where it needs a result, sleeping rather than polling (the design of
+    Horovod's background thread). Where the MPI library does not let a second thread call it
+    (thread level below MPI_THREAD_SERIALIZED), the training thread starts non-blocking
+    allreduces instead. Also carries the epoch's layout (rank, size, shard_sizes), the stop
+    request the epoch's poll reads (stop_requested: Ctrl-C during the epoch), and counts the
+    seconds the training loop spends in its calls: its wait on communication."""
 
     def __init__(self, comm, MPI, shard_sizes):
         self._comm = comm
@@ -84,10 +91,18 @@ class _Transport:
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
         self.shard_sizes = shard_sizes
-        self._pending = {}
-        self._next = 0
         self.seconds = 0.0
         self.stop_requested = False
+        self._next = 0  # the next ticket
+        self._thread = None
+        if MPI.Query_thread() >= MPI.THREAD_SERIALIZED:
+            self._work = queue.SimpleQueue()  # (view, op); None ends the thread
+            self._done = 0  # reductions complete, in ticket order
+            self._finished = threading.Condition()
+            self._thread = threading.Thread(target=self._serve, name="chainrule-allreduce", daemon=True)
+            self._thread.start()
+        else:
+            self._requests = {}
 
     def start_sum(self, view):
         return self._start(view, self._sum)
@@ -97,24 +112,50 @@ class _Transport:
 
     def _start(self, view, op):
         t0 = time.perf_counter()
-        try:
-            request = self._comm.Iallreduce(self._in_place, view, op)
-        except BaseException:
-            _abort(self._comm, "a gradient allreduce could not start")
         ticket = self._next
         self._next += 1
-        self._pending[ticket] = (request, view)  # the view stays alive until the wait
+        if self._thread is not None:
+            self._work.put((view, op))  # the view stays alive until its reduction is done
+        else:
+            try:
+                self._requests[ticket] = (self._comm.Iallreduce(self._in_place, view, op), view)
+            except BaseException:
+                _abort(self._comm, "a gradient allreduce could not start")
         self.seconds += time.perf_counter() - t0
         return ticket
 
     def wait(self, ticket):
         t0 = time.perf_counter()
-        try:
-            request, _ = self._pending.pop(ticket)
-            request.Wait()
-        except BaseException:
-            _abort(self._comm, "a gradient allreduce failed")
+        if self._thread is not None:
+            with self._finished:
+                while self._done <= ticket:
+                    self._finished.wait()
+        else:
+            try:
+                self._requests.pop(ticket)[0].Wait()
+            except BaseException:
+                _abort(self._comm, "a gradient allreduce failed")
         self.seconds += time.perf_counter() - t0
+
+    def _serve(self):
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            try:
+                self._comm.Allreduce(self._in_place, item[0], item[1])
+            except BaseException:
+                _abort(self._comm, "a gradient allreduce failed")
+            with self._finished:
+                self._done += 1
+                self._finished.notify_all()
+
+    def close(self):
+        """Ends the communication thread (idle between epochs)."""
+        if self._thread is not None:
+            self._work.put(None)
+            self._thread.join()
+            self._thread = None
 
 
 class Group:
@@ -131,6 +172,8 @@ class Group:
         self._agreed = None  # the last exception every rank raised together
 
     def close(self):
+        if self.transport is not None:
+            self.transport.close()
         self.comm.Free()
 
     # -- agreement ------------------------------------------------------------------------
