@@ -30,8 +30,8 @@ class Reducer {
 // Gradients are reduced in buckets: runs of consecutive layers' gradients, contiguous in the
 // flat block, started as soon as the lowest layer of the run has finished its backward pass.
 // A layer with fewer gradients than this joins the layers below it in one bucket, as PyTorch
-// DDP's bucket_cap_mb does: one reduction's fixed cost is then not paid for a bias or a small
-// output layer.
+// DDP's gradient buckets (bucket_cap_mb) do: one reduction's fixed cost is then not paid for
+// a bias or a small output layer.
 constexpr i64 kMinBucketBytes = i64(256) << 10;
 
 // The configuration of a data-parallel epoch.
