@@ -9,6 +9,9 @@ on shared machines drift:
   mpi-2x1   mpirun -n 2, 1 thread per rank, fit(distributed=True), global batch 128
   proc-1x2  one process, 2 threads
   proc-1x1  one process, 1 thread
+  split-2x1 mpirun -n 2, 1 thread per rank, each rank a plain fit on its half of the data
+            with batch 64 and no communication: what mpi-2x1 computes, without the
+            reductions (each rank still takes every optimizer step on all the weights)
 The table gives the median and minimum seconds per epoch over all timed epochs, the ratio to
 proc-1x2 (> 1: slower than it) and, for mpi-2x1, the share of the epoch rank 0 spent inside
 the gradient reductions (starting them and waiting for them: communication the backward
@@ -27,7 +30,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CONTENDERS = ("mpi-2x1", "proc-1x2", "proc-1x1")
+CONTENDERS = ("mpi-2x1", "proc-1x2", "proc-1x1", "split-2x1")
 
 
 def child_env(threads):
@@ -47,8 +50,9 @@ def mpirun():
 def run_contender(name, args, timeout=1800):
     me = [sys.executable, os.path.abspath(__file__), "--worker", "--batch", str(args.batch),
           "--epochs", str(args.epochs), "--warmup", str(args.warmup)]
-    if name == "mpi-2x1":
-        cmd, threads = [mpirun(), "-n", "2", "--oversubscribe", "-x", "OMP_NUM_THREADS"] + me + ["--distributed"], 1
+    if name in ("mpi-2x1", "split-2x1"):
+        flag = "--distributed" if name == "mpi-2x1" else "--split"
+        cmd, threads = [mpirun(), "-n", "2", "--oversubscribe", "-x", "OMP_NUM_THREADS"] + me + [flag], 1
     else:
         cmd, threads = me, int(name[-1])
     r = subprocess.run(cmd, env=child_env(threads), capture_output=True, text=True, timeout=timeout,
@@ -65,6 +69,10 @@ def worker(args):
     import worker as w  # bench/worker.py: the MNIST loader and bench/run.py's MLP settings
     import chainrule as cr
     x, y = w.load_mnist_train()
+    batch = args.batch
+    if args.split:  # this rank's half, half the batch, no communication
+        rank = cr.distributed.rank()
+        x, y, batch = x[rank::2], y[rank::2], args.batch // 2
     threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
     cr.set_num_threads(threads)
     L = cr.layers
@@ -83,11 +91,11 @@ def worker(args):
     cb = cr.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: marks.append(time.perf_counter()),
                                      on_epoch_end=end)
     n = args.warmup + args.epochs
-    h = model.fit(x, y, epochs=n, batch_size=args.batch, verbose=0, seed=0, callbacks=[cb],
+    h = model.fit(x, y, epochs=n, batch_size=batch, verbose=0, seed=0, callbacks=[cb],
                   gradient_warnings=False, distributed=args.distributed)
     times = [marks[2 * i + 1] - marks[2 * i] for i in range(n)][args.warmup:]
     stats = model.last_epoch_stats
-    if stats.get("ranks", 1) > 1 and cr.distributed.rank() != 0:
+    if (args.distributed or args.split) and cr.distributed.rank() != 0:
         return
     print(json.dumps({"epoch_s": times, "comm_s": comm[args.warmup:], "threads": threads,
                       "ranks": stats.get("ranks", 1), "final_loss": h.history["loss"][-1]}), flush=True)
@@ -102,6 +110,7 @@ def main():
     p.add_argument("--out", default=None, help="write the raw numbers as JSON here")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--distributed", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--split", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         return worker(args)
@@ -110,7 +119,7 @@ def main():
     log = lambda m: print(m, file=sys.stderr, flush=True)
     res = {c: {"epoch_s": [], "comm_s": []} for c in CONTENDERS}
     for r in range(args.rounds):
-        order = CONTENDERS[r % 3:] + CONTENDERS[:r % 3]
+        order = CONTENDERS[r % len(CONTENDERS):] + CONTENDERS[:r % len(CONTENDERS)]
         for c in order:
             out = run_contender(c, args)
             if "error" in out:
