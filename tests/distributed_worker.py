@@ -127,10 +127,18 @@ def scenario_local(rank, outdir):
     model2 = dense_model(OPTIMIZERS["adam_clipnorm"]())
     h2 = model2.fit(x, y, epochs=2, batch_size=SHARD_BATCH, seed=3, verbose=0, distributed="local")
     arrays.update({f"shuffled/{i}": w for i, w in enumerate(model2.get_weights())})
+    # dead units: ReLU unit r fires on rank r's rows only, so none is dead over all the rows
+    relu = cr.Sequential([L.Dense(2, activation="relu"), L.Dense(1)], dtype="float64")
+    relu.compile(optimizer=cr.optimizers.SGD(0.1), loss="mse")  # the targets are met: no change
+    relu.build((2,))
+    relu.set_weights([np.eye(2), np.zeros(2), np.ones((2, 1)), np.zeros(1)])
+    xr = np.tile([[1.0, -1.0]] if rank == 0 else [[-1.0, 1.0]], (6, 1))
+    h3 = relu.fit(xr, np.ones(6), epochs=1, batch_size=4, verbose=0, distributed="local")
     from mpi4py import MPI
     _save(outdir, rank, arrays, {"history": h.history, "params": h.params,
                                  "shuffled_history": h2.history, "shuffled_params": h2.params,
-                                 "thread_level": MPI.Query_thread()})
+                                 "thread_level": MPI.Query_thread(),
+                                 "dead_fraction": h3.layer_stats[relu.layers[0].name]["dead_fraction"]})
 
 
 def scenario_callbacks(rank, outdir):

@@ -151,6 +151,8 @@ def test_local_shards(mpi, tmp_path, thread_level):
     for i in range(len(ref.get_weights())):
         assert np.array_equal(a0[f"shuffled/{i}"], a1[f"shuffled/{i}"])
     assert all(np.isfinite(v) for v in i0["shuffled_history"]["loss"])
+    # the gradient monitor's dead units are over every rank's rows (each rank alone: 50%)
+    assert i0["dead_fraction"] == i1["dead_fraction"] == [0.0]
 
 
 # -- callbacks, files, early stopping --------------------------------------------------------
