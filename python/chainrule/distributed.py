@@ -36,7 +36,8 @@ class DistributedError(RuntimeError):
 def check_mode(distributed):
     """``fit``'s ``distributed`` argument: False, True (every rank passes the same arrays)
     or "local" (every rank passes its own shard)."""
-    if distributed is False or distributed is True or (isinstance(distributed, str) and distributed == "local"):
+    if distributed is False or distributed is True or (isinstance(distributed, str)
+                                                        and distributed == "local"):
         return distributed
     raise ValueError(f"distributed must be False, True or 'local'; received {distributed!r}")
 
