@@ -65,13 +65,23 @@ auto locked_call(R (Net::*fn)(A...) const) {
 // Python hooks of a long C++ loop: an optional progress callback and a signal poll. Both
 // run with the GIL re-taken, between batches (never inside a parallel region). A Python
 // exception in either (KeyboardInterrupt from Ctrl-C included) stops the loop after the
-// current batch and is re-raised by rethrow() once the loop has returned.
+// current batch and is re-raised by rethrow() once the loop has returned. stop_owner, when
+// given, has a stop_requested attribute that the poll also reads: a stop asked for without
+// an exception (a data-parallel epoch turns Ctrl-C into one, as an exception could strike
+// in the middle of a reduction).
 class LoopHooks {
  public:
-  explicit LoopHooks(const py::object& progress_cb) : progress_cb_(progress_cb) {
+  explicit LoopHooks(const py::object& progress_cb, const py::object& stop_owner = py::none())
+      : progress_cb_(progress_cb), stop_owner_(stop_owner) {
     poll = [this] {
       py::gil_scoped_acquire gil;
-      return PyErr_CheckSignals() == 0 || keep_error();
+      if (PyErr_CheckSignals() != 0) return keep_error();
+      try {
+        return stop_owner_.is_none() || !stop_owner_.attr("stop_requested").cast<bool>();
+      } catch (py::error_already_set& e) {
+        pending_ = std::make_unique<py::error_already_set>(std::move(e));
+        return false;
+      }
     };
     if (!progress_cb_.is_none())
       progress = [this](i64 done, i64 total, double loss, double acc) {
@@ -97,9 +107,55 @@ class LoopHooks {
     pending_ = std::make_unique<py::error_already_set>();
     return false;
   }
-  py::object progress_cb_;
+  py::object progress_cb_, stop_owner_;
   std::unique_ptr<py::error_already_set> pending_;
 };
+
+// The data-parallel Reducer over a Python transport (chainrule.distributed's), which has
+// start_sum(array) and start_max(array) returning a ticket, and wait(ticket). Buffers are
+// handed over as numpy views of the core's memory (no copy). Runs in the training loop with
+// the GIL released: each call re-takes it. The transport ends the job itself when its MPI
+// calls fail, so no error comes back into the loop.
+class PyReducer final : public cr::Reducer {
+ public:
+  explicit PyReducer(const py::object& transport)
+      : start_sum_(transport.attr("start_sum")),
+        start_max_(transport.attr("start_max")),
+        wait_(transport.attr("wait")),
+        base_(py::capsule(this, [](void*) {})) {}
+  i64 start_sum(float* data, i64 n) override { return start(start_sum_, data, n); }
+  i64 start_sum(double* data, i64 n) override { return start(start_sum_, data, n); }
+  i64 start_max(float* data, i64 n) override { return start(start_max_, data, n); }
+  i64 start_max(double* data, i64 n) override { return start(start_max_, data, n); }
+  void wait(i64 ticket) override {
+    py::gil_scoped_acquire gil;
+    wait_(ticket);
+  }
+
+ private:
+  template <typename U>
+  i64 start(const py::object& fn, U* data, i64 n) {
+    py::gil_scoped_acquire gil;
+    // A base object makes the array a view of data instead of a copy; the core outlives it
+    // for the duration of the call that uses it.
+    Arr<U> view({py::ssize_t(n)}, {py::ssize_t(sizeof(U))}, data, base_);
+    return fn(view).template cast<i64>();
+  }
+  py::object start_sum_, start_max_, wait_;
+  py::capsule base_;
+};
+
+// The data-parallel configuration from its Python description (rank, size, shard_sizes:
+// None when every process holds the same rows).
+cr::DataParallel data_parallel_from(const py::object& d, cr::Reducer* reducer) {
+  cr::DataParallel dp;
+  dp.reducer = reducer;
+  dp.rank = d.attr("rank").cast<int>();
+  dp.size = d.attr("size").cast<int>();
+  const py::object shards = d.attr("shard_sizes");
+  if (!shards.is_none()) dp.shard_sizes = shards.cast<std::vector<i64>>();
+  return dp;
+}
 
 // Validate (x, y, sample_weight) against the network before any C++ work starts.
 template <typename T>
@@ -336,19 +392,34 @@ void bind_network(py::module_& m, const char* name) {
       // Training and inference.
       .def("train_epoch",
            [](Net& n, const Arr<T>& x, const Arr<T>& y, const py::object& sw, i64 batch,
-              bool shuffle, std::uint64_t seed, const py::object& progress, i64 every) {
+              bool shuffle, std::uint64_t seed, const py::object& progress, i64 every,
+              const py::object& data_parallel) {
              auto c = check_xy(n, x, y, sw);
-             LoopHooks hooks(progress);
-             cr::EpochStats s = locked(n, [&] {
-               return n.train_epoch(c.x, c.y, c.w, c.n, batch, shuffle, seed, hooks.progress, every,
-                                    hooks.poll);
-             });
+             LoopHooks hooks(progress, data_parallel);
+             cr::EpochStats s;
+             if (data_parallel.is_none()) {
+               s = locked(n, [&] {
+                 return n.train_epoch(c.x, c.y, c.w, c.n, batch, shuffle, seed, hooks.progress,
+                                      every, hooks.poll);
+               });
+             } else {
+               PyReducer reducer(data_parallel);
+               const cr::DataParallel dp = data_parallel_from(data_parallel, &reducer);
+               s = locked(n, [&] {
+                 return n.train_epoch_parallel(c.x, c.y, c.w, c.n, batch, shuffle, seed, dp,
+                                               hooks.progress, every, hooks.poll);
+               });
+             }
              hooks.rethrow();
              return stats_dict(s);
            },
            py::arg("x").noconvert(), py::arg("y").noconvert(), py::arg("sample_weight") = py::none(),
            py::arg("batch_size") = 32, py::arg("shuffle") = true, py::arg("seed") = 0,
-           py::arg("progress") = py::none(), py::arg("progress_every") = 0)
+           py::arg("progress") = py::none(), py::arg("progress_every") = 0,
+           py::arg("data_parallel") = py::none())
+      .def("check_data",
+           [](Net& n, const Arr<T>& x, const Arr<T>& y, const py::object& sw) { check_xy(n, x, y, sw); },
+           py::arg("x").noconvert(), py::arg("y").noconvert(), py::arg("sample_weight") = py::none())
       .def("train_batch",
            [](Net& n, const Arr<T>& x, const Arr<T>& y, const py::object& sw) {
              auto c = check_xy(n, x, y, sw);

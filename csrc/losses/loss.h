@@ -105,13 +105,15 @@ inline i64 argmax_row(const T* r, i64 C) {
 // out: (B, C) network output. With head != Linear it holds logits and is overwritten by
 // head(out), the probabilities; the gradient is then w.r.t. the logits. targets: (B, tc),
 // tc = target_cols(loss, C), sparse labels stored as exact integers. sample_weight: (B) or
-// null. grad: (B, C) or null; receives d(sum_i w_i l_i / B)/d(out or logits).
+// null. grad: (B, C) or null; receives d(sum_i w_i l_i / n)/d(out or logits), n = batch_total
+// when > 0 (a data-parallel step: these B rows are part of a global batch of n), else B.
 template <typename T>
 LossStats loss_forward_backward(Loss loss, Act head, T* out, const T* targets,
-                                const T* sample_weight, i64 B, i64 C, T* grad) {
+                                const T* sample_weight, i64 B, i64 C, T* grad,
+                                i64 batch_total = 0) {
   LossStats st;
   const i64 tc = target_cols(loss, C);
-  const double invB = 1.0 / double(B);
+  const double invB = 1.0 / double(batch_total > 0 ? batch_total : B);
   double loss_sum = 0.0, correct = 0.0;
 #pragma omp parallel for schedule(static) reduction(+ : loss_sum, correct) if (B * C > kParallelElems)
   for (i64 i = 0; i < B; ++i) {

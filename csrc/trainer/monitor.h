@@ -74,6 +74,15 @@ class GradientMonitor {
     for (i64 j = 0; e + j < n; ++j) a[j] = std::max(a[j], y[e + j]);
   }
 
+  // f(data, n) on each layer's running maxima behind dead_fraction (while an epoch is
+  // active): a data-parallel epoch takes their maximum over the processes before end_epoch,
+  // so a unit counts as alive when it fired on any process's rows.
+  template <typename F>
+  void for_each_unit_maximum(F&& f) {
+    for (auto& a : alive_)
+      if (!a.empty()) f(a.data(), i64(a.size()));
+  }
+
   // One optimizer step's sums (Σg², Σ(Δw)², Σw²) of the segments in r.
   void add_step(const std::vector<SegmentStats>& step_sums, SegmentRange r) {
     for (size_t k = r.begin; k < r.end; ++k) {

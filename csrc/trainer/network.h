@@ -1,9 +1,9 @@
 // The Network: a chain of layers over one flat parameter block (params.h), forward and
 // backward, the loss, the optimizer's state, and the loops over batches — training epoch
 // (shuffle, batch, forward, loss, backward, optimizer step, metrics), evaluate, predict —
-// all in C++. The gradient monitor (monitor.h) and stop-on-NaN's snapshot (nan_guard.h)
-// are its parts. Buffers are sized once per call for the largest batch; the batch loop
-// allocates nothing.
+// all in C++, and the data-parallel epoch over a Reducer (data_parallel.h). The gradient
+// monitor (monitor.h) and stop-on-NaN's snapshot (nan_guard.h) are its parts. Buffers are
+// sized once per call for the largest batch; the batch loop allocates nothing.
 #pragma once
 #include <algorithm>
 #include <chrono>
@@ -21,6 +21,7 @@
 #include "layers/layer.h"
 #include "losses/loss.h"
 #include "optim/optimizer.h"
+#include "trainer/data_parallel.h"
 #include "trainer/monitor.h"
 #include "trainer/nan_guard.h"
 #include "trainer/params.h"
@@ -210,6 +211,72 @@ class Network {
       if (progress && progress_every > 0 && (st.steps % progress_every == 0 || seen == N)) {
         if (!progress(st.steps, total_steps, st.loss / double(seen), st.accuracy / double(seen))) break;
       }
+    }
+    monitor_.end_epoch(st.steps, step_sums_, layers_);
+    st.samples = seen;
+    st.loss /= double(std::max<i64>(seen, 1));
+    st.accuracy /= double(std::max<i64>(seen, 1));
+    st.learning_rate = last_lr_;
+    st.nonfinite_param = params_.first_nonfinite();
+    return st;
+  }
+
+  // The data-parallel epoch: dp.size processes run it together, each with the same
+  // configuration, weights and optimizer state. Each step, this process takes its rows of
+  // the global batch (StepPlan) through forward and backward; the gradients, a mean over the
+  // global batch, are summed over the processes by dp.reducer, bucket by bucket as the
+  // backward pass completes them (train_step_parallel); penalties, clipping and the
+  // optimizer step follow on the sums, the same on every process, so the weights stay
+  // identical everywhere. Loss, accuracy, stop requests (poll, progress) and stop_on_nan's
+  // loss check travel with each step's sums, so every process leaves the loop after the same
+  // step; an interrupt ends the epoch after the step in progress. The stats are global.
+  // With shared rows this computes train_epoch's epoch (the gradient sums in another order:
+  // equal to rounding); dropout masks differ (each process draws its own stream).
+  EpochStats train_epoch_parallel(const T* X, const T* Y, const T* SW, i64 N, i64 batch,
+                                  bool shuffle, std::uint64_t seed, const DataParallel& dp,
+                                  const ProgressFn& progress = nullptr, i64 progress_every = 0,
+                                  const PollFn& poll = nullptr) {
+    if (!dp.reducer) fail("data-parallel training needs a reducer");
+    const StepPlan plan(dp, N, batch);
+    BatchCall call(*this, N, plan.max_part(), NeedsCompile::Yes);
+    order_.resize(N);
+    std::iota(order_.begin(), order_.end(), i64(0));
+    if (shuffle) shuffle_indices(order_.data(), N, seed);
+    plan_buckets();
+    monitor_.begin_epoch(layers_);
+    EpochStats st;
+    Poller poller(poll);
+    bool stop_asked = false;  // here: by the poll or the progress callback
+    i64 seen = 0;
+    for (i64 k = 0; k < plan.steps(); ++k) {
+      if (poller.stop()) stop_asked = true;
+      const StepPlan::Part part = plan.part(k);
+      const T *xb = nullptr, *yb = nullptr, *wb = nullptr;
+      if (part.count > 0) gather(X, Y, SW, part.begin, part.count, shuffle, xb, yb, wb);
+      LossStats ls;
+      bool stop = stop_asked;
+      const bool stepped = train_step_parallel(xb, yb, wb, part.count, part.global, *dp.reducer, stop, ls);
+      st.loss += ls.loss_sum;
+      seen += part.global;
+      if (!stepped) {
+        st.stopped_nan = true;
+        break;
+      }
+      st.accuracy += ls.correct;
+      st.steps += 1;
+      if (stop) {
+        st.interrupted = true;
+        break;
+      }
+      if (progress && progress_every > 0 && (st.steps % progress_every == 0 || seen == plan.total_rows())) {
+        if (!progress(st.steps, plan.steps(), st.loss / double(seen), st.accuracy / double(seen)))
+          stop_asked = true;
+      }
+    }
+    if (monitor_.active()) {  // a unit is alive when it fired on any process's rows
+      std::vector<i64> tickets;
+      monitor_.for_each_unit_maximum([&](T* a, i64 n) { tickets.push_back(dp.reducer->start_max(a, n)); });
+      for (i64 t : tickets) dp.reducer->wait(t);
     }
     monitor_.end_epoch(st.steps, step_sums_, layers_);
     st.samples = seen;
@@ -469,12 +536,14 @@ class Network {
     return acts_.back().data();
   }
 
-  // Forward pass and loss; the loss gradient w.r.t. the output is left in gbuf_[0].
-  LossStats forward_loss(const T* x, const T* y, const T* w, i64 B) {
+  // Forward pass and loss; the loss gradient w.r.t. the output is left in gbuf_[0], as a
+  // mean over batch_total rows (0: these B; data-parallel: the global batch).
+  LossStats forward_loss(const T* x, const T* y, const T* w, i64 B, i64 batch_total = 0) {
     const i64 C = out_size();
     T* out = forward(x, B, true);
     std::memcpy(probs_.data(), out, sizeof(T) * B * C);
-    return loss_forward_backward<T>(loss_, head_, probs_.data(), y, w, B, C, gbuf_[0].data());
+    return loss_forward_backward<T>(loss_, head_, probs_.data(), y, w, B, C, gbuf_[0].data(),
+                                    batch_total);
   }
 
   // Backward passes accumulate (+=) into the gradients, so each starts from zero: the
@@ -568,6 +637,131 @@ class Network {
     return true;
   }
 
+  // A gradient bucket (see kMinBucketBytes): parameter tensors [segs.begin, segs.end), one
+  // contiguous run [offset, offset + size) of the gradient block.
+  struct Bucket {
+    SegmentRange segs;
+    i64 offset, size;
+    i64 ticket;  // of its sum in the current step
+  };
+
+  // The buckets, last layer's first, and for each layer the bucket whose sum can start once
+  // its backward pass is done (-1: none). Fixed by the layer sizes: built once.
+  void plan_buckets() {
+    if (!bucket_after_layer_.empty()) return;
+    const size_t L = layers_.size();
+    bucket_after_layer_.assign(L, -1);
+    const auto& segs = params_.segments();
+    size_t lowest = L;  // the first layer with parameters
+    for (size_t l = 0; l < L; ++l) {
+      const SegmentRange r = params_.layer_segments(l);
+      if (r.begin != r.end) {
+        lowest = l;
+        break;
+      }
+    }
+    SegmentRange open{0, 0};
+    for (size_t l = L; l-- > 0;) {
+      const SegmentRange r = params_.layer_segments(l);
+      if (r.begin == r.end) continue;
+      if (open.begin == open.end) open = r;
+      else open.begin = r.begin;
+      const i64 offset = segs[open.begin].offset;
+      const i64 size = segs[open.end - 1].offset + segs[open.end - 1].size - offset;
+      if (size * i64(sizeof(T)) >= kMinBucketBytes || l == lowest) {
+        bucket_after_layer_[l] = i64(buckets_.size());
+        buckets_.push_back({open, offset, size, 0});
+        open = {0, 0};
+      }
+    }
+  }
+
+  // One data-parallel step on this process's B rows (B may be 0) of a global batch of
+  // Bglobal rows. stop: in, whether this process asks to stop; out, whether any does. ls
+  // receives the global sums. The loss sums start first, then each bucket's gradients as
+  // soon as the backward pass has produced them; without clipnorm each bucket's optimizer
+  // step follows as soon as its sum is complete (while the next ones travel), with clipnorm
+  // all steps wait for every sum (the global norm). Returns false when stop_on_nan undid
+  // the step: a non-finite global loss or new weights — the same decision on every
+  // process, as it is made from the same sums.
+  bool train_step_parallel(const T* x, const T* y, const T* w, i64 B, i64 Bglobal, Reducer& red,
+                           bool& stop, LossStats& ls) {
+    LossStats local;
+    if (B > 0) local = forward_loss(x, y, w, B, Bglobal);
+    step_totals_[0] = local.loss_sum;
+    step_totals_[1] = local.correct;
+    step_totals_[2] = stop ? 1.0 : 0.0;
+    const i64 totals_ticket = red.start_sum(step_totals_, 3);
+    start_gradient_pass();
+    bool totals_known = false, finite = true;
+    // Before the first weight changes: the global loss decides whether the step is taken
+    // (stop_on_nan), then the snapshot and the step count, as in train_step.
+    auto settle_totals = [&] {
+      if (totals_known) return;
+      totals_known = true;
+      red.wait(totals_ticket);
+      ls.loss_sum = step_totals_[0];
+      ls.correct = step_totals_[1];
+      stop = step_totals_[2] > 0.0;
+      if (nan_guard_.enabled() && !std::isfinite(ls.loss_sum)) {
+        finite = false;
+        return;
+      }
+      if (nan_guard_.enabled()) nan_guard_.take(params_, opt_state_, step_);
+      last_lr_ = current_learning_rate();
+      ++step_;
+    };
+    const bool clip = opt_.clipnorm > 0.0;
+    double pen = 0.0;
+    size_t next_step = 0;  // the first bucket whose optimizer step is not taken yet
+    auto step_through = [&](size_t end) {  // steps of buckets [next_step, end), sums awaited
+      for (; next_step < end; ++next_step) {
+        red.wait(buckets_[next_step].ticket);
+        settle_totals();
+        if (!finite) continue;
+        const SegmentRange r = buckets_[next_step].segs;
+        pen += params_.add_penalty_gradients(r);
+        step_consuming_grads(r, 1.0);
+      }
+    };
+    auto after_layer = [&](size_t l) {
+      const i64 bi = bucket_after_layer_[l];
+      if (bi < 0) return;
+      Bucket& b = buckets_[bi];
+      b.ticket = red.start_sum(params_.grads() + b.offset, b.size);
+      if (!clip) step_through(size_t(bi));  // the buckets above, while this one travels
+    };
+    if (B > 0) {
+      backward_layers(x, B, after_layer);
+    } else {  // no rows here this step: zero gradients, but the same sums as everyone
+      for (size_t l = layers_.size(); l-- > 0;) after_layer(l);
+    }
+    if (!clip) {
+      step_through(buckets_.size());
+    } else {
+      for (const Bucket& b : buckets_) red.wait(b.ticket);
+      settle_totals();
+      if (finite) {
+        const SegmentRange all = params_.all_segments();
+        pen = params_.add_penalty_gradients(all);
+        const double norm = std::sqrt(params_.grad_sum_squares());
+        step_consuming_grads(all, norm > opt_.clipnorm ? opt_.clipnorm / norm : 1.0);
+      }
+    }
+    settle_totals();  // a network without parameters has no buckets
+    if (!finite) {  // the last step's weights gave a non-finite loss: put back those before it
+      nan_guard_.restore(params_, opt_state_, step_);
+      return false;
+    }
+    grad_state_ = GradState::Zero;
+    ls.loss_sum += pen * double(Bglobal);
+    if (nan_guard_.enabled() && (!std::isfinite(pen) || !params_.weights_finite_after(step_sums_))) {
+      nan_guard_.restore(params_, opt_state_, step_);
+      return false;
+    }
+    return true;
+  }
+
   std::vector<std::unique_ptr<Layer<T>>> layers_;
   ParamStore<T> params_;  // binds the layers to their views: constructed after layers_
   GradState grad_state_ = GradState::Zero;
@@ -594,6 +788,12 @@ class Network {
   avec<T> xbuf_, ybuf_, wbuf_, probs_;
   avec<T> gbuf_[2];
   std::vector<i64> order_;
+
+  // Data-parallel steps: the gradient buckets, and the step's loss sum, correct count and
+  // stop requests as summed over the processes.
+  std::vector<Bucket> buckets_;
+  std::vector<i64> bucket_after_layer_;
+  double step_totals_[3] = {0.0, 0.0, 0.0};
 };
 
 }  // namespace cr

@@ -47,6 +47,7 @@ class ParamStore {
     }
     params_.assign(total, T(0));
     grads_.assign(total, T(0));
+    block_sums_.assign((total + kSumBlock - 1) / kSumBlock, 0.0);
     for (auto& pi : info_) segments_.push_back({pi.offset, pi.size});
     layer_segs_.assign(layers.size() + 1, 0);  // layer l owns segments [layer_segs_[l], layer_segs_[l+1])
     for (auto& pi : info_) layer_segs_[pi.layer + 1] += 1;
@@ -78,13 +79,22 @@ class ParamStore {
   // zeroed) them all.
   void zero_grads() { std::fill(grads_.begin(), grads_.end(), T(0)); }
 
-  // Σg² over every gradient (global-norm clipping).
-  double grad_sum_squares() const {
-    double g2 = 0.0;
+  // Σg² over every gradient (global-norm clipping). Summed in fixed blocks, then the block
+  // sums in order: the same bits for any thread count, so data-parallel processes running
+  // different thread counts clip by the same factor.
+  double grad_sum_squares() {
     const T* g = grads_.data();
-    const i64 n = size();
-#pragma omp parallel for schedule(static) reduction(+ : g2) if (n > kParallelElems)
-    for (i64 i = 0; i < n; ++i) g2 += double(g[i]) * double(g[i]);
+    const i64 n = size(), nblocks = i64(block_sums_.size());
+    double* bs = block_sums_.data();
+#pragma omp parallel for schedule(static) if (n > kParallelElems)
+    for (i64 b = 0; b < nblocks; ++b) {
+      const i64 hi = std::min(n, (b + 1) * kSumBlock);
+      double s = 0.0;
+      for (i64 i = b * kSumBlock; i < hi; ++i) s += double(g[i]) * double(g[i]);
+      bs[b] = s;
+    }
+    double g2 = 0.0;
+    for (i64 b = 0; b < nblocks; ++b) g2 += bs[b];
     return g2;
   }
 
@@ -164,8 +174,11 @@ class ParamStore {
     return l1 * a + l2 * q;
   }
 
+  static constexpr i64 kSumBlock = 4096;  // grad_sum_squares' blocks
+
   std::vector<ParamInfo> info_;
   avec<T> params_, grads_;
+  std::vector<double> block_sums_;  // grad_sum_squares' per-block sums
   std::vector<Segment> segments_;
   std::vector<size_t> layer_segs_;
   std::vector<double> reg_l1_, reg_l2_;  // per segment

@@ -1,7 +1,9 @@
 """`python -m chainrule`: a first run of chainrule. Trains a small fully connected network on
 the handwritten digits bundled with the package (no download) and says what it does on the
 way: the version, the CPU kernel and thread count in use, the data, one line per epoch, and the
-final test accuracy, followed by what to try next."""
+final test accuracy, followed by what to try next. `mpirun -n K python -m chainrule
+--distributed` trains the same model data-parallel over K processes (chainrule[mpi]); rank 0
+prints."""
 
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ examples:
   python -m chainrule --epochs 5           a shorter run
   python -m chainrule --learning-rate 0.1  see what a too-large step does
   python -m chainrule --threads 1          compare speed with one thread
+  mpirun -n 2 python -m chainrule --distributed
+                                           data-parallel over 2 MPI processes (chainrule[mpi])
   CHAINRULE_CPU_TARGET=generic python -m chainrule
                                            run the portable kernels instead of AVX2/AVX-512"""
 
@@ -81,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="threads for the C++ core (default: OpenMP's, usually one per CPU core)")
     p.add_argument("--seed", type=_non_negative_int, default=0, metavar="S",
                    help="seed of the initial weights and the shuffling (default: 0)")
+    p.add_argument("--distributed", action="store_true",
+                   help="train data-parallel over the processes of an MPI job "
+                        "(mpirun -n K python -m chainrule --distributed; needs chainrule[mpi])")
     p.add_argument("--version", action="version",
                    version=f"chainrule {cr.__version__} (Python {platform.python_version()}, numpy {np.__version__})")
     return p
@@ -104,7 +111,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.threads > cr.system.MAX_THREADS:
             parser.error(f"argument --threads: at most {cr.system.MAX_THREADS} on this machine, got {args.threads}")
         cr.set_num_threads(args.threads)
-    say = print
+    ranks, rank = 1, 0
+    if args.distributed:
+        from chainrule import distributed
+        ranks, rank = distributed.size(), distributed.rank()
+
+    def say(*text: object) -> None:
+        if rank == 0:
+            print(*text, flush=True)
+
     info = cr.cpu_info()
     say(f"chainrule {cr.__version__} - backpropagation on CPUs "
         f"(Python {platform.python_version()}, numpy {np.__version__})")
@@ -119,6 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_val = len(x_train) - int(len(x_train) * (1.0 - VALIDATION_SPLIT))  # as fit splits
     say(f"data: UCI handwritten digits (bundled), 8x8 pixels, 10 classes: "
         f"{len(x_train) - n_val} training, {n_val} validation and {len(x_test)} test images")
+    if args.distributed:
+        say(f"data-parallel training over {ranks} MPI process{'es' if ranks > 1 else ''}: each step's "
+            f"batch of {args.batch_size} split across them")
 
     model = cr.Sequential([cr.layers.Dense(256, activation="relu"),
                            cr.layers.Dense(10, activation="softmax")], seed=args.seed)
@@ -144,12 +162,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-              validation_split=VALIDATION_SPLIT, seed=args.seed, verbose=0,
+              validation_split=VALIDATION_SPLIT, seed=args.seed, verbose=0, distributed=args.distributed,
               callbacks=[cr.callbacks.LambdaCallback(on_epoch_begin=epoch_begin, on_epoch_end=epoch_end)])
     elapsed = time.perf_counter() - t0
-    loss, acc = model.evaluate(x_test, y_test)
+    loss, acc = model.evaluate(x_test, y_test)  # after a distributed fit every rank holds the same weights
+    where = f" on {ranks} ranks" if args.distributed else ""
     say(f"test accuracy: {acc:.4f} (loss {loss:.4f}) on the {len(x_test)} test images, "
-        f"after {elapsed:.2f} s of training")
+        f"after {elapsed:.2f} s of training{where}")
     say("")
     say("what to try next:")
     if acc < 0.95:

@@ -1,6 +1,6 @@
 """Type stub for chainrule._core, the private C++ extension (use the chainrule package)."""
 
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -45,7 +45,10 @@ class _Network:
     def train_epoch(self, x: _F, y: _F, sample_weight: Optional[_F] = None, batch_size: int = 32,
                     shuffle: bool = True, seed: int = 0,
                     progress: Optional[Callable[[int, int, float, float], bool]] = None,
-                    progress_every: int = 0) -> dict: ...
+                    progress_every: int = 0, data_parallel: Optional[Any] = None) -> dict: ...
+    # data_parallel: chainrule.distributed's transport (rank, size, shard_sizes, start_sum,
+    # start_max, wait); the epoch then runs data-parallel (Network::train_epoch_parallel).
+    def check_data(self, x: _F, y: _F, sample_weight: Optional[_F] = None) -> None: ...
     def train_batch(self, x: _F, y: _F, sample_weight: Optional[_F] = None) -> dict: ...
     def compute_gradients(self, x: _F, y: _F, sample_weight: Optional[_F] = None) -> dict: ...
     def trace(self, x: _F, y: _F, sample_weight: Optional[_F] = None) -> dict: ...

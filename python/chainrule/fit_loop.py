@@ -1,6 +1,11 @@
 """The fit loop behind ``Sequential.fit``: argument checks, training and validation data,
 then per epoch one call into the C++ core (``train_epoch``), validation, logging and the
 callbacks. Python runs only between epochs; every number is computed in the core.
+
+With ``distributed`` (``distributed.py``) the same loop runs on every MPI rank: the epoch is
+the core's data-parallel one, validation is split across the ranks, and each phase between
+two C++ calls ends in the ranks' agreement (``Group.exchange``), so a failure on one rank
+stops them all at the same point.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import numpy as np
 from . import _checks
 from . import callbacks as _callbacks
 from . import diagnostics
+from . import distributed as _distributed
 from ._progress import ProgressBar
 from .history import History
 
@@ -50,19 +56,62 @@ class _Options(NamedTuple):
 
 
 def fit(model, x, y, epochs, batch_size, verbose, callbacks, validation_split, validation_data,
-        shuffle, seed, sample_weight, class_weight, gradient_warnings, initial_epoch):
+        shuffle, seed, sample_weight, class_weight, gradient_warnings, initial_epoch,
+        distributed=False):
     """``Sequential.fit`` (documented there), run while the model is marked as training."""
-    opts = _check_options(epochs, initial_epoch, batch_size, verbose, validation_split, shuffle,
-                          seed, callbacks, gradient_warnings)
-    train, val = _prepare_data(model, x, y, sample_weight, class_weight, opts.split,
-                               validation_split, validation_data)
+    mode = _distributed.check_mode(distributed)
+    group = _distributed.join(mode) if mode else None
+
+    def setup():
+        opts = _check_options(epochs, initial_epoch, batch_size, verbose, validation_split, shuffle,
+                              seed, callbacks, gradient_warnings)
+        train, val = _prepare_data(model, x, y, sample_weight, class_weight, opts.split,
+                                   validation_split, validation_data)
+        return opts, train, val
+
+    if group is None:
+        opts, train, val = setup()
+        history = _new_history(model, opts, train[0].shape[0])
+        _run_epochs(model, opts, train, val, history)
+        return history
+    try:
+        return _fit_distributed(model, group, setup)
+    finally:
+        group.close()
+
+
+def _new_history(model, opts, n):
     history = History()
-    n = train[0].shape[0]
     history.params = {"epochs": opts.epochs, "batch_size": opts.batch_size, "samples": n,
                       "steps": -(-n // opts.batch_size)}
     model.history = history
     model.stop_training = False
-    _run_epochs(model, opts, train, val, history)
+    return history
+
+
+def _fit_distributed(model, group, setup):
+    """fit on every rank of ``group``: the arguments checked and the data prepared on each,
+    rank 0's seed, weights and optimizer state taken by all, then the epochs."""
+    here = {}
+
+    def start():
+        here["opts"], here["train"], here["val"] = setup()
+        train, val = here["train"], here["val"]
+        model._core.check_data(*train)  # now rather than inside the epoch, where one rank
+        if val is not None:             # failing alone would leave the others waiting
+            model._core.check_data(*val)
+        rows = (train[0].shape[0], 0 if val is None else val[0].shape[0])
+        fingerprint = None if group.local else _distributed.data_fingerprint(train + (val or ()))
+        return rows, fingerprint, here["opts"].seed, group.state_of_rank0(model)
+
+    started = group.exchange("the start of fit", start)
+    shard_sizes = group.agree_on_data([s[0] for s in started], [s[1] for s in started])
+    group.exchange("the start of fit (rank 0's state)", lambda: group.set_state(model, started[0][3]))
+    opts = here["opts"]._replace(seed=started[0][2], verbose=here["opts"].verbose if group.rank == 0 else 0)
+    history = _new_history(model, opts, sum(s[0][0] for s in started) if group.local else started[0][0][0])
+    group.make_transport(shard_sizes)
+    model._distributed_rank = group.rank
+    _run_epochs(model, opts, here["train"], here["val"], history, group)
     return history
 
 
@@ -134,52 +183,129 @@ def _apply_class_weight(model, class_weight, Y, SW):
     return _checks.as_finite("class_weight x sample_weight", weights, model._np_dtype())
 
 
-def _run_epochs(model, opts, train, val, history):
+def _together(group, phase, fn):
+    """``fn()``'s result as a list: [fn()] in a single process; in a distributed fit, every
+    rank's, once all ranks have run it (``Group.exchange``, which raises on every rank when
+    it raised on one)."""
+    if group is None:
+        return [fn()]
+    return group.exchange(phase, fn)
+
+
+def _run_epochs(model, opts, train, val, history, group=None):
     """The epochs from initial_epoch on, with the callbacks around each; stops early when a
-    callback sets ``model.stop_training``."""
+    callback sets ``model.stop_training`` (on any rank, in a distributed fit)."""
     warned = set()  # the warnings given so far: one of each kind per fit
-    for cb in opts.callbacks:
+    callbacks = opts.callbacks
+    if group is not None and group.rank != 0:  # files are written by rank 0 only
+        callbacks = [cb for cb in callbacks if not isinstance(cb, _callbacks.ModelCheckpoint)]
+    for cb in callbacks:
         cb.set_model(model)
     try:
-        for cb in opts.callbacks:
-            cb.on_train_begin({})
+        _together(group, "on_train_begin", lambda: [cb.on_train_begin({}) for cb in callbacks])
         for epoch in range(opts.initial_epoch, opts.epochs):
-            for cb in opts.callbacks:
-                cb.on_epoch_begin(epoch, {})
-            logs = _run_epoch(model, epoch, opts, train, val, history, warned)
-            for cb in opts.callbacks:
-                cb.on_epoch_end(epoch, logs)
+            _together(group, f"epoch {epoch + 1} begin",
+                      lambda: [cb.on_epoch_begin(epoch, {}) for cb in callbacks])
+            stats, bar, t0 = _train_epoch(model, epoch, opts, train, history, group)
+            val_stats = _validate(model, epoch, opts, val, group)
+
+            def end_epoch():
+                logs = _record_epoch(model, epoch, opts, stats, val_stats, history, warned, bar, t0,
+                                     group)
+                for cb in callbacks:
+                    cb.on_epoch_end(epoch, logs)
+                return model.stop_training, (group.weights_checksum(model) if group else None)
+
+            ends = _together(group, f"epoch {epoch + 1} end", end_epoch)
+            if group is not None:
+                if len({checksum for _, checksum in ends}) > 1:
+                    raise group.agreed_error(_distributed.DistributedError(
+                        f"the ranks' weights differ after epoch {epoch + 1}: the MPI library's "
+                        "allreduce did not give every rank the same sums"))
+                model.stop_training = any(stop for stop, _ in ends)  # every rank stops together
             if model.stop_training:
                 break
+    except BaseException as e:
+        if group is not None and not group.agreed(e):
+            group.abort(e)  # an error on this rank alone: no other rank would hear of it
+        raise
     finally:
-        for cb in opts.callbacks:
-            cb.on_train_end({})
+        _together(group, "on_train_end", lambda: [cb.on_train_end({}) for cb in callbacks])
 
 
-def _run_epoch(model, epoch, opts, train, val, history, warned):
-    """One epoch in the core, then validation, the history record, the gradient monitor's
-    warnings and the progress output. Returns the epoch's logs."""
+def _train_epoch(model, epoch, opts, train, history, group):
+    """One epoch in the core (data-parallel in a distributed fit). Returns its stats (rank
+    0's in a distributed fit: the same on every rank), the progress bar and the start time."""
     core = model._core
-    core.seed_layers(_epoch_seed(opts.seed, DROPOUT_SEED_OFFSET + epoch))
+    stream = DROPOUT_SEED_OFFSET + epoch
+    core.seed_layers(_epoch_seed(opts.seed, stream) if group is None else group.dropout_seed(opts.seed, stream))
     bar = None
     if opts.verbose == 1:
         print(f"Epoch {epoch + 1}/{opts.epochs}", flush=True)
         bar = ProgressBar(history.params["steps"])
     t0 = time.perf_counter()
-    stats = core.train_epoch(*train, opts.batch_size, opts.shuffle, _epoch_seed(opts.seed, epoch),
-                             bar.update if bar else None, bar.every if bar else 0)
+    progress = (bar.update if bar else None, bar.every if bar else 0)
+    if group is None:
+        stats = core.train_epoch(*train, opts.batch_size, opts.shuffle, _epoch_seed(opts.seed, epoch),
+                                 *progress)
+        return stats, bar, t0
+    transport = group.transport
+
+    def run():
+        transport.seconds = 0.0
+        transport.stop_requested = False
+        with group.interrupts_as_stop_requests():
+            s = core.train_epoch(*train, opts.batch_size, opts.shuffle,
+                                 group.shuffle_seed(opts.seed, epoch, _epoch_seed), *progress,
+                                 data_parallel=transport)
+        if transport.stop_requested:
+            raise KeyboardInterrupt
+        if s["interrupted"]:
+            raise KeyboardInterrupt("training was interrupted on another rank")
+        return s
+
+    everyone = group.exchange(f"epoch {epoch + 1}", run)
+    stats = dict(everyone[0])
+    stats["ranks"] = group.size
+    stats["comm_seconds"] = transport.seconds
+    return stats, bar, t0
+
+
+def _validate(model, epoch, opts, val, group):
+    """Loss and accuracy on the validation data, or None; split across the ranks in a
+    distributed fit (each evaluates its share, the sums are combined)."""
+    if val is None:
+        return None
+    core = model._core
+    batch_size = max(opts.batch_size, VALIDATION_MIN_BATCH_SIZE)
+    if group is None:
+        return core.evaluate(*val, batch_size)
+    part = group.validation_part(val)
+
+    def evaluate_part():
+        if part is None:
+            return 0.0, 0.0, 0
+        s = core.evaluate(*part, batch_size)
+        return s["loss"], s["accuracy"], s["samples"]
+
+    return group.combine_validation(group.exchange(f"epoch {epoch + 1} validation", evaluate_part))
+
+
+def _record_epoch(model, epoch, opts, stats, val_stats, history, warned, bar, t0, group):
+    """The epoch's logs, the history record, the gradient monitor's warnings (rank 0's only
+    in a distributed fit) and the progress output. Returns the logs."""
     model._last_epoch_stats = stats
-    if "nonfinite" not in warned:
+    speaks = group is None or group.rank == 0
+    if "nonfinite" not in warned and speaks:
         diagnostics.warn_nonfinite(model, stats, f"epoch {epoch + 1}", warned)
     logs = model._logs(stats)
-    if val is not None:
-        batch_size = max(opts.batch_size, VALIDATION_MIN_BATCH_SIZE)
-        logs.update(model._logs(core.evaluate(*val, batch_size), "val_"))
+    if val_stats is not None:
+        logs.update(model._logs(val_stats, "val_"))
     logs["lr"] = float(stats["learning_rate"])
     layer_stats = diagnostics.layer_stats(model)
     history._record(epoch, logs)
     history._record_layers(layer_stats)
-    if opts.gradient_warnings:
+    if opts.gradient_warnings and speaks:
         diagnostics.warn_gradients(layer_stats, epoch, warned)
     if bar is not None:
         bar.finish(logs)

@@ -78,6 +78,7 @@ class Sequential:
         self._last_epoch_stats = {}
         self._stop_on_nonfinite = False
         self._training_thread = None  # the thread inside fit(), if any
+        self._distributed_rank = 0  # this process's rank, once a distributed fit has run
         for layer in layers or []:
             self.add(layer)
 
@@ -325,7 +326,7 @@ class Sequential:
             validation_data: tuple[ArrayLike, ArrayLike] | tuple[ArrayLike, ArrayLike, ArrayLike] | None = None,
             shuffle: bool = True, seed: int | None = None, sample_weight: ArrayLike | None = None,
             class_weight: dict[int, float] | None = None, gradient_warnings: bool = True,
-            initial_epoch: int = 0) -> History:
+            initial_epoch: int = 0, distributed: bool | str = False) -> History:
         """Train for ``epochs`` passes over (x, y) with mini-batches of ``batch_size`` (the
         last one may be smaller), in a fresh seeded random order each epoch when ``shuffle``.
 
@@ -343,13 +344,17 @@ class Sequential:
         index of the last epoch, not a count. Each epoch's shuffle order and dropout masks
         depend only on (``seed``, epoch index), so with the same seed and thread count a run
         resumed from a saved model equals an uninterrupted one bit for bit.
+
+        ``distributed`` (needs ``chainrule[mpi]``; run the script with ``mpirun -n K``): True
+        trains data-parallel over the K ranks, every rank passing the same arrays; "local",
+        every rank passing its own shard. See :mod:`chainrule.distributed`.
         Returns a :class:`History`.
         """
         self._require_compiled("fit")
         with self._training():
             return _fit_loop.fit(self, x, y, epochs, batch_size, verbose, callbacks, validation_split,
                                  validation_data, shuffle, seed, sample_weight, class_weight,
-                                 gradient_warnings, initial_epoch)
+                                 gradient_warnings, initial_epoch, distributed)
 
     def train_on_batch(self, x: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) -> Any:
         """One optimizer step on exactly this batch; returns the loss (and accuracy if
@@ -501,7 +506,10 @@ class Sequential:
     # -- persistence ---------------------------------------------------------------------
     def save(self, path: PathLike) -> None:
         """Write the model (architecture, weights, compile settings, optimizer state) to
-        ``path``; see :func:`chainrule.saving.save_model` for the format."""
+        ``path``; see :func:`chainrule.saving.save_model` for the format. After a distributed
+        fit, only rank 0 writes (every rank holds the same model); elsewhere this does nothing."""
+        if self._distributed_rank != 0:
+            return
         from .saving import save_model
         save_model(self, path)
 
