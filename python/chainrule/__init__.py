@@ -3,6 +3,7 @@ with the whole training epoch in a C++ core."""
 
 from typing import TYPE_CHECKING
 
+from . import system  # first: it sets how the core's OpenMP threads wait before the core loads
 from . import activations, callbacks, initializers, layers, losses, optimizers, regularizers, schedules
 from .gradcheck import gradient_check
 from .models import GradientWarning, History, NonFiniteWarning, Sequential

@@ -5,7 +5,30 @@ import numbers
 import os
 from typing import Any
 
-from chainrule import _core
+
+def _bounded_spin_env():
+    """Bound how long the core's idle OpenMP threads spin before they sleep, unless the user
+    chose a wait policy. libgomp spins 300,000 iterations (tens of milliseconds) by default;
+    on a machine with other busy processes a spinning thread holds a CPU that the thread it
+    waits for needs, and a 2-thread epoch ran 2-4x slower than 1 thread (bench/bench_busy.py).
+    A few thousand iterations (~0.1 ms) still bridge the microsecond gaps between the
+    parallel regions of one training call, so a quiet machine loses nothing. libgomp reads
+    the variable when it loads, i.e. when chainrule._core is imported just below; it is set
+    only for that moment, so neither child processes nor libraries loaded later see it."""
+    if any(k in os.environ for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")):
+        return None
+    os.environ["GOMP_SPINCOUNT"] = str(_SPINCOUNT)
+    return "GOMP_SPINCOUNT"
+
+
+_SPINCOUNT = 2000
+_set = _bounded_spin_env()
+try:
+    from chainrule import _core
+finally:
+    if _set:
+        del os.environ[_set]
+del _set
 
 __all__ = ["cpu_info", "set_num_threads", "get_num_threads", "MAX_THREADS"]
 
