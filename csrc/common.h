@@ -80,26 +80,32 @@ inline int max_threads() {
 #endif
 }
 
-// Flush denormals to zero (FTZ + DAZ) on every thread for the lifetime of the guard, then
-// restore each thread's previous mode. Training drives many values toward zero (momentum of
-// weights whose inputs are always 0 decays geometrically); once they turn denormal every
-// operation on them costs ~100 cycles. Values below 1.2e-38 (float) change nothing visible.
+// Flush denormals to zero (FTZ + DAZ) for the lifetime of the guard. Training drives many
+// values toward zero (momentum of weights whose inputs are always 0 decays geometrically);
+// once they turn denormal every operation on them costs ~100 cycles. Values below 1.2e-38
+// (float) change nothing visible.
+// The calling thread gets its previous mode back at the end. The OpenMP worker threads are
+// flushed with one parallel region on entry (none when the team is this thread alone) and
+// stay flushed: threads created later inherit the flushed mode of the thread that creates
+// them, and restoring the workers would cost a second region per call, which on a busy
+// machine waits for every worker to be scheduled (milliseconds per call).
 class DenormalsFlushed {
  public:
   DenormalsFlushed() {
 #ifdef CR_HAVE_MXCSR
     saved_ = _mm_getcsr();
-#pragma omp parallel
-    _mm_setcsr(_mm_getcsr() | 0x8040u);
     _mm_setcsr(saved_ | 0x8040u);
+#ifdef _OPENMP
+    if (omp_get_max_threads() > 1) {
+#pragma omp parallel
+      _mm_setcsr(_mm_getcsr() | 0x8040u);
+    }
+#endif
 #endif
   }
   ~DenormalsFlushed() {
 #ifdef CR_HAVE_MXCSR
-    const unsigned int s = saved_;
-#pragma omp parallel
-    _mm_setcsr((_mm_getcsr() & ~0x8040u) | (s & 0x8040u));
-    _mm_setcsr(s);
+    _mm_setcsr(saved_);
 #endif
   }
   DenormalsFlushed(const DenormalsFlushed&) = delete;
