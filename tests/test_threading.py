@@ -1,0 +1,87 @@
+"""How the core's OpenMP threads behave next to other work: the bounded spin set before the
+core loads (and only when the user chose no wait policy), the caller's floating-point mode
+after a call, and the thread limit joblib's worker processes set."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import chainrule as cr
+
+PROBE = "import os, chainrule; print('SPIN_ENV_LEFT', 'GOMP_SPINCOUNT' in os.environ and os.environ['GOMP_SPINCOUNT'])"
+
+
+def _import_report(**env_extra):
+    """Import chainrule in a fresh process with libgomp's settings report switched on."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(OMP_DISPLAY_ENV="verbose", **env_extra)
+    r = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout + r.stderr
+    spin = [line.split("=", 1)[1].strip().strip("'") for line in out.splitlines() if "GOMP_SPINCOUNT" in line
+            and "=" in line and "SPIN_ENV_LEFT" not in line]
+    left = [line.split(None, 1)[1] for line in out.splitlines() if line.startswith("SPIN_ENV_LEFT")]
+    return spin, left
+
+
+def test_core_openmp_spins_briefly_and_the_setting_does_not_leak():
+    spin, left = _import_report()
+    if not spin:
+        pytest.skip("the core's OpenMP runtime is not libgomp (no GOMP_SPINCOUNT in its report)")
+    from chainrule import system
+    assert spin == [str(system._SPINCOUNT)]
+    assert left == ["False"]  # child processes and libraries loaded later keep their defaults
+
+
+@pytest.mark.parametrize("env, unexpected", [({"GOMP_SPINCOUNT": "123"}, None),
+                                             ({"OMP_WAIT_POLICY": "active"}, None)])
+def test_a_users_wait_policy_wins(env, unexpected):
+    spin, left = _import_report(**env)
+    if not spin:
+        pytest.skip("the core's OpenMP runtime is not libgomp")
+    from chainrule import system
+    if "GOMP_SPINCOUNT" in env:
+        assert spin == ["123"]
+        assert left == ["123"]
+    else:
+        assert spin != [str(system._SPINCOUNT)]
+        assert left == ["False"]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_callers_denormals_survive_training(threads):
+    tiny = np.float32(1e-39)  # a float32 denormal
+    assert tiny * np.float32(2) != 0
+    previous = cr.get_num_threads()
+    cr.set_num_threads(threads)
+    try:
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((256, 20)).astype(np.float32)
+        y = (x[:, 0] > 0).astype(np.int64)
+        m = cr.Sequential([cr.layers.Dense(300, activation="relu"), cr.layers.Dense(2, activation="softmax")], seed=0)
+        m.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+        m.fit(x, y, epochs=1, batch_size=256, verbose=0)
+        m.predict(x)
+    finally:
+        cr.set_num_threads(previous)
+    # the calling thread's mode is restored: denormals are still computed, not flushed
+    assert tiny * np.float32(2) == np.float32(2e-39)
+    assert np.float32(1e-38) / np.float32(100) != 0
+
+
+def test_joblib_workers_thread_limit_is_respected():
+    joblib = pytest.importorskip("joblib")
+
+    def probe():
+        import os
+        import chainrule
+        return os.environ.get("OMP_NUM_THREADS"), chainrule.get_num_threads()
+
+    out = joblib.Parallel(n_jobs=2, backend="loky")(joblib.delayed(probe)() for _ in range(2))
+    for limit, threads in out:
+        assert limit is not None  # loky limits the threads of its workers' native libraries
+        assert threads == int(limit)
