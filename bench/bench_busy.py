@@ -13,7 +13,10 @@ the median of --epochs epochs; the table gives the median over rounds and the ra
 default / 1 thread (> 1: the default is slower).
 
 Part "grid": GridSearchCV over chainrule.sklearn.MLPClassifier on load_digits (4 candidates x
-3 folds), n_jobs=1 against n_jobs=2, each in its own process, interleaved; median wall time.
+3 folds, --grid-epochs epochs per fit), n_jobs=1 against n_jobs=2, each in its own process,
+interleaved; median wall time. n_jobs=2 pays joblib's fixed costs (starting 2 worker
+processes that import scikit-learn and chainrule: seconds), so a grid of a few seconds in
+all measures those rather than the training.
 
 The busy process is a pure Python loop (one process, one CPU), started before the
 measurements and stopped at the end. The load average is printed before and after: on a
@@ -70,13 +73,15 @@ def child_mlp(args):
 
 
 def child_grid(args):
+    import warnings
+    warnings.simplefilter("ignore")  # ConvergenceWarning at max_iter, by design here
     from sklearn.datasets import load_digits
     from sklearn.model_selection import GridSearchCV
     from chainrule.sklearn import MLPClassifier
     X, y = load_digits(return_X_y=True)
     X = X / 16.0
     grid = {"hidden_layer_sizes": [(64,), (128,)], "alpha": [1e-4, 1e-3]}
-    est = MLPClassifier(max_iter=30, random_state=0, tol=0.0, n_iter_no_change=1000)
+    est = MLPClassifier(max_iter=args.grid_epochs, random_state=0, tol=0.0, n_iter_no_change=1000)
     t0 = time.perf_counter()
     gs = GridSearchCV(est, grid, cv=3, n_jobs=args.n_jobs).fit(X, y)
     print(json.dumps({"wall_s": time.perf_counter() - t0, "best": gs.best_score_}))
@@ -84,8 +89,13 @@ def child_grid(args):
 
 # -- parent -----------------------------------------------------------------------------------
 def run_child(argv):
+    """argv: the child's arguments; a leading dict adds environment variables."""
+    env = child_env()
+    if argv and isinstance(argv[0], dict):
+        env.update(argv[0])
+        argv = argv[1:]
     cmd = [sys.executable, os.path.abspath(__file__), "--child"] + [str(a) for a in argv]
-    r = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=1800)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -120,6 +130,9 @@ def main():
     ap.add_argument("--samples", type=int, default=12000)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--workloads", default="mlp128,small32")
+    ap.add_argument("--grid-epochs", type=int, default=100, help="max_iter of each grid fit")
+    ap.add_argument("--spin", type=int, default=None,
+                    help="also run the default setting with GOMP_SPINCOUNT=SPIN (300000: libgomp's own default)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     # child mode
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -144,21 +157,25 @@ def main():
                 workload, batch = {"mlp128": ("mlp", 128), "small32": ("small", 32)}[wl]
                 base = ["--kind", "mlp", "--workload", workload, "--batch", batch, "--samples", args.samples,
                         "--epochs", args.epochs]
-                res = interleave({"default": base, "1 thread": base + ["--threads", 1]}, args.rounds)
-                d = [r["epoch_s"] for r in res["default"]]
+                contenders = {"default": base, "1 thread": base + ["--threads", 1]}
+                if args.spin is not None:
+                    contenders[f"default, GOMP_SPINCOUNT={args.spin}"] = [{"GOMP_SPINCOUNT": str(args.spin)}] + base
+                res = interleave(contenders, args.rounds)
                 o = [r["epoch_s"] for r in res["1 thread"]]
-                ratio = statistics.median(d) / statistics.median(o)
-                print(f"{wl:8s} ({args.samples} samples) epoch s  default: median {statistics.median(d):.3f} "
-                      f"[{', '.join(f'{v:.2f}' for v in d)}]  1 thread: median {statistics.median(o):.3f} "
-                      f"[{', '.join(f'{v:.2f}' for v in o)}]  default/1 thread: {ratio:.2f}", flush=True)
-                results[wl] = {"default": d, "one_thread": o, "ratio": ratio}
+                results[wl] = {}
+                for name in contenders:
+                    d = [r["epoch_s"] for r in res[name]]
+                    ratio = statistics.median(d) / statistics.median(o)
+                    print(f"{wl:8s} ({args.samples} samples) {name:32s} epoch s median {statistics.median(d):.3f} "
+                          f"[{', '.join(f'{v:.2f}' for v in d)}]  / 1 thread: {ratio:.2f}", flush=True)
+                    results[wl][name] = {"epoch_s": d, "ratio_to_1_thread": ratio}
         if "grid" in parts:
-            res = interleave({"n_jobs=1": ["--kind", "grid", "--n_jobs", 1],
-                              "n_jobs=2": ["--kind", "grid", "--n_jobs", 2]}, args.rounds)
+            g = ["--kind", "grid", "--grid-epochs", args.grid_epochs]
+            res = interleave({"n_jobs=1": g + ["--n_jobs", 1], "n_jobs=2": g + ["--n_jobs", 2]}, args.rounds)
             a = [r["wall_s"] for r in res["n_jobs=1"]]
             b = [r["wall_s"] for r in res["n_jobs=2"]]
             ratio = statistics.median(b) / statistics.median(a)
-            print(f"GridSearchCV (12 fits) wall s  n_jobs=1: median {statistics.median(a):.2f} "
+            print(f"GridSearchCV (12 fits x {args.grid_epochs} epochs) wall s  n_jobs=1: median {statistics.median(a):.2f} "
                   f"[{', '.join(f'{v:.1f}' for v in a)}]  n_jobs=2: median {statistics.median(b):.2f} "
                   f"[{', '.join(f'{v:.1f}' for v in b)}]  n_jobs=2 / n_jobs=1: {ratio:.2f}", flush=True)
             results["grid"] = {"n_jobs_1": a, "n_jobs_2": b, "ratio": ratio}
