@@ -175,7 +175,8 @@ def main():
             a = [r["wall_s"] for r in res["n_jobs=1"]]
             b = [r["wall_s"] for r in res["n_jobs=2"]]
             ratio = statistics.median(b) / statistics.median(a)
-            print(f"GridSearchCV (12 fits x {args.grid_epochs} epochs) wall s  n_jobs=1: median {statistics.median(a):.2f} "
+            print(f"GridSearchCV (12 fits x {args.grid_epochs} epochs) wall s  "
+                  f"n_jobs=1: median {statistics.median(a):.2f} "
                   f"[{', '.join(f'{v:.1f}' for v in a)}]  n_jobs=2: median {statistics.median(b):.2f} "
                   f"[{', '.join(f'{v:.1f}' for v in b)}]  n_jobs=2 / n_jobs=1: {ratio:.2f}", flush=True)
             results["grid"] = {"n_jobs_1": a, "n_jobs_2": b, "ratio": ratio}
