@@ -212,6 +212,12 @@ class Network {
         if (!progress(st.steps, total_steps, st.loss / double(seen), st.accuracy / double(seen))) break;
       }
     }
+    return finish_epoch(st, seen);
+  }
+
+  // The end of an epoch (train_epoch, train_epoch_parallel): the monitor's record, means over
+  // the `seen` rows, the last step's rate and the first non-finite parameter.
+  EpochStats finish_epoch(EpochStats st, i64 seen) {
     monitor_.end_epoch(st.steps, step_sums_, layers_);
     st.samples = seen;
     st.loss /= double(std::max<i64>(seen, 1));
@@ -278,13 +284,7 @@ class Network {
       monitor_.for_each_unit_maximum([&](T* a, i64 n) { tickets.push_back(dp.reducer->start_max(a, n)); });
       for (i64 t : tickets) dp.reducer->wait(t);
     }
-    monitor_.end_epoch(st.steps, step_sums_, layers_);
-    st.samples = seen;
-    st.loss /= double(std::max<i64>(seen, 1));
-    st.accuracy /= double(std::max<i64>(seen, 1));
-    st.learning_rate = last_lr_;
-    st.nonfinite_param = params_.first_nonfinite();
-    return st;
+    return finish_epoch(st, seen);
   }
 
   // One optimizer step on exactly this batch (Keras train_on_batch).
