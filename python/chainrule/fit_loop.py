@@ -160,6 +160,7 @@ def _run_epoch(model, epoch, opts, train, val, history, warned):
     """One epoch in the core, then validation, the history record, the gradient monitor's
     warnings and the progress output. Returns the epoch's logs."""
     core = model._core
+    model._sync_trainable()  # layers frozen or unfrozen since the last epoch (callbacks)
     core.seed_layers(_epoch_seed(opts.seed, DROPOUT_SEED_OFFSET + epoch))
     bar = None
     if opts.verbose == 1:
