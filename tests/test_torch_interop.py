@@ -297,8 +297,12 @@ def test_mismatched_shapes_name_the_layer():
 def test_entries_that_are_not_weights():
     model = _cnn()
     sd = to_torch(model).state_dict()
-    bn = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.BatchNorm2d(4)).state_dict()
-    _rejects(model, bn, ValueError, r"entry '1.running_mean' \(shape \(4,\)\) is not a layer's weight or bias")
+    _rejects(model, {**sd, "1.scale": torch.ones(4)}, ValueError,
+             r"entry '1.scale' \(shape \(4,\)\) is not a layer's weight, bias or BatchNorm statistic")
+    # BatchNorm entries where the model has a Dense layer
+    bn = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.BatchNorm2d(4, affine=False)).state_dict()
+    _rejects(model, bn, ValueError, r"layer 'd1' \(Dense\) expects a Linear weight; state_dict entry "
+                                    r"'1.running_mean' \(shape \(4,\)\) is a BatchNorm statistic")
     items = list(sd.items())
     _rejects(model, dict([items[1], items[0]] + items[2:]), ValueError,
              r"layer 'c1' \(Conv2D\) expects a Conv2d weight; state_dict entry '0.bias' \(shape \(4,\)\) is a bias")

@@ -16,7 +16,7 @@ large is allocated. The limits:
   its ``.npy`` header declares;
 - weights and optimizer state are float32/float64 arrays holding finite values, of exactly
   the count, shapes and dtype the saved config builds: the weights are in the file, so a small
-  file never builds a large model;
+  file never builds a large model; BatchNormalization's moving variance is >= 0;
 - one sample's input and each layer's output hold at most 2**31 - 1 values, as for any model.
 
 The bytes of :func:`model_to_bytes` are such a file's contents, read back by the same checks.
@@ -552,7 +552,11 @@ def _read_model(f, source, allow_unbuilt):
                          f"with {len(specs)}")
     weights = []
     for i, (layer, pname, pshape) in enumerate(specs):
-        weights.append(ar.float_array(ar.params[i], pshape, np_dtype, f"the {pname} of layer {layer.name!r}"))
+        arr = ar.float_array(ar.params[i], pshape, np_dtype, f"the {pname} of layer {layer.name!r}")
+        if pname == "moving_variance" and arr.size and arr.min() < 0:
+            raise ar.damaged(f"entry 'param_{i:03d}' (the moving_variance of layer {layer.name!r}) holds "
+                             f"negative values ({arr.min()!r}); a variance is >= 0")
+        weights.append(arr)
 
     optimizer = loss = None
     if comp is not None:
