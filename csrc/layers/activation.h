@@ -2,6 +2,7 @@
 // last axis for softmax (the channels of a channels-last image). The activation arithmetic
 // is kernels/activations.h's, as in Dense and Conv2D. No parameters.
 #pragma once
+#include <algorithm>
 #include <cstring>
 
 #include "layers/layer.h"
@@ -28,17 +29,49 @@ class Activation final : public Layer<T> {
   i64 units() const override { return C_; }
   bool has_activation() const override { return true; }
 
-  // x, y: (B·size / C, C) rows.
+  // x, y: (B·size / C, C) rows. Block by block: the copy and the in-place activation of a
+  // block both run in cache, so memory sees one read of x and one write of y.
   void forward(const T* x, T* y, i64 B, bool) override {
     const i64 n = B * this->in_;
-    if (x != y) std::memcpy(y, x, sizeof(T) * n);
-    activation_forward(this->act_, this->alpha_, y, n / C_, C_);
+    const T alpha = this->alpha_;
+    dispatch_act(this->act_, [&](auto op) {
+      using Op = decltype(op);
+      const i64 rows_per_block = Op::row_coupled ? std::max<i64>(1, kActBlock / C_) : 0;
+      const i64 block = Op::row_coupled ? rows_per_block * C_ : kActBlock;
+      const i64 nblk = (n + block - 1) / block;
+#pragma omp parallel for schedule(static) if (n > act_parallel_min<Op>())
+      for (i64 k = 0; k < nblk; ++k) {
+        const i64 lo = k * block, len = std::min(block, n - lo);
+        if (x != y) std::memcpy(y + lo, x + lo, sizeof(T) * len);
+        if constexpr (Op::row_coupled) {
+          for (i64 r = 0; r < len / C_; ++r) Op::forward_row(y + lo + r * C_, C_);
+        } else {
+          bias_act_row<Op>(y + lo, static_cast<const T*>(nullptr), len, alpha);
+        }
+      }
+    });
   }
-  // dy -> dz = dy ⊙ act'(y) in place, then dx = dz.
+  // dy -> dz = dy ⊙ act'(y) in place (what a trace reports as δ, as for Dense), and dx = dz,
+  // block by block as forward.
   void backward(const T*, const T* y, T* dy, T* dx, i64 B) override {
     const i64 n = B * this->in_;
-    activation_backward(this->act_, this->alpha_, y, dy, n / C_, C_);
-    if (dx) std::memcpy(dx, dy, sizeof(T) * n);
+    const T alpha = this->alpha_;
+    dispatch_act(this->act_, [&](auto op) {
+      using Op = decltype(op);
+      const i64 rows_per_block = Op::row_coupled ? std::max<i64>(1, kActBlock / C_) : 0;
+      const i64 block = Op::row_coupled ? rows_per_block * C_ : kActBlock;
+      const i64 nblk = (n + block - 1) / block;
+#pragma omp parallel for schedule(static) if (n > kParallelElems)
+      for (i64 k = 0; k < nblk; ++k) {
+        const i64 lo = k * block, len = std::min(block, n - lo);
+        if constexpr (Op::row_coupled) {
+          for (i64 r = 0; r < len / C_; ++r) Op::grad_row(y + lo + r * C_, dy + lo + r * C_, C_);
+        } else {
+          act_grad_sum_row<Op>(y + lo, dy + lo, static_cast<T*>(nullptr), len, alpha);
+        }
+        if (dx) std::memcpy(dx + lo, dy + lo, sizeof(T) * len);
+      }
+    });
   }
 
  private:

@@ -37,14 +37,12 @@ class BatchNormalization final : public Layer<T> {
     scale_ = scale;
     momentum_ = momentum;
     epsilon_ = epsilon;
-    block_rows_ = std::max<i64>(1, kBlockElems / C_);
+    W_ = C_ * std::max<i64>(1, kWide / C_);
+    block_ = W_ * std::max<i64>(1, kBlockElems / W_);
     mean_.assign(C_, 0.0);
     inv_std_.assign(C_, 0.0);
-    mu_.assign(C_, T(0));
-    mul_.assign(C_, T(0));
-    add_.assign(C_, T(0));
-    dx_a_.assign(C_, T(0));
-    dx_b_.assign(C_, T(0));
+    totals_.assign(2 * C_, 0.0);
+    for (auto* v : {&mu_, &mul_, &add_, &dx_a_, &dx_b_, &shift_}) v->assign(W_, T(0));
   }
   const char* kind() const override { return "batchnorm"; }
   i64 units() const override { return C_; }
@@ -68,34 +66,37 @@ class BatchNormalization final : public Layer<T> {
     moving_var_ = params + C_ * k;
   }
   void reserve(i64 batch) override {
-    const i64 need = 2 * blocks(checked_mul(batch, pixels_, "BatchNormalization: rows", kMaxBufferElems)) * C_;
-    if (i64(partial_.size()) < need) partial_.assign(need, 0.0);
+    const i64 n = checked_mul(batch, this->in_, "BatchNormalization: batch x size", kMaxBufferElems);
+    const i64 need = 2 * blocks(n) * W_;
+    if (i64(block_sums_.size()) < need) block_sums_.assign(need, T(0));
   }
 
   // x, y: (R, C) with R = B·pixels. Training (and not frozen): the batch statistics, then the
   // moving ones updated; otherwise the moving statistics. Either way y = (x − μ)·mul + β per
   // channel (mul = γ·inv_std), and mean_ / inv_std_ keep the statistics used for backward.
   void forward(const T* x, T* y, i64 B, bool training) override {
-    const i64 C = C_, R = B * pixels_;
-    check_capacity(R);
+    const i64 C = C_, n = B * this->in_, R = B * pixels_;
+    check_capacity(n);
     batch_stats_ = training && this->trainable_;
     if (batch_stats_) {
-      column_sums(R, [&](i64 r, double* acc) {
-        const T* xr = x + r * C;
-        for (i64 c = 0; c < C; ++c) acc[c] += double(xr[c]);
-      }, 1);
-      for (i64 c = 0; c < C; ++c) mean_[c] = partial_[c] / double(R);
-      const double* mean = mean_.data();
-      column_sums(R, [&](i64 r, double* acc) {  // second pass: Σ(x − μ)², no cancellation
-        const T* xr = x + r * C;
-        for (i64 c = 0; c < C; ++c) {
-          const double d = double(xr[c]) - mean[c];
-          acc[c] += d * d;
+      // One pass: sums of x − K and (x − K)² with K the batch's first row, a value near each
+      // channel's mean, so the variance Σ(x − K)²/R − (Σ(x − K)/R)² does not cancel.
+      widen(shift_, [&](i64 c) { return x[c]; });
+      const T* K = shift_.data();
+      const double* total = column_sums(n, [&](const T* xs, i64 len, T* __restrict acc,
+                                               T* __restrict acc2) {
+#pragma omp simd
+        for (i64 j = 0; j < len; ++j) {
+          const T d = xs[j] - K[j];
+          acc[j] += d;
+          acc2[j] += d * d;
         }
-      }, 1);
+      }, x);
       const double keep = momentum_, take = 1.0 - momentum_;
       for (i64 c = 0; c < C; ++c) {
-        const double var = partial_[c] / double(R);
+        const double m = total[c] / double(R);
+        const double var = std::max(total[C + c] / double(R) - m * m, 0.0);  // biased
+        mean_[c] = double(K[c]) + m;
         inv_std_[c] = 1.0 / std::sqrt(var + epsilon_);
         moving_mean_[c] = T(double(moving_mean_[c]) * keep + mean_[c] * take);
         moving_var_[c] = T(double(moving_var_[c]) * keep + var * take);
@@ -108,118 +109,135 @@ class BatchNormalization final : public Layer<T> {
         inv_std_[c] = 1.0 / std::sqrt(std::max(double(moving_var_[c]), 0.0) + epsilon_);
       }
     }
-    for (i64 c = 0; c < C; ++c) {
-      mu_[c] = T(mean_[c]);
-      mul_[c] = T((gamma_ ? double(gamma_[c]) : 1.0) * inv_std_[c]);
-      add_[c] = beta_ ? beta_[c] : T(0);
-    }
+    widen(mu_, [&](i64 c) { return T(mean_[c]); });
+    widen(mul_, [&](i64 c) { return T((gamma_ ? double(gamma_[c]) : 1.0) * inv_std_[c]); });
+    widen(add_, [&](i64 c) { return beta_ ? beta_[c] : T(0); });
     const T* mu = mu_.data();
     const T* mul = mul_.data();
     const T* add = add_.data();
     // (x − μ) first: no cancellation when |μ| is large against σ.
-#pragma omp parallel for schedule(static) if (R * C > kParallelElems)
-    for (i64 r = 0; r < R; ++r) {
-      const T* xr = x + r * C;
-      T* yr = y + r * C;
+    for_wide_rows(n, [&](i64 i, i64 len) {
+      const T* xs = x + i;
+      T* ys = y + i;
 #pragma omp simd
-      for (i64 c = 0; c < C; ++c) yr[c] = (xr[c] - mu[c]) * mul[c] + add[c];
-    }
+      for (i64 j = 0; j < len; ++j) ys[j] = (xs[j] - mu[j]) * mul[j] + add[j];
+    });
   }
 
   // dy: (R, C). With x̂ = (x − μ)·inv_std: dβ += Σ dy, dγ += Σ dy·x̂ (not when frozen). dx
   // with the batch statistics (they depend on x): γ·inv_std·(dy − Σdy/R − x̂·Σ(dy·x̂)/R);
   // with the moving ones (constants): γ·inv_std·dy.
   void backward(const T* x, const T*, T* dy, T* dx, i64 B) override {
-    const i64 C = C_, R = B * pixels_;
-    check_capacity(R);
+    const i64 C = C_, n = B * this->in_, R = B * pixels_;
+    check_capacity(n);
     const bool grads = this->trainable_;
-    const double* mean = mean_.data();
-    const double* inv_std = inv_std_.data();
+    const T* mu = mu_.data();
+    const T* mul = mul_.data();  // γ·inv_std
+    const double* total = totals_.data();
     if (grads || (batch_stats_ && dx)) {
-      column_sums(R, [&](i64 r, double* acc) {
-        const T* xr = x + r * C;
-        const T* dr = dy + r * C;
-        double* acc2 = acc + C;
-        for (i64 c = 0; c < C; ++c) {
-          const double d = double(dr[c]);
-          acc[c] += d;
-          acc2[c] += d * (double(xr[c]) - mean[c]) * inv_std[c];
+      // Σ dy and Σ dy·(x − μ) (times inv_std after the sums)
+      total = column_sums(n, [&](const T* xs, i64 len, T* __restrict acc, T* __restrict acc2) {
+        const T* ds = dy + (xs - x);
+#pragma omp simd
+        for (i64 j = 0; j < len; ++j) {
+          acc[j] += ds[j];
+          acc2[j] += ds[j] * (xs[j] - mu[j]);
         }
-      }, 2);
+      }, x);
     }
-    const double* sum_dy = partial_.data();
-    const double* sum_dy_xhat = partial_.data() + C;
+    const double* sum_dy = total;
+    const double* sum_dy_xc = total + C;  // Σ dy·(x − μ); Σ dy·x̂ = inv_std · this
     if (grads) {
       if (dgamma_)
-        for (i64 c = 0; c < C; ++c) dgamma_[c] += T(sum_dy_xhat[c]);
+        for (i64 c = 0; c < C; ++c) dgamma_[c] += T(sum_dy_xc[c] * inv_std_[c]);
       if (dbeta_)
         for (i64 c = 0; c < C; ++c) dbeta_[c] += T(sum_dy[c]);
     }
     if (!dx) return;
-    const T* mul = mul_.data();  // γ·inv_std
     if (!batch_stats_) {
-#pragma omp parallel for schedule(static) if (R * C > kParallelElems)
-      for (i64 r = 0; r < R; ++r) {
-        const T* dr = dy + r * C;
-        T* out = dx + r * C;
+      for_wide_rows(n, [&](i64 i, i64 len) {
+        const T* ds = dy + i;
+        T* out = dx + i;
 #pragma omp simd
-        for (i64 c = 0; c < C; ++c) out[c] = dr[c] * mul[c];
-      }
+        for (i64 j = 0; j < len; ++j) out[j] = ds[j] * mul[j];
+      });
       return;
     }
-    // dx = mul·dy − mul·Σdy/R − (x − μ)·mul·inv_std·Σ(dy·x̂)/R = mul·dy + (x − μ)·a + b.
-    T* a = dx_a_.data();
-    T* b = dx_b_.data();
-    for (i64 c = 0; c < C; ++c) {
-      const double m = double(mul[c]);
-      a[c] = T(-m * inv_std[c] * sum_dy_xhat[c] / double(R));
-      b[c] = T(-m * sum_dy[c] / double(R));
-    }
-    const T* mu = mu_.data();
-#pragma omp parallel for schedule(static) if (R * C > kParallelElems)
-    for (i64 r = 0; r < R; ++r) {
-      const T* xr = x + r * C;
-      const T* dr = dy + r * C;
-      T* out = dx + r * C;
+    // dx = mul·dy − mul·Σdy/R − (x − μ)·mul·inv_std²·Σ(dy·(x − μ))/R = mul·dy + (x − μ)·a + b.
+    widen(dx_a_, [&](i64 c) {
+      return T(-double(mul[c]) * inv_std_[c] * inv_std_[c] * sum_dy_xc[c] / double(R));
+    });
+    widen(dx_b_, [&](i64 c) { return T(-double(mul[c]) * sum_dy[c] / double(R)); });
+    const T* a = dx_a_.data();
+    const T* b = dx_b_.data();
+    for_wide_rows(n, [&](i64 i, i64 len) {
+      const T* xs = x + i;
+      const T* ds = dy + i;
+      T* out = dx + i;
 #pragma omp simd
-      for (i64 c = 0; c < C; ++c) out[c] = dr[c] * mul[c] + (xr[c] - mu[c]) * a[c] + b[c];
-    }
+      for (i64 j = 0; j < len; ++j) out[j] = ds[j] * mul[j] + (xs[j] - mu[j]) * a[j] + b[j];
+    });
   }
 
  private:
-  // Per-channel sums are taken over blocks of rows (about kBlockElems values each), each
-  // block's partial sums kept apart and added in block order: the same sums whatever the
-  // thread count, and float32 data summed in double.
+  // The per-channel vectors are kept wide: repeated to W_ = C·k values (about kWide), so
+  // every loop over the (R, C) data runs over rows of W_ values whatever C is: the data is
+  // whole wide rows plus a tail of whole channel rows, and position j of any row is channel
+  // j mod C.
+  static constexpr i64 kWide = 256;
+  // Per-channel sums are taken over blocks of block_ values (whole wide rows), each block's
+  // partial sums kept apart and added in block order: the same sums whatever the thread
+  // count.
   static constexpr i64 kBlockElems = 8192;
-  i64 blocks(i64 rows) const { return (rows + block_rows_ - 1) / block_rows_; }
+  i64 blocks(i64 n) const { return (n + block_ - 1) / block_; }
 
-  void check_capacity(i64 rows) const {
-    if (rows < 1) fail("BatchNormalization: batch must be >= 1; received ", rows / pixels_);
-    if (i64(partial_.size()) < 2 * blocks(rows) * C_)
-      fail("BatchNormalization: batch of ", rows / pixels_,
+  void check_capacity(i64 n) const {
+    if (n < 1) fail("BatchNormalization: batch must be >= 1");
+    if (i64(block_sums_.size()) < 2 * blocks(n) * W_)
+      fail("BatchNormalization: batch of ", n / this->in_,
            " exceeds the reserved capacity (reserve() was not called)");
   }
 
-  // width·C sums per channel over the R rows: row_fn(r, acc) adds row r's terms into acc
-  // (width·C doubles). The totals land in partial_[0, width·C).
-  template <typename RowFn>
-  void column_sums(i64 R, RowFn&& row_fn, int width) {
-    const i64 n = width * C_, nblk = blocks(R);
-    double* part = partial_.data();
-    // Block 0 accumulates into the front of partial_, which then holds the total; blocks
-    // k >= 1 use slot k.
-#pragma omp parallel for schedule(static) if (R * C_ > kParallelElems && nblk > 1)
-    for (i64 k = 0; k < nblk; ++k) {
-      double* acc = part + k * n;
-      std::fill(acc, acc + n, 0.0);
-      const i64 r1 = std::min(R, (k + 1) * block_rows_);
-      for (i64 r = k * block_rows_; r < r1; ++r) row_fn(r, acc);
-    }
-    for (i64 k = 1; k < nblk; ++k)
-      for (i64 j = 0; j < n; ++j) part[j] += part[k * n + j];
+  // v[j] = value(j mod C) for j < W_.
+  template <typename F>
+  void widen(avec<T>& v, F&& value) {
+    for (i64 c = 0; c < C_; ++c) v[c] = value(c);
+    for (i64 j = C_; j < W_; ++j) v[j] = v[j - C_];
   }
 
-  i64 C_ = 1, pixels_ = 1, block_rows_ = 1;
+  // fn(start, len) over the n values in rows of W_ (the last one shorter), in parallel.
+  template <typename F>
+  void for_wide_rows(i64 n, F&& fn) {
+    const i64 rows = (n + W_ - 1) / W_;
+#pragma omp parallel for schedule(static) if (n > kParallelElems)
+    for (i64 r = 0; r < rows; ++r) fn(r * W_, std::min(W_, n - r * W_));
+  }
+
+  // Two per-channel sums over the n values of data: row_fn(data + i, len, acc, acc2) adds
+  // the terms of a row of len <= W_ values into acc and acc2 (W_ values each, position j
+  // being channel j mod C). A block's sums are taken in T (a block adds at most
+  // kBlockElems / W_ terms into each), the blocks' in double, in block order. Returns the
+  // totals, (2, C) doubles.
+  template <typename RowFn>
+  const double* column_sums(i64 n, RowFn&& row_fn, const T* data) {
+    const i64 span = 2 * W_, nblk = blocks(n);
+    T* part = block_sums_.data();
+#pragma omp parallel for schedule(static) if (n > kParallelElems && nblk > 1)
+    for (i64 k = 0; k < nblk; ++k) {
+      T* acc = part + k * span;
+      std::fill(acc, acc + span, T(0));
+      const i64 end = std::min(n, (k + 1) * block_);
+      for (i64 i = k * block_; i < end; i += W_) row_fn(data + i, std::min(W_, end - i), acc, acc + W_);
+    }
+    double* total = totals_.data();
+    std::fill(total, total + 2 * C_, 0.0);
+    for (i64 k = 0; k < nblk; ++k)
+      for (int w = 0; w < 2; ++w)
+        for (i64 j = 0; j < W_; ++j) total[w * C_ + j % C_] += double(part[k * span + w * W_ + j]);
+    return total;
+  }
+
+  i64 C_ = 1, pixels_ = 1, W_ = 1, block_ = 1;
   bool center_ = true, scale_ = true;
   double momentum_ = 0.99, epsilon_ = 1e-3;
   T* gamma_ = nullptr;
@@ -228,11 +246,13 @@ class BatchNormalization final : public Layer<T> {
   T* moving_var_ = nullptr;
   T* dgamma_ = nullptr;
   T* dbeta_ = nullptr;
-  bool batch_stats_ = false;         // the last forward used the batch's statistics
+  bool batch_stats_ = false;            // the last forward used the batch's statistics
   std::vector<double> mean_, inv_std_;  // (C) the statistics of the last forward
-  avec<T> mu_, mul_, add_;           // (C) y = (x − mu)·mul + add
-  avec<T> dx_a_, dx_b_;              // (C) backward: dx = dy·mul + x·a + b
-  std::vector<double> partial_;      // (blocks, 2C) partial sums; its front: the totals
+  // Wide (W_) per-channel vectors: forward y = (x − mu)·mul + add; backward dx = dy·mul +
+  // (x − mu)·dx_a + dx_b; shift: the batch's first row, the shift of the statistics' sums.
+  avec<T> mu_, mul_, add_, dx_a_, dx_b_, shift_;
+  avec<T> block_sums_;           // (blocks, 2, W_) the blocks' partial sums
+  std::vector<double> totals_;   // (2, C)
 };
 
 }  // namespace cr

@@ -471,14 +471,21 @@ class Sequential:
     # -- weights -------------------------------------------------------------------------
     def get_weights(self):
         """All parameters as numpy arrays (copies), layer by layer: Dense gives
-        [kernel (in, units), bias (units,)]."""
+        [kernel (in, units), bias (units,)], BatchNormalization [gamma, beta, moving_mean,
+        moving_variance]. A model whose input shape is declared (Input or ``input_shape=``)
+        is built first; one whose input shape is unknown has none yet ([])."""
+        if not self.built and self._layers and self._declared_input_shape() is not None:
+            self.build()
+        return self._weights()
+
+    def _weights(self):
+        """get_weights without building: [] for a model not built."""
         if not self.built:
             return []
         return [self._core.get_param(i) for i in range(len(self._core.params_info()))]
 
     def set_weights(self, weights):
-        if not self.built:
-            raise ValueError("the model is not built yet: call build(input_shape) first")
+        self._require_built()
         self._check_not_training("set_weights")
         info = self._core.params_info()
         weights = list(weights)

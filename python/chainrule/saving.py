@@ -136,7 +136,7 @@ def _model_arrays(model, what):
                                "metrics": list(model.metrics), "optimizer_step": step,
                                "lr_scale": lr_scale, "optimizer_slots": len(opt_state)}
         arrays = {"__chainrule__": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
-        for i, w in enumerate(model.get_weights()):
+        for i, w in enumerate(model._weights()):  # an unbuilt model stays unbuilt
             arrays[f"param_{i:03d}"] = w
         for i, st in enumerate(opt_state):
             arrays[f"optimizer_{i:03d}"] = st
