@@ -201,14 +201,17 @@ class Sequential:
                 raise ValueError(f"x must have shape (n, features...); received shape {x_arr.shape}")
             self.build(x_arr.shape[1:])
 
-    def _require_built(self):
+    def _build_if_declared(self):
         """Build from the declared input shape (Input or ``input_shape=``) if there is one, as
-        Keras has built such a model already; else a ValueError."""
-        if not self.built:
-            if self._layers and self._declared_input_shape() is not None:
-                self.build()
-            else:
-                raise ValueError("the model is not built yet: call build(input_shape) or fit first")
+        Keras has built such a model already. Returns whether the model is built."""
+        if not self.built and self._layers and self._declared_input_shape() is not None:
+            self.build()
+        return self.built
+
+    def _require_built(self):
+        """_build_if_declared, or a ValueError when the input shape is unknown."""
+        if not self._build_if_declared():
+            raise ValueError("the model is not built yet: call build(input_shape) or fit first")
 
     def count_params(self):
         """The number of parameters, trainable or not (Keras's)."""
@@ -474,8 +477,7 @@ class Sequential:
         [kernel (in, units), bias (units,)], BatchNormalization [gamma, beta, moving_mean,
         moving_variance]. A model whose input shape is declared (Input or ``input_shape=``)
         is built first; one whose input shape is unknown has none yet ([])."""
-        if not self.built and self._layers and self._declared_input_shape() is not None:
-            self.build()
+        self._build_if_declared()
         return self._weights()
 
     def _weights(self):

@@ -324,7 +324,7 @@ def _check_model(model):
 
     if not isinstance(model, Sequential):
         raise TypeError(f"export: model must be a chainrule Sequential; received {type(model).__name__}")
-    if not model.built:
+    if not model._build_if_declared():
         raise ValueError(f"export: model {model.name!r} is not built yet: call build(input_shape), "
                          "fit or predict first")
 

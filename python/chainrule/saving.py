@@ -84,7 +84,7 @@ def save_model(model, path):
     file gets the permissions ``open()`` would give it (0o666 less the umask); a file that is
     replaced keeps its permissions. Saving a model that another thread is training (inside
     ``fit``) raises RuntimeError; a callback of that ``fit`` may save it."""
-    if not model.built:
+    if not model._build_if_declared():
         raise ValueError("the model is not built yet: nothing to save")
     path = os.fspath(path)
     arrays = _model_arrays(model, "save")

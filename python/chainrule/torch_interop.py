@@ -254,7 +254,7 @@ def _plan(model, what):
     from .models import Sequential
     if not isinstance(model, Sequential):
         raise TypeError(f"{what}: model must be a chainrule Sequential; received {type(model).__name__}")
-    if not model.built:
+    if not model._build_if_declared():
         raise ValueError(f"{what}: the model is not built yet: call model.build(input_shape) first")
     return _Plan(model)
 
@@ -537,9 +537,8 @@ def _batchnorm_entries(layer, label, entries, pos, array, check_finite):
             pos += 1
     for suffix in ("running_mean", "running_var"):
         if suffix not in got:
-            key = entries[pos][0] if pos < len(entries) else None
-            raise ValueError(f"load_state_dict: {label} expects a BatchNorm {prefix}{suffix} entry; "
-                             + (f"the next state_dict entry is {key!r}" if key else "the state_dict ends"))
+            raise ValueError(f"load_state_dict: {label} expects a BatchNorm entry {prefix}{suffix} (after "
+                             f"{prefix}weight and {prefix}bias, if any); the state_dict has none there")
     if got["running_var"].min() < 0:
         raise ValueError(f"load_state_dict: the running_var for {label} holds negative values "
                          f"({got['running_var'].min()!r}); a variance is >= 0")
