@@ -33,7 +33,7 @@ from chainrule.optimizers import SGD  # noqa: E402
 TARGET = 0.99
 
 
-def build(batchnorm, seed):
+def build(batchnorm, seed, lr):
     """LeNet (mnist_cnn.py's); with ``batchnorm`` each hidden layer is linear, then
     BatchNormalization, then the ReLU."""
     def block(make):  # make(activation) -> the layer
@@ -51,7 +51,7 @@ def build(batchnorm, seed):
               Dropout(0.3),
               Dense(10, activation="softmax")]
     model = cr.Sequential(layers, name="lenet_bn" if batchnorm else "lenet", seed=seed)
-    model.compile(optimizer=SGD(0.03, momentum=0.9), loss="sparse_categorical_crossentropy",
+    model.compile(optimizer=SGD(lr, momentum=0.9), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     return model
 
@@ -72,7 +72,7 @@ class StopAtAccuracy(Callback):
 
 def run(batchnorm, data, args):
     (x_train, y_train), (x_test, y_test) = data
-    model = build(batchnorm, args.seed)
+    model = build(batchnorm, args.seed, args.lr)
     model.summary()
     stop = StopAtAccuracy(TARGET)
     t0 = time.perf_counter()
@@ -95,6 +95,7 @@ def main():
     ap.add_argument("--max-epochs", type=int, default=8)
     ap.add_argument("--train-samples", type=int, default=60000)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=0.03, help="SGD learning rate (momentum 0.9), both networks")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
