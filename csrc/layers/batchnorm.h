@@ -1,5 +1,5 @@
-// Batch normalization over the last axis (the features of a Dense output, the channels of a
-// channels-last image), as Keras's BatchNormalization. Training: per channel c, over the
+// Batch normalization over the last axis (the features of a Dense output, the channels of
+// a channels-last image), as Keras's BatchNormalization. Training: per channel c, over the
 // batch's R rows (samples x pixels), y = γ·(x − μ)/√(σ² + ε) + β with the batch mean μ and
 // biased variance σ², and the moving statistics move towards them:
 // m ← m·momentum + μ·(1 − momentum), v ← v·momentum + σ²·(1 − momentum). Inference, and

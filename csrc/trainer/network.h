@@ -164,7 +164,6 @@ class Network {
     layers_[layer]->set_trainable(on);
     params_.set_layer_trainable(size_t(layer), on);
   }
-  bool layer_trainable(i64 layer) const { return layers_.at(layer)->trainable(); }
   // The weights or optimizer state were set from outside: a snapshot no longer applies.
   void state_changed() { nan_guard_.invalidate(); }
   // Stop an epoch at the first non-finite loss or weight and restore the weights and the
@@ -256,13 +255,13 @@ class Network {
 
   // The numbers of one training step on (X, Y, SW) without taking it (model.trace): per
   // layer its input, pre-activation z (layers with an activation: the layer run with it set
-  // to Linear; a itself is the training forward's), output a, dL/d(output) before the layer's backward
-  // and delta after it (dL/dz for layers with an activation), dL/d(input); the gradients
-  // (penalty included) and the update the step would make (the optimizer's, run on copies of
-  // the weights, gradients and optimizer state, and the moving statistics' from the training
-  // forward). Nothing of the network's state changes: the dropout streams and the moving
-  // statistics are put back (the trace sees the masks the next step will draw), the
-  // gradient block is restored, the monitor and NaN guard are not touched.
+  // to Linear; a itself is the training forward's), output a, dL/d(output) before the
+  // layer's backward and delta after it (dL/dz for layers with an activation), dL/d(input);
+  // the gradients (penalty included) and the update the step would make (the optimizer's,
+  // run on copies of the weights, gradients and optimizer state, and the moving statistics'
+  // from the training forward). Nothing of the network's state changes: the dropout streams
+  // and the moving statistics are put back (the trace sees the masks the next step will
+  // draw), the gradient block is restored, the monitor and NaN guard are not touched.
   // z in float32 may differ from the value the fused Dense epilogue used in the last bit;
   // in float64 the two are the same computation.
   TraceRecord<T> trace(const T* X, const T* Y, const T* SW, i64 B) {

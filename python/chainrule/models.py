@@ -138,8 +138,9 @@ class Sequential:
             raise ValueError(f"model {self.name!r} has only shape layers ({', '.join(type(l).__name__ for l in self._layers)}): "
                              "add a layer that computes something (Dense, Conv2D, pooling, Dropout)")
         core = _DTYPES[self.dtype][1](specs)
-        expected = [(name, tuple(shape)) for layer in self._layers for name, shape, *_ in layer.param_specs()]
-        got = [(p["name"], tuple(p["shape"])) for p in core.params_info()]
+        expected = [(name, tuple(shape), name in layer._stateful)
+                    for layer in self._layers for name, shape, *_ in layer.param_specs()]
+        got = [(p["name"], tuple(p["shape"]), p["stateful"]) for p in core.params_info()]
         if expected != got:  # a layer's param_specs and its C++ twin disagree: a bug, not user error
             raise RuntimeError(f"internal error: parameter layout mismatch {expected} != {got}")
         self._core = core
