@@ -7,8 +7,13 @@ trained in that many parts); prints it and the number of epochs each network nee
 99%.
 
     PYTHONPATH=python python examples/mnist_cnn_batchnorm.py [--model both|bn|plain]
-        [--lr 0.03] [--max-epochs 8] [--evals-per-epoch 4] [--train-samples 60000]
+        [--lr 0.1] [--max-epochs 8] [--evals-per-epoch 4] [--train-samples 60000]
         [--data DIR] [--threads N]
+
+BatchNormalization's gain is the learning rate it tolerates: at the default --lr 0.1 the
+network with it reached 99% after 2 epochs and the one without did not within 6 (it stays
+near 98%); at 0.03, the plain network's best rate, the plain one was as fast (2 epochs, 2.5
+with BatchNormalization). bench/RESULTS.md has the whole measurement.
 
 The MNIST files are found as in mnist_cnn.py. ``--train-samples`` trains on the first n
 training images (the test accuracy is always measured on all 10,000 test images). Exits 0
@@ -100,7 +105,7 @@ def main():
     ap.add_argument("--train-samples", type=int, default=60000)
     ap.add_argument("--evals-per-epoch", type=int, default=4, help="test evaluations per epoch")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=0.03, help="SGD learning rate (momentum 0.9), both networks")
+    ap.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (momentum 0.9), both networks")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
