@@ -213,6 +213,38 @@ def scenario_long(rank, outdir):
     model.fit(x, y, epochs=100000, batch_size=4, verbose=0, callbacks=[started], distributed=True)
 
 
+# BatchNormalization after a frozen Dense layer: the normalized values are fixed, so the
+# moving statistics depend only on which rows each rank takes (23 rows in batches of 10: the
+# last step gives rank 0 one row and rank 1 two).
+BN_ROWS, BN_BATCH, BN_EPOCHS, BN_MOMENTUM = 23, 10, 2, 0.9
+
+
+def batchnorm_case():
+    model = cr.Sequential([
+        L.Dense(5, trainable=False, input_shape=(4,)),
+        L.BatchNormalization(momentum=BN_MOMENTUM),
+        L.Activation("relu"),
+        L.Dense(3, activation="softmax"),
+    ], dtype="float64", seed=5)
+    model.compile(optimizer=cr.optimizers.SGD(0.1, momentum=0.9), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((BN_ROWS, 4)) * 3.0 + 1.0
+    y = rng.integers(0, 3, BN_ROWS)
+    return model, x, y
+
+
+def scenario_batchnorm(rank, outdir):
+    model, x, y = batchnorm_case()
+    initial = model.get_weights()
+    cb, kept = weights_per_epoch(model)
+    h = model.fit(x, y, epochs=BN_EPOCHS, batch_size=BN_BATCH, shuffle=False, verbose=0,
+                  validation_data=(x[:7], y[:7]), callbacks=[cb], distributed=True)
+    arrays = {f"initial/{i}": w for i, w in enumerate(initial)}
+    arrays.update({f"{e}/{i}": w for e, ws in enumerate(kept) for i, w in enumerate(ws)})
+    _save(outdir, rank, arrays, {"history": h.history})
+
+
 def scenario_single(rank, outdir):
     """Without mpirun: distributed=True is a plain fit."""
     assert "mpi4py" not in sys.modules

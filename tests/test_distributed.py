@@ -180,6 +180,47 @@ def test_callbacks_stop_together_and_rank0_writes(mpi, tmp_path):
     assert_close_history(i0["early_history"], ref.history)
 
 
+def test_batchnorm_moving_statistics_are_the_ranks_mean(mpi, tmp_path):
+    """BatchNormalization normalizes with each rank's own rows (Keras's per-replica
+    statistics); after each epoch every rank holds the mean of the ranks' moving statistics,
+    so the weights agree everywhere. Oracle: numpy, from the fixed inputs of the layer (a
+    frozen Dense layer before it, whose weights stay bit-identical) and the documented rows
+    of each rank; the validation loss is the averaged model's."""
+    run_mpi("batchnorm", tmp_path)
+    (a0, i0), (a1, i1) = load(tmp_path, 0), load(tmp_path, 1)
+    assert i0 == i1
+    for k in a0:
+        assert np.array_equal(a0[k], a1[k]), f"ranks differ: {k}"
+    model, x, y = w.batchnorm_case()
+    kernel, bias = a0["initial/0"], a0["initial/1"]
+    for e in range(w.BN_EPOCHS):
+        assert np.array_equal(a0[f"{e}/0"], kernel) and np.array_equal(a0[f"{e}/1"], bias)  # frozen
+    h = x @ kernel + bias
+    mean, var = a0["initial/4"].copy(), a0["initial/5"].copy()  # moving_mean, moving_variance
+    m = w.BN_MOMENTUM
+    for e in range(w.BN_EPOCHS):
+        per_rank = []
+        for r in range(2):
+            mu, v = mean.copy(), var.copy()
+            for start in range(0, w.BN_ROWS, w.BN_BATCH):
+                B = min(w.BN_BATCH, w.BN_ROWS - start)
+                part = h[start + B * r // 2:start + B * (r + 1) // 2]
+                if len(part) == 0:
+                    continue
+                mu = m * mu + (1 - m) * part.mean(axis=0)
+                v = m * v + (1 - m) * part.var(axis=0)  # biased, as Keras
+            per_rank.append((mu, v))
+        mean = (per_rank[0][0] + per_rank[1][0]) / 2
+        var = (per_rank[0][1] + per_rank[1][1]) / 2
+        np.testing.assert_allclose(a0[f"{e}/4"], mean, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(a0[f"{e}/5"], var, rtol=0, atol=1e-12)
+    assert not np.allclose(var, a0["initial/5"])  # the statistics did move
+    model.build((4,))
+    model.set_weights([a0[f"{w.BN_EPOCHS - 1}/{i}"] for i in range(len(model.get_weights()))])
+    loss, _ = model.evaluate(x[:7], y[:7])
+    assert abs(i0["history"]["val_loss"][-1] - loss) < 1e-12
+
+
 def test_nonfinite_loss_on_one_rank_stops_all(mpi, tmp_path):
     """An infinite loss on rank 1 alone (its 4th step): stop_on_nonfinite stops both ranks
     at that step with the same weights — those a single process keeps for the same batches."""

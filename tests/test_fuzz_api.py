@@ -149,6 +149,20 @@ CONSTRUCTORS = {
     "Reshape": (L.Reshape, {"target_shape": st.lists(st.sampled_from([-1, 1, 2, 3, 4]), min_size=1, max_size=3),
                             "input_shape": shape_good, "name": name_good}, ["target_shape"]),
     "Dropout": (L.Dropout, {"rate": unit_float, "input_shape": shape_good, "name": name_good}, ["rate"]),
+    "BatchNormalization": (L.BatchNormalization, {"axis": st.sampled_from([-1, 1, 2, 3]), "momentum": unit_float,
+                                                  "epsilon": pos_float, "center": st.booleans(),
+                                                  "scale": st.booleans(), "gamma_initializer": init_good,
+                                                  "beta_initializer": init_good,
+                                                  "moving_mean_initializer": init_good,
+                                                  "moving_variance_initializer": st.sampled_from(["ones", "zeros"]),
+                                                  "gamma_regularizer": reg_good, "beta_regularizer": reg_good,
+                                                  "trainable": st.booleans(), "input_shape": shape_good,
+                                                  "name": name_good}, []),
+    "GlobalAveragePooling2D": (L.GlobalAveragePooling2D, {"keepdims": st.booleans(), "input_shape": shape_good,
+                                                          "name": name_good}, []),
+    "ActivationLayer": (L.Activation, {"activation": activation_good, "input_shape": shape_good,
+                                       "name": name_good, "trainable": st.booleans()}, ["activation"]),
+    "Input": (L.Input, {"shape": shape_good, "name": name_good}, ["shape"]),
     "SGD": (O.SGD, {"learning_rate": schedule_good, "momentum": unit_float, "nesterov": st.booleans(),
                     "clipvalue": st.one_of(st.none(), pos_float), "clipnorm": st.one_of(st.none(), pos_float),
                     "weight_decay": unit_float}, []),
@@ -511,7 +525,8 @@ build_hostile = st.one_of(
     st.tuples(BUILD_DIMS, BUILD_DIMS),
     st.lists(BUILD_DIMS, min_size=0, max_size=3),
 )
-BUILD_LAYERS = ["Dense", "Conv2D", "MaxPooling2D", "AveragePooling2D", "Flatten", "Reshape", "Dropout"]
+BUILD_LAYERS = ["Dense", "Conv2D", "MaxPooling2D", "AveragePooling2D", "Flatten", "Reshape", "Dropout",
+                "BatchNormalization", "GlobalAveragePooling2D"]
 
 
 @st.composite
@@ -521,7 +536,7 @@ def build_case(draw):
     kwargs.pop("input_shape", None) if draw(st.booleans()) else None
     image = st.tuples(st.integers(3, 9), st.integers(3, 9), small_int)
     good_shape = {"Dense": st.tuples(small_int), "Conv2D": st.one_of(image, st.tuples(small_int, small_int)),
-                  "MaxPooling2D": image, "AveragePooling2D": image,
+                  "MaxPooling2D": image, "AveragePooling2D": image, "GlobalAveragePooling2D": image,
                   "Reshape": st.sampled_from([(12,), (24,), (2, 3, 4), (4, 3)])}.get(
         target, st.one_of(image, st.tuples(small_int)))
     shape = draw(st.one_of(good_shape, good_shape, st.one_of(
@@ -529,7 +544,7 @@ def build_case(draw):
         st.lists(BUILD_DIMS, max_size=4), st.sampled_from([None, 5, "abc", (None, 4), (None,), ()]))))
     # follow with Flatten + Dense(3): exercises the next layer's sizes (and gives a model of
     # Flatten, Reshape or Dropout alone a layer with weights)
-    weightless = target in ("Flatten", "Reshape", "Dropout")
+    weightless = target in ("Flatten", "Reshape", "Dropout", "GlobalAveragePooling2D")
     head = draw(st.sampled_from([False, True, True] if weightless else [False, True]))
     dtype = draw(st.sampled_from(["float32", "float64"]))
     return {"layer": target, "kwargs": kwargs, "shape": shape, "head": head, "dtype": dtype}

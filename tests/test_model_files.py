@@ -2,6 +2,7 @@
 ModelFormatError (never another exception, never a large allocation, never a model that
 trains into NaN), saved files get open()'s permissions, and round trips still work."""
 
+import copy
 import json
 import os
 import stat
@@ -584,17 +585,20 @@ def test_fuzz_crafted_metadata(tmp_path, saved):
             for k in path[:-1]:
                 parent = parent[k]
             op = data.draw(st.sampled_from(["replace", "replace", "delete", "add", "copy"]), label="op")
+            # Values are deep-copied: a later mutation must not change the shared _POOL
+            # (hypothesis replays a case and needs the same draws).
             if op == "replace":
-                parent[path[-1]] = data.draw(st.sampled_from(_POOL), label="value")
+                parent[path[-1]] = copy.deepcopy(data.draw(st.sampled_from(_POOL), label="value"))
             elif op == "delete":
                 del parent[path[-1]]
             elif op == "add":
                 target = parent[path[-1]]
                 if isinstance(target, dict):
-                    target[data.draw(st.sampled_from(_KEYS), label="key")] = data.draw(st.sampled_from(_POOL))
+                    target[data.draw(st.sampled_from(_KEYS), label="key")] = copy.deepcopy(
+                        data.draw(st.sampled_from(_POOL)))
                 elif isinstance(target, list):
                     target.insert(data.draw(st.integers(0, len(target)), label="at"),
-                                  data.draw(st.sampled_from(_POOL)))
+                                  copy.deepcopy(data.draw(st.sampled_from(_POOL))))
             elif isinstance(parent, list):  # copy: duplicate a list element (a layer, a dimension)
                 parent.insert(path[-1], json.loads(json.dumps(parent[path[-1]])))
         if data.draw(st.booleans(), label="damage arrays") and arrays:

@@ -400,3 +400,54 @@ def test_import_chainrule_does_not_import_onnx():
             "bad = [m for m in ('onnx', 'onnxruntime', 'chainrule.onnx_export') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+
+
+# -- BatchNormalization, GlobalAveragePooling2D, Activation ------------------------------------
+
+def _randomize_with_statistics(model, seed=0):
+    """_randomize's weights, with moving variances drawn positive (a variance) and moving
+    means away from 0."""
+    rng = np.random.default_rng(seed)
+    w = []
+    for a in model.get_weights():
+        fan_in = int(np.prod(a.shape[:-1])) if a.ndim > 1 else 4
+        w.append(rng.uniform(-1.0, 1.0, a.shape) * (1.5 / np.sqrt(fan_in)))
+    i = 0
+    for layer in model.layers:
+        for name, shape, *_ in layer.param_specs():
+            if name == "moving_variance":
+                w[i] = rng.uniform(0.2, 2.0, shape)
+            elif name == "moving_mean":
+                w[i] = rng.normal(0.0, 0.5, shape)
+            i += 1
+    model.set_weights(w)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_batchnorm_global_pooling_and_activation_layers(keepdims, dtype, tmp_path):
+    model = cr.Sequential([
+        L.Input(shape=(9, 8, 3)),
+        L.Conv2D(4, 3, padding="same"), L.BatchNormalization(epsilon=0.01), L.Activation("relu"),
+        L.MaxPooling2D(2), L.BatchNormalization(center=False), L.Activation("softmax"),  # over channels
+        L.GlobalAveragePooling2D(keepdims=keepdims), L.Flatten(),
+        L.Dense(6), L.BatchNormalization(scale=False), L.Activation(cr.activations.LeakyReLU(0.2)),
+        L.Dense(3), L.Activation("softmax"),
+    ], dtype=dtype, seed=6)
+    model.build()
+    _randomize_with_statistics(model)
+    proto = _export_and_compare(model, tmp_path, low=-2.0, high=2.0)
+    ops = {n.op_type for n in proto.graph.node}
+    if dtype == "float32":
+        assert {"BatchNormalization", "GlobalAveragePool"} <= ops
+    else:  # double: constants in double, ops onnxruntime runs in double
+        assert "BatchNormalization" not in ops and "ReduceMean" in ops
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batchnorm_over_the_last_axis_of_2d_samples(dtype, tmp_path):
+    model = cr.Sequential([L.Input(shape=(5, 4)), L.BatchNormalization(), L.Activation("softmax"), L.Flatten(),
+                           L.Dense(3)], dtype=dtype, seed=7)
+    model.build()
+    _randomize_with_statistics(model)
+    _export_and_compare(model, tmp_path, low=-2.0, high=2.0)

@@ -23,7 +23,8 @@ from chainrule import ModelFormatError
 from chainrule import callbacks as C
 from chainrule import optimizers as O
 from chainrule import schedules as S
-from chainrule.layers import AveragePooling2D, Conv2D, Dense, Dropout, Flatten, MaxPooling2D, Reshape
+from chainrule.layers import (Activation, AveragePooling2D, BatchNormalization, Conv2D, Dense, Dropout, Flatten,
+                              GlobalAveragePooling2D, Input, MaxPooling2D, Reshape)
 from chainrule.saving import model_from_bytes, model_to_bytes
 
 PROTOCOLS = [2, 3, 4, 5]
@@ -49,6 +50,15 @@ def _cnn(dtype="float32", seed=4):
                           Conv2D(4, 2, activation="relu", kernel_regularizer="l2"),
                           AveragePooling2D((2, 1)), Flatten(), Dense(3, activation="softmax")],
                          seed=seed, dtype=dtype, name="cnn")
+
+
+def _bn(dtype="float32", seed=5):
+    """BatchNormalization (moving statistics: state), a frozen layer, Input, Activation and
+    GlobalAveragePooling2D."""
+    return cr.Sequential([Input(shape=(84,)), Reshape((6, 7, 2)), Conv2D(3, 3, padding="same"),
+                          BatchNormalization(momentum=0.8), Activation("relu"), GlobalAveragePooling2D(),
+                          Dense(4, trainable=False), BatchNormalization(center=False, gamma_regularizer="l2"),
+                          Dense(3, activation="softmax")], seed=seed, dtype=dtype, name="bn")
 
 
 OPTIMIZERS = {
@@ -117,6 +127,9 @@ STATES = {
     "trained": lambda dt: _trained(_mlp(dt)),
     "cnn_built": lambda dt: _built(_cnn(dt)),
     "cnn_trained": lambda dt: _trained(_cnn(dt), "sgd_momentum", shape=(84,)),
+    "bn_unbuilt": lambda dt: _bn(dt),
+    "bn_built": lambda dt: _built(_bn(dt)),
+    "bn_trained": lambda dt: _trained(_bn(dt), "adamw", shape=(84,)),
 }
 
 
@@ -209,9 +222,10 @@ def test_fit_and_train_on_batch_continue_identically(opt, dtype):
     _assert_same(m, copy_)
 
 
+@pytest.mark.parametrize("make", [_cnn, _bn], ids=["cnn", "batchnorm"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_cnn_continues_identically(dtype):
-    m = _trained(_cnn(dtype), "adam_amsgrad", shape=(84,))
+def test_cnn_continues_identically(dtype, make):
+    m = _trained(make(dtype), "adam_amsgrad", shape=(84,))
     back = pickle.loads(pickle.dumps(m))
     _continue_fit(m, shape=(84,))
     _continue_fit(back, shape=(84,))

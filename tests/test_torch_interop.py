@@ -297,8 +297,12 @@ def test_mismatched_shapes_name_the_layer():
 def test_entries_that_are_not_weights():
     model = _cnn()
     sd = to_torch(model).state_dict()
-    bn = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.BatchNorm2d(4)).state_dict()
-    _rejects(model, bn, ValueError, r"entry '1.running_mean' \(shape \(4,\)\) is not a layer's weight or bias")
+    _rejects(model, {**sd, "1.scale": torch.ones(4)}, ValueError,
+             r"entry '1.scale' \(shape \(4,\)\) is not a layer's weight, bias or BatchNorm statistic")
+    # BatchNorm entries where the model has a Dense layer
+    bn = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.BatchNorm2d(4, affine=False)).state_dict()
+    _rejects(model, bn, ValueError, r"layer 'd1' \(Dense\) expects a Linear weight; state_dict entry "
+                                    r"'1.running_mean' \(shape \(4,\)\) is a BatchNorm statistic")
     items = list(sd.items())
     _rejects(model, dict([items[1], items[0]] + items[2:]), ValueError,
              r"layer 'c1' \(Conv2D\) expects a Conv2d weight; state_dict entry '0.bias' \(shape \(4,\)\) is a bias")
@@ -334,3 +338,84 @@ def test_models_that_cannot_be_converted():
             to_torch(model)
     finally:
         cr.layers._REGISTRY.pop("Doubler", None)
+
+
+# -- BatchNormalization, GlobalAveragePooling2D, Activation -------------------------------------
+
+def _with_statistics(model, seed=0):
+    """Random gamma, beta and moving statistics (variance > 0) in every BatchNormalization."""
+    rng = np.random.default_rng(seed)
+    w = model.get_weights()
+    i = 0
+    for layer in model.layers:
+        for name, shape, *_ in layer.param_specs():
+            if name in ("gamma", "moving_variance"):
+                w[i] = rng.uniform(0.3, 2.0, shape)
+            elif name in ("beta", "moving_mean"):
+                w[i] = rng.normal(0.0, 0.5, shape)
+            i += 1
+    model.set_weights(w)
+    return model
+
+
+def _bn_models(dtype):
+    from chainrule.layers import Activation, BatchNormalization, GlobalAveragePooling2D, Input
+    image = cr.Sequential([Input(shape=(7, 6, 3)), Conv2D(4, 3, padding="same"), BatchNormalization(momentum=0.9),
+                           Activation("relu"), MaxPooling2D(2), BatchNormalization(center=False),
+                           Activation("softmax"), GlobalAveragePooling2D(), Dense(5),
+                           BatchNormalization(scale=False), Activation(cr.activations.LeakyReLU(0.2)), Dense(3),
+                           Activation("softmax")], dtype=dtype, seed=1)
+    flat = cr.Sequential([Input(shape=(6, 5, 2)), Conv2D(3, 2), Flatten(),  # BN over features in chainrule's order
+                          BatchNormalization(center=False, scale=False), Dense(4), Activation("tanh")],
+                         dtype=dtype, seed=2)
+    two_d = cr.Sequential([Input(shape=(4, 5)), BatchNormalization(), Activation("softmax"), Flatten(), Dense(2)],
+                          dtype=dtype, seed=3)
+    keep = cr.Sequential([Input(shape=(5, 5, 2)), Conv2D(3, 3), GlobalAveragePooling2D(keepdims=True)],
+                         dtype=dtype, seed=4)
+    return {"image": image, "flat": flat, "2d": two_d, "keepdims": keep}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", ["image", "flat", "2d", "keepdims"])
+def test_batchnorm_gap_activation_outputs_and_round_trip(name, dtype):
+    model = _with_statistics(_bn_models(dtype)[name])
+    rng = np.random.default_rng(5)
+    _assert_outputs_match(model, rng.normal(size=(6,) + model.input_shape) * 2 + 0.5)
+    _assert_round_trip(model)
+    net = to_torch(model)
+    bns = [m for m in net if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))]
+    layers = [l for l in model.layers if type(l).__name__ == "BatchNormalization"]
+    assert len(bns) == len(layers)
+    for bn, layer in zip(bns, layers):
+        assert bn.momentum == pytest.approx(1 - layer.momentum) and bn.eps == layer.epsilon
+        assert bn.affine == (layer.center or layer.scale)
+
+
+def test_batchnorm_state_dict_checks():
+    model = _with_statistics(_bn_models("float64")["2d"])
+    sd = to_torch(model).state_dict()
+    keys = list(sd)
+    assert keys[:5] == ["1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"]
+    bad = dict(sd)
+    bad["1.running_var"] = -torch.ones(5, dtype=torch.float64)
+    _rejects(model, bad, ValueError, r"the running_var for layer 'batch_normalization' .* holds negative values")
+    _rejects(model, {k: v for k, v in sd.items() if k != "1.running_mean"}, ValueError,
+             r"expects a BatchNorm entry 1.running_mean \(after 1.weight and 1.bias, if any\); the state_dict has none")
+    bad = dict(sd)
+    bad["1.weight"] = torch.ones(4, dtype=torch.float64)
+    _rejects(model, bad, ValueError, r"needs a BatchNorm weight of shape \(5,\); state_dict entry '1.weight' has shape \(4,\)")
+    # a BatchNorm without affine weights loads as gamma 1, beta 0
+    nets = to_torch(model)
+    plain = torch.nn.BatchNorm1d(5, affine=False).double()
+    plain.running_mean.data, plain.running_var.data = nets[1].running_mean.clone(), nets[1].running_var.clone()
+    sd2 = {f"1.{k}": v for k, v in plain.state_dict().items()}
+    sd2.update({k: v for k, v in sd.items() if not k.startswith("1.")})
+    load_state_dict(model, dict(sorted(sd2.items(), key=lambda kv: keys.index(kv[0]) if kv[0] in keys else 0)))
+    g, b = model.get_weights()[:2]
+    assert np.array_equal(g, np.ones(5)) and np.array_equal(b, np.zeros(5))
+    # a layer without scale takes only a weight of ones
+    noscale = _with_statistics(_bn_models("float64")["image"])
+    sd = to_torch(noscale).state_dict()
+    key = [k for k in sd if k.endswith("weight") and sd[k].shape == (5,)][0]  # the scale=False one
+    sd[key] = sd[key] * 2
+    _rejects(noscale, sd, ValueError, r"has no gamma \(scale=False\), so its BatchNorm weight must be all 1")

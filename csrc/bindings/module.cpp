@@ -281,6 +281,7 @@ void bind_network(py::module_& m, const char* name) {
                d["shape"] = py::tuple(py::cast(p.shape));
                d["offset"] = p.offset;
                d["size"] = p.size;
+               d["stateful"] = p.stateful;
                out.append(d);
              }
              return out;
@@ -301,6 +302,7 @@ void bind_network(py::module_& m, const char* name) {
       .def("seed_layers", locked_call(&Net::seed_layers))
       .def("set_regularization", locked_call(&Net::set_regularization), py::arg("index"), py::arg("l1"),
            py::arg("l2"))
+      .def("set_layer_trainable", locked_call(&Net::set_layer_trainable), py::arg("layer"), py::arg("trainable"))
       .def("set_stop_on_nan", locked_call(&Net::set_stop_on_nan))
       .def("set_monitor", locked_call(&Net::set_monitor))
       .def("set_lr_scale", locked_call(&Net::set_lr_scale))

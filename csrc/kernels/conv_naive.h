@@ -31,7 +31,7 @@ void conv2d_forward_naive(const ConvShape& s, const T* x, const T* Wt, const T* 
 }
 
 // Naive twin, backward: dz: (B, OH, OW, Cout) gradient w.r.t. the pre-activation output.
-// dW += , db += ; dx (may be null) is overwritten.
+// dW += , db += (either may be null: not wanted); dx (may be null) is overwritten.
 template <typename T>
 void conv2d_backward_naive(const ConvShape& s, const T* x, const T* Wt, const T* dz, T* dW,
                            T* db, T* dx, i64 B) {
@@ -41,7 +41,8 @@ void conv2d_backward_naive(const ConvShape& s, const T* x, const T* Wt, const T*
     for (i64 oh = 0; oh < s.OH(); ++oh)
       for (i64 ow = 0; ow < s.OW(); ++ow) {
         const T* d = dz + ((n * s.OH() + oh) * s.OW() + ow) * Co;
-        for (i64 co = 0; co < Co; ++co) db[co] += d[co];
+        if (db)
+          for (i64 co = 0; co < Co; ++co) db[co] += d[co];
         for (i64 kh = 0; kh < KH; ++kh)
           for (i64 kw = 0; kw < KW; ++kw) {
             const i64 ih = oh * s.ah.stride - s.ah.pad_before + kh;
@@ -50,11 +51,11 @@ void conv2d_backward_naive(const ConvShape& s, const T* x, const T* Wt, const T*
             for (i64 ci = 0; ci < Ci; ++ci) {
               const i64 xi = ((n * s.H + ih) * s.W + iw) * Ci + ci;
               const T* wr = Wt + ((kh * KW + kw) * Ci + ci) * Co;
-              T* dwr = dW + ((kh * KW + kw) * Ci + ci) * Co;
               T acc = T(0);
-              for (i64 co = 0; co < Co; ++co) {
-                dwr[co] += x[xi] * d[co];
-                acc += wr[co] * d[co];
+              for (i64 co = 0; co < Co; ++co) acc += wr[co] * d[co];
+              if (dW) {
+                T* dwr = dW + ((kh * KW + kw) * Ci + ci) * Co;
+                for (i64 co = 0; co < Co; ++co) dwr[co] += x[xi] * d[co];
               }
               if (dx) dx[xi] += acc;
             }

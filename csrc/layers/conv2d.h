@@ -56,6 +56,7 @@ class Conv2D final : public Layer<T> {
     naive_ = env && env[0] == '1';
   }
   const char* kind() const override { return "conv2d"; }
+  bool has_activation() const override { return true; }
   i64 units() const override { return s_.Cout; }  // channels-last: a unit is an output channel
   const ConvShape& shape() const { return s_; }
   std::vector<ParamShape> param_shapes() const override {
@@ -123,23 +124,30 @@ class Conv2D final : public Layer<T> {
   void backward(const T* x, const T* y, T* dy, T* dx, i64 B) override {
     check_capacity(B);
     const i64 P = s_.OH() * s_.OW(), K = s_.K(), Co = s_.Cout;
+    const bool grads = this->trainable_;  // frozen: dz and dx only
     if (naive_) {
       activation_backward(this->act_, this->alpha_, y, dy, B * P, Co);
-      conv2d_backward_naive(s_, x, W_, dy, dW_, db_, dx, B);
+      conv2d_backward_naive(s_, x, W_, dy, grads ? dW_ : nullptr, grads ? db_ : nullptr, dx, B);
       return;
     }
-    backprop_activation_and_bias(y, dy, B * P);
+    if (grads)
+      backprop_activation_and_bias(y, dy, B * P);
+    else
+      activation_backward(this->act_, this->alpha_, y, dy, B * P, Co);
     const bool have_col = col_holds_ == x && col_batch_ == B && B <= chunk_;
     col_holds_ = nullptr;
+    if (!grads && !dx) return;
     for (i64 n0 = 0; n0 < B; n0 += chunk_) {
       const i64 nb = std::min(chunk_, B - n0);
       const T* xs = x + n0 * this->in_;
       const T* dz = dy + n0 * P * Co;
       T* dxs = dx ? dx + n0 * this->in_ : nullptr;
       if (direct_) {
-        const int nt = int(std::min<i64>(max_threads(), i64(partial_.size()) / (K * Co)));
-        if (!conv2d_backward_weights_c1_simd(s_, xs, dz, dW_, partial_.data(), nt, nb))
-          conv2d_backward_weights_c1(s_, xs, dz, dW_, partial_.data(), nt, nb);
+        if (grads) {
+          const int nt = int(std::min<i64>(max_threads(), i64(partial_.size()) / (K * Co)));
+          if (!conv2d_backward_weights_c1_simd(s_, xs, dz, dW_, partial_.data(), nt, nb))
+            conv2d_backward_weights_c1(s_, xs, dz, dW_, partial_.data(), nt, nb);
+        }
         if (dxs) {
           gemm(false, true, nb * P, K, Co, T(1), dz, Co, W_, Co, T(0), col_.data(), K);
           col2im_nhwc(s_, col_.data(), nb, dxs);
@@ -147,12 +155,14 @@ class Conv2D final : public Layer<T> {
         continue;
       }
       if (pointwise_) {
-        gemm(true, false, K, Co, nb * P, T(1), xs, K, dz, Co, T(1), dW_, Co);
+        if (grads) gemm(true, false, K, Co, nb * P, T(1), xs, K, dz, Co, T(1), dW_, Co);
         if (dxs) gemm(false, true, nb * P, K, Co, T(1), dz, Co, W_, Co, T(0), dxs, K);
         continue;
       }
-      if (!have_col) im2col_nhwc(s_, xs, nb, col_.data());
-      gemm(true, false, K, Co, nb * P, T(1), col_.data(), K, dz, Co, T(1), dW_, Co);
+      if (grads) {
+        if (!have_col) im2col_nhwc(s_, xs, nb, col_.data());
+        gemm(true, false, K, Co, nb * P, T(1), col_.data(), K, dz, Co, T(1), dW_, Co);
+      }
       if (dxs) {
         gemm(false, true, nb * P, K, Co, T(1), dz, Co, W_, Co, T(0), col_.data(), K);
         col2im_nhwc(s_, col_.data(), nb, dxs);

@@ -20,6 +20,7 @@ class Dense final : public Layer<T> {
     this->alpha_ = alpha;
   }
   const char* kind() const override { return "dense"; }
+  bool has_activation() const override { return true; }
   std::vector<ParamShape> param_shapes() const override {
     return {{"kernel", {this->in_, this->out_}}, {"bias", {this->out_}}};
   }
@@ -44,11 +45,16 @@ class Dense final : public Layer<T> {
     bias_activation_forward(this->act_, this->alpha_, b_, y, B, out);
   }
 
-  // dy: (B, out) -> dz in place (with db += Σ_rows dz); dW += xᵀ·dz; dx = dz·Wᵀ
+  // dy: (B, out) -> dz in place (with db += Σ_rows dz); dW += xᵀ·dz; dx = dz·Wᵀ. Frozen:
+  // dz and dx only.
   void backward(const T* x, const T* y, T* dy, T* dx, i64 B) override {
     const i64 in = this->in_, out = this->out_;
-    activation_backward_bias(this->act_, this->alpha_, y, dy, db_, B, out);
-    gemm(true, false, in, out, B, T(1), x, in, dy, out, T(1), dW_, out);
+    if (this->trainable_) {
+      activation_backward_bias(this->act_, this->alpha_, y, dy, db_, B, out);
+      gemm(true, false, in, out, B, T(1), x, in, dy, out, T(1), dW_, out);
+    } else {
+      activation_backward(this->act_, this->alpha_, y, dy, B, out);
+    }
     if (dx) gemm(false, true, B, in, out, T(1), dy, out, W_, out, T(0), dx, in);
   }
 

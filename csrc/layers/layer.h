@@ -14,6 +14,9 @@ namespace cr {
 struct ParamShape {
   std::string name;          // "kernel", "bias"
   std::vector<i64> shape;    // e.g. (in, out) for a Dense kernel
+  // false: state the layer updates itself (BatchNormalization's moving statistics), never
+  // the optimizer's, whatever the layer's trainable flag says.
+  bool trainable = true;
   i64 size() const {
     i64 n = 1;
     for (i64 d : shape) n = checked_mul(n, d, "parameter tensor size");
@@ -51,6 +54,15 @@ class Layer {
   // it is null (first layer: nobody needs it).
   virtual void backward(const T* x, const T* y, T* dy, T* dx, i64 B) = 0;
 
+  // Frozen (trainable = false): the backward pass still computes dx, but accumulates no
+  // parameter gradients (the Network takes no optimizer step on them either);
+  // BatchNormalization then also runs in inference mode in training (as Keras's does).
+  bool trainable() const { return trainable_; }
+  void set_trainable(bool on) { trainable_ = on; }
+  // Whether the layer applies an activation of its own (Dense, Conv2D, Activation): what
+  // a trace records z, the pre-activation, for.
+  virtual bool has_activation() const { return false; }
+
   // The activation applied at this layer's output. The Network may take a final softmax or
   // sigmoid away from the last layer to fuse it into the loss (set_activation(Linear)).
   Act activation() const { return act_; }
@@ -61,6 +73,7 @@ class Layer {
   i64 in_ = 0, out_ = 0;
   Act act_ = Act::Linear;
   T alpha_ = T(0);
+  bool trainable_ = true;
 };
 
 }  // namespace cr

@@ -6,6 +6,8 @@
 #include <memory>
 #include <string>
 
+#include "layers/activation.h"
+#include "layers/batchnorm.h"
 #include "layers/conv2d.h"
 #include "layers/dense.h"
 #include "layers/dropout.h"
@@ -60,6 +62,13 @@ std::unique_ptr<Layer<T>> make_layer(const LayerSpec& s) {
                                                  s.integer("ph"), s.integer("pw"), s.integer("sh"),
                                                  s.integer("sw"), s.integer("same") != 0);
   if (s.kind == "dropout") return std::make_unique<Dropout<T>>(s.integer("size"), s.num("rate"));
+  if (s.kind == "batchnorm")
+    return std::make_unique<BatchNormalization<T>>(s.integer("size"), s.integer("channels"),
+                                                   s.integer("center") != 0, s.integer("scale") != 0,
+                                                   s.num("momentum"), s.num("epsilon"));
+  if (s.kind == "activation")
+    return std::make_unique<Activation<T>>(s.integer("size"), s.integer("channels"), s.activation(),
+                                           T(s.num("alpha", 0.0)));
   fail("unknown layer kind '", s.kind, "'");
 }
 

@@ -158,6 +158,13 @@ class Network {
 
   // L1/L2 penalty on one parameter tensor: loss += l1 Σ|w| + l2 Σw².
   void set_regularization(i64 param, double l1, double l2) { params_.set_regularization(param, l1, l2); }
+  // Freeze (false) or unfreeze layer l: its parameters take no optimizer step, no penalty and
+  // no part in the gradient norm, and it computes no parameter gradients (dx still flows).
+  void set_layer_trainable(i64 layer, bool on) {
+    if (layer < 0 || layer >= num_layers()) fail("layer index out of range: ", layer);
+    layers_[layer]->set_trainable(on);
+    params_.set_layer_trainable(size_t(layer), on);
+  }
   // The weights or optimizer state were set from outside: a snapshot no longer applies.
   void state_changed() { nan_guard_.invalidate(); }
   // Stop an epoch at the first non-finite loss or weight and restore the weights and the
@@ -301,23 +308,27 @@ class Network {
   }
 
   // Loss and gradients of one batch, penalties not included; the gradients are left in
-  // grads() (the pass starts from zero).
+  // grads() (the pass starts from zero; a frozen layer's stay zero). The moving statistics
+  // the training forward updates are put back.
   EpochStats compute_gradients(const T* X, const T* Y, const T* SW, i64 B) {
     BatchCall call(*this, B, B, NeedsCompile::Yes);
+    params_.save_state(state_copy_);
     const LossStats ls = forward_loss(X, Y, SW, B);
+    params_.restore_state(state_copy_);
     start_gradient_pass();
     backward(X, B);
     return batch_stats(ls, B);
   }
 
   // The numbers of one training step on (X, Y, SW) without taking it (model.trace): per
-  // layer its input, pre-activation z (the layer run with its activation set to Linear; a
-  // itself is the training forward's), output a, dL/d(output) before the layer's backward
-  // and delta after it (dL/dz for layers with an activation), dL/d(input); the gradients
-  // (penalty included) and the update the optimizer step would make (run on copies of the
-  // weights, gradients and optimizer state). Nothing of the network's state changes: the
-  // dropout streams are put back (the trace sees the masks the next step will draw), the
-  // gradient block is restored, the monitor and NaN guard are not touched.
+  // layer its input, pre-activation z (layers with an activation: the layer run with it set
+  // to Linear; a itself is the training forward's), output a, dL/d(output) before the
+  // layer's backward and delta after it (dL/dz for layers with an activation), dL/d(input);
+  // the gradients (penalty included) and the update the step would make (the optimizer's,
+  // run on copies of the weights, gradients and optimizer state, and the moving statistics'
+  // from the training forward). Nothing of the network's state changes: the dropout streams
+  // and the moving statistics are put back (the trace sees the masks the next step will
+  // draw), the gradient block is restored, the monitor and NaN guard are not touched.
   // z in float32 may differ from the value the fused Dense epilogue used in the last bit;
   // in float64 the two are the same computation.
   TraceRecord<T> trace(const T* X, const T* Y, const T* SW, i64 B) {
@@ -327,6 +338,8 @@ class Network {
     tr.layers.resize(L);
     std::vector<std::uint64_t> rng(L);
     for (size_t l = 0; l < L; ++l) rng[l] = layers_[l]->rng_state();
+    const i64 np = params_.size();
+    const std::vector<T> before(params_.params(), params_.params() + np);
     const i64 C = out_size();
     const T* in = X;
     for (size_t l = 0; l < L; ++l) {
@@ -334,7 +347,7 @@ class Network {
       auto& rec = tr.layers[l];
       rec.input.assign(in, in + B * ly.in_size());
       const i64 n = B * ly.out_size();
-      if (ly.param_shapes().size() > 0) {  // a layer with an activation: z first
+      if (ly.has_activation()) {  // z first
         const Act act = ly.activation();
         ly.set_activation(Act::Linear);
         try {
@@ -357,7 +370,6 @@ class Network {
     const LossStats ls = loss_forward_backward<T>(loss_, head_, probs_.data(), Y, SW, B, C, gbuf_[0].data());
     tr.output_grad.assign(gbuf_[0].data(), gbuf_[0].data() + B * C);
     // The gradient pass, into the gradient block (the layers are bound to it), saved first.
-    const i64 np = params_.size();
     std::vector<T> saved_grads(params_.grads(), params_.grads() + np);
     params_.zero_grads();
     avec<T> dx0(B * in_size(), T(0));
@@ -384,11 +396,11 @@ class Network {
     std::vector<SegmentStats> sums(params_.segments().size());
     const double gscale = opt_.clipnorm > 0.0 && norm > opt_.clipnorm ? opt_.clipnorm / norm : 1.0;
     tr.learning_rate = current_learning_rate();
-    optimizer_step(opt_, tr.learning_rate, step_ + 1, gscale, p.data(), g.data(), state,
-                   params_.segments().data(), params_.segments().size(), sums.data(),
-                   monitor_.active() || nan_guard_.enabled());
+    step_trainable(params_.all_segments(), tr.learning_rate, step_ + 1, gscale, p.data(), g.data(),
+                   state, sums.data(), monitor_.active() || nan_guard_.enabled());
     tr.updates.resize(np);
-    for (i64 i = 0; i < np; ++i) tr.updates[i] = p[i] - params_.params()[i];
+    for (i64 i = 0; i < np; ++i) tr.updates[i] = p[i] - before[i];
+    std::copy(before.begin(), before.end(), params_.params());  // the moving statistics
     tr.loss = (ls.loss_sum + pen * double(B)) / double(B);
     return tr;
   }
@@ -588,14 +600,39 @@ class Network {
     return pen;
   }
 
-  // The fused optimizer loop over the segments in r: reads each gradient (scaled by
-  // gscale, the global-norm clipping factor) and zeroes it, so those gradients are
+  // The fused optimizer loop over the trainable segments in r: reads each gradient (scaled
+  // by gscale, the global-norm clipping factor) and zeroes it, so those gradients are
   // consumed. Its per-segment sums go to the monitor and, Σw², to the NaN check.
   void step_consuming_grads(SegmentRange r, double gscale) {
-    optimizer_step(opt_, last_lr_, step_, gscale, params_.params(), params_.grads(), opt_state_,
-                   params_.segments().data() + r.begin, r.end - r.begin, step_sums_.data() + r.begin,
-                   monitor_.active() || nan_guard_.enabled());
-    if (monitor_.active()) monitor_.add_step(step_sums_, r);
+    step_trainable(r, last_lr_, step_, gscale, params_.params(), params_.grads(), opt_state_,
+                   step_sums_.data(), monitor_.active() || nan_guard_.enabled(),
+                   [&](SegmentRange run) {
+                     if (monitor_.active()) monitor_.add_step(step_sums_, run);
+                   });
+  }
+
+  // optimizer_step over the maximal runs of trainable segments in r, on the block p / g
+  // with state slots `state` (the network's, or copies: trace); after each run,
+  // after_run(run). The other segments (a frozen layer's, moving statistics) are left as
+  // they are, their gradients zeroed (consumed) and their sums cleared.
+  template <typename AfterRun = void (*)(SegmentRange)>
+  void step_trainable(SegmentRange r, double lr, i64 t, double gscale, T* p, T* g,
+                      std::vector<avec<T>>& state, SegmentStats* sums, bool with_stats,
+                      AfterRun&& after_run = [](SegmentRange) {}) {
+    const Segment* segs = params_.segments().data();
+    for (size_t k = r.begin; k < r.end;) {
+      if (!params_.trainable(k)) {
+        std::fill(g + segs[k].offset, g + segs[k].offset + segs[k].size, T(0));
+        sums[k] = SegmentStats{};
+        ++k;
+        continue;
+      }
+      size_t e = k + 1;
+      while (e < r.end && params_.trainable(e)) ++e;
+      optimizer_step(opt_, lr, t, gscale, p, g, state, segs + k, e - k, sums + k, with_stats);
+      after_run(SegmentRange{k, e});
+      k = e;
+    }
   }
 
   // One training step: forward, loss, backward, optimizer. Without clipnorm each layer's
@@ -788,6 +825,7 @@ class Network {
   avec<T> xbuf_, ybuf_, wbuf_, probs_;
   avec<T> gbuf_[2];
   std::vector<i64> order_;
+  std::vector<T> state_copy_;  // compute_gradients: the moving statistics before its pass
 
   // Data-parallel steps: the gradient buckets, and the step's loss sum, correct count and
   // stop requests as summed over the processes.

@@ -1,7 +1,7 @@
 // The flat parameter block: every layer's weights in one allocation and their gradients in
-// another, named views into them (ParamInfo, Segment, each layer's range of segments), the
-// L1/L2 penalties with their gradients, and the finiteness checks of the weights. Not the
-// optimizer (optim/), not the training loop (network.h).
+// another, named views into them (ParamInfo, Segment, each layer's range of segments), which
+// of them are trainable, the L1/L2 penalties with their gradients, and the finiteness
+// checks of the weights. Not the optimizer (optim/), not the training loop (network.h).
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -22,6 +22,7 @@ struct ParamInfo {
   std::vector<i64> shape;
   i64 offset;  // into the flat block
   i64 size;
+  bool stateful;  // updated by its layer's forward pass, never trainable (moving statistics)
 };
 
 // Parameter tensors (segments) [begin, end): one layer's, or the whole block's.
@@ -38,7 +39,7 @@ class ParamStore {
     i64 total = 0;
     for (size_t l = 0; l < layers.size(); ++l) {
       for (auto& ps : layers[l]->param_shapes()) {
-        info_.push_back({i64(l), ps.name, ps.shape, total, ps.size()});
+        info_.push_back({i64(l), ps.name, ps.shape, total, ps.size(), !ps.trainable});
         total += ps.size();  // each size <= kMaxElems: no overflow before the check below
         if (total > kMaxElems)
           fail("Network: the model has more than ", kMaxElems, " parameters (layer ", l, " (",
@@ -54,6 +55,9 @@ class ParamStore {
     for (size_t l = 0; l < layers.size(); ++l) layer_segs_[l + 1] += layer_segs_[l];
     reg_l1_.assign(segments_.size(), 0.0);
     reg_l2_.assign(segments_.size(), 0.0);
+    trainable_.assign(segments_.size(), 0);
+    for (size_t k = 0; k < info_.size(); ++k) trainable_[k] = !info_[k].stateful;
+    update_trainable_ranges();
     i64 off = 0;
     for (auto& L : layers) {
       i64 n = 0;
@@ -74,23 +78,61 @@ class ParamStore {
   SegmentRange layer_segments(size_t layer) const { return {layer_segs_[layer], layer_segs_[layer + 1]}; }
   SegmentRange all_segments() const { return {0, segments_.size()}; }
 
+  // Trainable tensors take optimizer steps, penalties and count in the gradient norm; the
+  // others (a frozen layer's, moving statistics) keep their values through training steps.
+  bool trainable(size_t k) const { return trainable_[k] != 0; }
+  // Layer l's tensors follow its trainable flag, except the stateful ones (never trainable).
+  void set_layer_trainable(size_t layer, bool on) {
+    const SegmentRange r = layer_segments(layer);
+    for (size_t k = r.begin; k < r.end; ++k) trainable_[k] = on && !info_[k].stateful;
+    update_trainable_ranges();
+  }
+  // The stateful tensors (moving statistics), out and back in: for a pass that runs the
+  // training forward but must leave the network as it was.
+  void save_state(std::vector<T>& out) const {
+    out.clear();
+    for (size_t k = 0; k < segments_.size(); ++k)
+      if (info_[k].stateful)
+        out.insert(out.end(), params_.begin() + segments_[k].offset,
+                   params_.begin() + segments_[k].offset + segments_[k].size);
+  }
+  void restore_state(const std::vector<T>& in) {
+    size_t pos = 0;
+    for (size_t k = 0; k < segments_.size(); ++k)
+      if (info_[k].stateful) {
+        std::copy(in.begin() + pos, in.begin() + pos + segments_[k].size,
+                  params_.begin() + segments_[k].offset);
+        pos += segments_[k].size;
+      }
+  }
+  void zero_grad_segment(size_t k) {
+    std::fill(grads_.begin() + segments_[k].offset,
+              grads_.begin() + segments_[k].offset + segments_[k].size, T(0));
+  }
+
   // The explicit zeroing step before a backward pass, which accumulates (+=). One pass over
   // the gradients: the Network skips it when an optimizer step has consumed (read and
   // zeroed) them all.
   void zero_grads() { std::fill(grads_.begin(), grads_.end(), T(0)); }
 
-  // Σg² over every gradient (global-norm clipping). Summed in fixed blocks, then the block
-  // sums in order: the same bits for any thread count, so data-parallel processes running
-  // different thread counts clip by the same factor.
+  // Σg² over the trainable tensors' gradients (global-norm clipping). Summed in fixed blocks
+  // of the flat block, then the block sums in order: the same bits for any thread count, so
+  // data-parallel processes running different thread counts clip by the same factor.
   double grad_sum_squares() {
     const T* g = grads_.data();
     const i64 n = size(), nblocks = i64(block_sums_.size());
+    const i64 nranges = i64(trainable_ranges_.size());
+    const Segment* ranges = trainable_ranges_.data();
     double* bs = block_sums_.data();
 #pragma omp parallel for schedule(static) if (n > kParallelElems)
     for (i64 b = 0; b < nblocks; ++b) {
-      const i64 hi = std::min(n, (b + 1) * kSumBlock);
+      const i64 lo = b * kSumBlock, hi = std::min(n, lo + kSumBlock);
       double s = 0.0;
-      for (i64 i = b * kSumBlock; i < hi; ++i) s += double(g[i]) * double(g[i]);
+      for (i64 r = 0; r < nranges; ++r) {  // the trainable stretches that meet this block
+        const i64 a = std::max(lo, ranges[r].offset);
+        const i64 e = std::min(hi, ranges[r].offset + ranges[r].size);
+        for (i64 i = a; i < e; ++i) s += double(g[i]) * double(g[i]);
+      }
       bs[b] = s;
     }
     double g2 = 0.0;
@@ -107,11 +149,12 @@ class ParamStore {
     reg_l2_[param] = l2;
   }
 
-  // The regularization penalty of the current weights.
+  // The regularization penalty of the current trainable weights (a frozen tensor's
+  // penalty is a constant: Keras leaves it out of the loss, and so does this).
   double penalty() const {
     double pen = 0.0;
     for (size_t k = 0; k < segments_.size(); ++k) {
-      if (reg_l1_[k] == 0.0 && reg_l2_[k] == 0.0) continue;
+      if ((reg_l1_[k] == 0.0 && reg_l2_[k] == 0.0) || !trainable(k)) continue;
       const T* w = params_.data() + segments_[k].offset;
       double a = 0.0, q = 0.0;
       for (i64 i = 0; i < segments_[k].size; ++i) {
@@ -158,7 +201,7 @@ class ParamStore {
   // Segment k's penalty gradient added to its gradient; returns its penalty.
   double add_penalty_gradient(size_t k) {
     const double l1 = reg_l1_[k], l2 = reg_l2_[k];
-    if (l1 == 0.0 && l2 == 0.0) return 0.0;
+    if ((l1 == 0.0 && l2 == 0.0) || !trainable(k)) return 0.0;
     const T* w = params_.data() + segments_[k].offset;
     T* g = grads_.data() + segments_[k].offset;
     const T tl1 = T(l1), tl2 = T(2.0 * l2);
@@ -174,6 +217,19 @@ class ParamStore {
     return l1 * a + l2 * q;
   }
 
+  // The trainable segments as maximal stretches of the flat block (grad_sum_squares).
+  void update_trainable_ranges() {
+    trainable_ranges_.clear();
+    for (size_t k = 0; k < segments_.size(); ++k) {
+      if (!trainable(k) || segments_[k].size == 0) continue;
+      if (!trainable_ranges_.empty() &&
+          trainable_ranges_.back().offset + trainable_ranges_.back().size == segments_[k].offset)
+        trainable_ranges_.back().size += segments_[k].size;
+      else
+        trainable_ranges_.push_back(segments_[k]);
+    }
+  }
+
   static constexpr i64 kSumBlock = 4096;  // grad_sum_squares' blocks
 
   std::vector<ParamInfo> info_;
@@ -182,6 +238,8 @@ class ParamStore {
   std::vector<Segment> segments_;
   std::vector<size_t> layer_segs_;
   std::vector<double> reg_l1_, reg_l2_;  // per segment
+  std::vector<char> trainable_;          // per segment
+  std::vector<Segment> trainable_ranges_;  // the trainable segments, adjacent ones merged
 };
 
 }  // namespace cr

@@ -73,6 +73,9 @@ def layer_stats(model):
         st = {}
         for pname, shape, *_ in layer.param_specs():
             h = health[i]
+            if not layer.weight_trainable(pname):  # frozen, or moving statistics: no gradient
+                i += 1
+                continue
             st[f"{pname}_grad_norm"] = h["grad_norm"]
             if pname == "kernel":
                 st["kernel_grad_norm_max"] = h["grad_norm_max"]

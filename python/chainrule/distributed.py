@@ -311,6 +311,23 @@ class Group:
         accuracy = sum(p[1] * p[2] for p in parts) / rows
         return {"loss": loss, "accuracy": accuracy, "samples": rows}
 
+    def average_moving_statistics(self, model, phase):
+        """Every rank's moving statistics (BatchNormalization's), replaced by their mean over
+        the ranks. Each rank normalizes with the statistics of its own rows of the global
+        batch (Keras's per-replica BatchNormalization), so its moving averages drift apart
+        from the others'; the mean, taken in rank order in float64, is the same on every
+        rank. Called after each epoch's training, before validation. An exchange: every rank
+        calls it at the same point."""
+        stateful = [i for i, (layer, name) in enumerate(model._weight_entries())
+                    if name in layer._stateful]
+        if not stateful:
+            return
+        core = model._core
+        everyone = self.exchange(phase, lambda: [core.get_param(i) for i in stateful])
+        for j, i in enumerate(stateful):
+            mean = sum(np.asarray(values[j], dtype=np.float64) for values in everyone) / self.size
+            core.set_param(i, mean.astype(model._np_dtype()))
+
     @staticmethod
     def weights_checksum(model):
         crc = 0

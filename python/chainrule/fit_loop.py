@@ -207,6 +207,8 @@ def _run_epochs(model, opts, train, val, history, group=None):
             _together(group, f"epoch {epoch + 1} begin",
                       lambda: [cb.on_epoch_begin(epoch, {}) for cb in callbacks])
             stats, bar, t0 = _train_epoch(model, epoch, opts, train, history, group)
+            if group is not None:
+                group.average_moving_statistics(model, f"epoch {epoch + 1} moving statistics")
             val_stats = _validate(model, epoch, opts, val, group)
 
             def end_epoch():
@@ -237,6 +239,7 @@ def _train_epoch(model, epoch, opts, train, history, group):
     """One epoch in the core (data-parallel in a distributed fit). Returns its stats (rank
     0's in a distributed fit: the same on every rank), the progress bar and the start time."""
     core = model._core
+    model._sync_trainable()  # layers frozen or unfrozen since the last epoch (callbacks)
     stream = DROPOUT_SEED_OFFSET + epoch
     core.seed_layers(_epoch_seed(opts.seed, stream) if group is None else group.dropout_seed(opts.seed, stream))
     bar = None

@@ -52,7 +52,9 @@ def gradient_check(model: Sequential, x: ArrayLike, y: ArrayLike, eps: float = 1
     elements divided by the larger of max |analytic| and max |numeric| over the tensor (so
     elements whose gradient is ~0 do not divide by ~0). Correct gradients give ~1e-8 or less
     with the default eps on smooth models; ReLU kinks and max-pooling ties crossed by eps
-    give larger errors. Cost: two forward/backward passes per parameter element."""
+    give larger errors. Only trainable weights are checked (moving statistics and the weights
+    of frozen layers get no gradient). Cost: two forward/backward passes per parameter
+    element."""
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"gradient_check: eps must be a number; received {eps!r}")
     eps = float(eps)
@@ -72,6 +74,9 @@ def gradient_check(model: Sequential, x: ArrayLike, y: ArrayLike, eps: float = 1
     for layer, lt in zip(twin._layers, analytic.layers):
         errs = {}
         for name in lt.grads:
+            if not layer.weight_trainable(name):  # no gradient to check: the loss ignores
+                pi += 1                           # moving statistics; a frozen weight has none
+                continue
             w = weights[pi].copy()
             num = np.empty_like(w)
             for j in range(w.size):

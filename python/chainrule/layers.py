@@ -9,6 +9,7 @@ import math
 import numbers
 from typing import TYPE_CHECKING, Any, Sequence, TypeVar
 
+from . import _checks
 from . import activations as _activations
 from . import initializers as _initializers
 from . import regularizers as _regularizers
@@ -76,7 +77,20 @@ def shape_tuple(layer: str, name: str, shape: Any) -> tuple[int, ...]:
 
 class Layer:
     """Base class. Subclasses implement ``compute_output_shape`` and, if they have weights or
-    work to do in C++, ``core_spec`` and ``param_specs``."""
+    work to do in C++, ``core_spec`` and ``param_specs``.
+
+    ``trainable`` (Keras's): False freezes the layer's weights. Training then takes no
+    optimizer step on them (no weight decay, no penalty: Keras counts the penalties of
+    trainable weights only), and they stay bit for bit what they were, while gradients still
+    flow through the layer to the layers before it. A frozen BatchNormalization also
+    normalizes with its moving statistics in training, as in Keras. The flag may be changed
+    at any time, also after compile; a change takes effect at the next ``fit`` epoch or
+    ``train_on_batch`` call (Keras needs a recompile; here none is needed).
+    ``input_dim=n`` (Keras's) is ``input_shape=(n,)``."""
+
+    # Parameters the layer updates itself in training (BatchNormalization's moving
+    # statistics): never trainable, whatever ``trainable`` says.
+    _stateful: tuple[str, ...] = ()
 
     # set by _configure_weights in the layers that have weights (Dense, Conv2D)
     activation: Activation
@@ -84,15 +98,36 @@ class Layer:
     bias_initializer: str
     kernel_regularizer: Regularizer | None
 
-    def __init__(self, name: str | None = None, input_shape: ShapeLike | None = None) -> None:
+    def __init__(self, name: str | None = None, input_shape: ShapeLike | None = None,
+                 trainable: bool = True, input_dim: int | None = None) -> None:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"{type(self).__name__}: name must be a string; received {name!r}")
         self.name = name
+        if input_dim is not None:
+            if input_shape is not None:
+                raise ValueError(f"{type(self).__name__}: pass input_shape or input_dim, not both; received "
+                                 f"input_shape={input_shape!r} and input_dim={input_dim!r}")
+            input_shape = (_positive_int(type(self).__name__, "input_dim", input_dim),)
         self._declared_input_shape = (
             None if input_shape is None else shape_tuple(type(self).__name__, "input_shape", input_shape))
+        self.trainable = trainable
         self.input_shape: tuple[int, ...] | None = None   # per sample, without the batch dimension
         self.output_shape: tuple[int, ...] | None = None
         self.built = False
+
+    @property
+    def trainable(self):
+        """Whether training updates this layer's weights (see the class docstring)."""
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value):
+        self._trainable = _checks.flag(f"{type(self).__name__}: trainable", value)
+
+    def weight_trainable(self, name):
+        """Whether the parameter ``name`` (one of ``param_specs``) is trained: the layer is
+        trainable and the parameter is not state the layer updates itself."""
+        return self._trainable and name not in self._stateful
 
     # -- shapes ---------------------------------------------------------------------------
     def compute_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -159,12 +194,15 @@ class Layer:
             cfg["kernel_regularizer"] = self.kernel_regularizer.get_config()
         return cfg
 
-    def count_params(self) -> int:
-        return sum(math.prod(shape) for _, shape, *_ in self.param_specs())
+    def count_params(self, trainable=None) -> int:
+        """The layer's parameter count (Keras's); ``trainable=True`` / ``False``: only those
+        that training updates / does not (a frozen layer's, moving statistics)."""
+        return sum(math.prod(shape) for name, shape, *_ in self.param_specs()
+                   if trainable is None or self.weight_trainable(name) == trainable)
 
     # -- config -----------------------------------------------------------------------------
     def get_config(self) -> Config:
-        cfg: Config = {"name": self.name}
+        cfg: Config = {"name": self.name, "trainable": self._trainable}
         if self._declared_input_shape is not None:
             cfg["input_shape"] = list(self._declared_input_shape)
         return cfg
@@ -183,14 +221,15 @@ class Dense(Layer):
 
     kernel has shape (input_features, units) — Keras's layout; PyTorch's ``nn.Linear.weight``
     is its transpose. ``kernel_initializer`` defaults to He (normal) for ReLU and leaky ReLU
-    and to Glorot (uniform) otherwise.
+    and to Glorot (uniform) otherwise. ``input_dim=n`` is ``input_shape=(n,)``.
     """
 
     def __init__(self, units: int, activation: str | Activation | Config | None = None,
                  kernel_initializer: str | None = None, bias_initializer: str = "zeros",
                  kernel_regularizer: Regularizer | str | Config | None = None, name: str | None = None,
-                 input_shape: ShapeLike | None = None) -> None:
-        super().__init__(name=name, input_shape=input_shape)
+                 input_shape: ShapeLike | None = None, trainable: bool = True,
+                 input_dim: int | None = None) -> None:
+        super().__init__(name=name, input_shape=input_shape, trainable=trainable, input_dim=input_dim)
         self.units = _positive_int("Dense", "units", units)
         self._configure_weights(activation, kernel_initializer, bias_initializer, kernel_regularizer)
 
@@ -298,8 +337,9 @@ class Conv2D(Layer):
     def __init__(self, filters: int, kernel_size: IntPair, strides: IntPair = 1, padding: str = "valid",
                  activation: str | Activation | Config | None = None, kernel_initializer: str | None = None,
                  bias_initializer: str = "zeros", kernel_regularizer: Regularizer | str | Config | None = None,
-                 input_shape: ShapeLike | None = None, name: str | None = None) -> None:
-        super().__init__(name=name, input_shape=input_shape)
+                 input_shape: ShapeLike | None = None, name: str | None = None,
+                 trainable: bool = True) -> None:
+        super().__init__(name=name, input_shape=input_shape, trainable=trainable)
         self.filters = _positive_int("Conv2D", "filters", filters)
         self.kernel_size = _pair("Conv2D", "kernel_size", kernel_size)
         self.strides = _pair("Conv2D", "strides", strides)
@@ -344,8 +384,9 @@ class _Pooling2D(Layer):
     _kind = ""
 
     def __init__(self, pool_size: IntPair = 2, strides: IntPair | None = None, padding: str = "valid",
-                 input_shape: ShapeLike | None = None, name: str | None = None) -> None:
-        super().__init__(name=name, input_shape=input_shape)
+                 input_shape: ShapeLike | None = None, name: str | None = None,
+                 trainable: bool = True) -> None:
+        super().__init__(name=name, input_shape=input_shape, trainable=trainable)
         cls = type(self).__name__
         self.pool_size = _pair(cls, "pool_size", pool_size)
         self.strides = self.pool_size if strides is None else _pair(cls, "strides", strides)
@@ -403,8 +444,8 @@ class Reshape(Layer):
     """Samples to ``target_shape`` (one entry may be -1: inferred). Free, like Flatten."""
 
     def __init__(self, target_shape: Sequence[int], input_shape: ShapeLike | None = None,
-                 name: str | None = None) -> None:
-        super().__init__(name=name, input_shape=input_shape)
+                 name: str | None = None, trainable: bool = True) -> None:
+        super().__init__(name=name, input_shape=input_shape, trainable=trainable)
         try:
             t = tuple(target_shape)
         except TypeError:
@@ -447,8 +488,9 @@ class Dropout(Layer):
     kept ones are scaled by 1/(1-rate); predict and evaluate pass values through unchanged.
     Masks are drawn in C++ from a stream seeded by ``fit(seed=...)``."""
 
-    def __init__(self, rate: float, input_shape: ShapeLike | None = None, name: str | None = None) -> None:
-        super().__init__(name=name, input_shape=input_shape)
+    def __init__(self, rate: float, input_shape: ShapeLike | None = None, name: str | None = None,
+                 trainable: bool = True) -> None:
+        super().__init__(name=name, input_shape=input_shape, trainable=trainable)
         if isinstance(rate, bool):
             raise TypeError(f"Dropout: rate must be a number in [0, 1); received {rate!r}")
         try:
@@ -471,4 +513,215 @@ class Dropout(Layer):
         return cfg
 
 
-__all__ += ["Conv2D", "MaxPooling2D", "AveragePooling2D", "Flatten", "Reshape", "Dropout"]
+@register
+class GlobalAveragePooling2D(Layer):
+    """The mean over height and width of channels-last images: samples (height, width,
+    channels) to (channels,), or to (1, 1, channels) with ``keepdims=True`` (Keras's). It is
+    an average pooling whose window is the whole image, and runs as one in C++."""
+
+    def __init__(self, keepdims=False, input_shape=None, name=None, trainable=True):
+        super().__init__(name=name, input_shape=input_shape, trainable=trainable)
+        self.keepdims = _checks.flag("GlobalAveragePooling2D: keepdims", keepdims)
+
+    def _label(self):
+        return f"GlobalAveragePooling2D layer {self.name!r}" if self.name else "GlobalAveragePooling2D"
+
+    def compute_output_shape(self, input_shape):
+        c = _image_shape(self._label(), input_shape, allow_2d=False)[2]
+        return (1, 1, c) if self.keepdims else (c,)
+
+    def core_spec(self):
+        h, w, c = self.input_shape
+        return {"kind": "avgpool2d", "h": h, "w": w, "c": c, "ph": h, "pw": w, "sh": h, "sw": w, "same": 0}
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(keepdims=self.keepdims)
+        return cfg
+
+
+@register
+class Activation(Layer):
+    """An activation on its own (Keras's ``Activation``): ``Activation("relu")`` after a
+    linear Dense or Conv2D computes what ``activation="relu"`` on that layer computes.
+    Element-wise, except softmax, which normalizes over the last axis (the features, or the
+    channels of an image). Any name of :mod:`chainrule.activations` or an Activation such as
+    ``LeakyReLU(0.2)``. As the model's last layer, a softmax or sigmoid is fused into the
+    cross-entropy loss exactly as a Dense layer's is."""
+
+    def __init__(self, activation, input_shape=None, name=None, trainable=True):
+        super().__init__(name=name, input_shape=input_shape, trainable=trainable)
+        self.activation = _activations.get(activation)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def core_spec(self):
+        return {"kind": "activation", "size": math.prod(self.input_shape), "channels": self.input_shape[-1],
+                "activation": self.activation.code, "alpha": self.activation.alpha}
+
+    def get_config(self):
+        cfg = super().get_config()
+        act = self.activation
+        cfg.update(activation=act.get_config() if act.takes_alpha else act.name)
+        return cfg
+
+
+def _unit_interval(layer, name, value):
+    try:
+        v = _checks.hyper_float(value)
+    except TypeError:
+        raise TypeError(f"{layer}: {name} must be a number in [0, 1]; received {value!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"{layer}: {name} must be in [0, 1]; received {value!r}")
+    return v
+
+
+@register
+class BatchNormalization(Layer):
+    """Batch normalization over the last axis — the features of a Dense output, the channels
+    of a convolution's (chainrule's images are channels-last) — as Keras's.
+
+    In training each channel is normalized with the batch's mean and (biased) variance over
+    the samples (and pixels), ``y = gamma * (x - mean) / sqrt(var + epsilon) + beta``, and
+    the moving statistics follow them: ``moving = moving * momentum + batch * (1 -
+    momentum)`` (PyTorch's ``momentum`` is ``1 - momentum``, and its running variance is the
+    unbiased one). ``predict``, ``evaluate`` and a frozen layer (``trainable=False``) use the
+    moving statistics instead. A training batch of one sample (and no pixels) has variance
+    0: its output is ``beta``, as in Keras.
+
+    Weights, in :meth:`Sequential.get_weights` order as Keras's: ``gamma`` (if ``scale``),
+    ``beta`` (if ``center``), ``moving_mean``, ``moving_variance``, each of shape
+    (channels,). The moving statistics are non-trainable: the forward pass updates them, no
+    optimizer step, weight decay, penalty or gradient clipping touches them.
+    ``gamma_regularizer`` / ``beta_regularizer`` add an L1/L2 penalty as
+    ``kernel_regularizer`` does. ``axis``: -1 or the index of the last axis counting the
+    batch axis (3 for images), the only axis supported.
+    """
+
+    _stateful = ("moving_mean", "moving_variance")
+
+    def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
+                 beta_initializer="zeros", gamma_initializer="ones", moving_mean_initializer="zeros",
+                 moving_variance_initializer="ones", beta_regularizer=None, gamma_regularizer=None,
+                 input_shape=None, name=None, trainable=True):
+        super().__init__(name=name, input_shape=input_shape, trainable=trainable)
+        cls = "BatchNormalization"
+        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+            raise TypeError(f"{cls}: axis must be an integer; received {axis!r}")
+        self.axis = int(axis)
+        self.momentum = _unit_interval(cls, "momentum", momentum)
+        try:
+            eps = _checks.hyper_float(epsilon)
+        except TypeError:
+            raise TypeError(f"{cls}: epsilon must be a number > 0; received {epsilon!r}") from None
+        if not (0.0 < eps <= _checks.F32_MAX):
+            raise ValueError(f"{cls}: epsilon must be a finite number > 0; received {epsilon!r}")
+        self.epsilon = eps
+        self.center = _checks.flag(f"{cls}: center", center)
+        self.scale = _checks.flag(f"{cls}: scale", scale)
+        for init in (beta_initializer, gamma_initializer, moving_mean_initializer, moving_variance_initializer):
+            _initializers.get(init)
+        if moving_variance_initializer.lower() not in ("ones", "zeros"):
+            raise ValueError(f"{cls}: moving_variance_initializer must give values >= 0 (a variance): "
+                             f"'ones' or 'zeros'; received {moving_variance_initializer!r}")
+        self.beta_initializer = beta_initializer
+        self.gamma_initializer = gamma_initializer
+        self.moving_mean_initializer = moving_mean_initializer
+        self.moving_variance_initializer = moving_variance_initializer
+        self.beta_regularizer = _regularizers.get(beta_regularizer)
+        self.gamma_regularizer = _regularizers.get(gamma_regularizer)
+
+    def _label(self):
+        return f"BatchNormalization layer {self.name!r}" if self.name else "BatchNormalization"
+
+    def compute_output_shape(self, input_shape):
+        rank = len(input_shape)
+        if self.axis not in (-1, rank):
+            raise ValueError(f"{self._label()}: axis={self.axis} for samples of shape {tuple(input_shape)}; only "
+                             f"the last axis (-1, or {rank} counting the batch axis: the features, or the "
+                             "channels of chainrule's channels-last images) is supported")
+        return tuple(input_shape)
+
+    def core_spec(self):
+        return {"kind": "batchnorm", "size": math.prod(self.input_shape), "channels": self.input_shape[-1],
+                "center": int(self.center), "scale": int(self.scale), "momentum": self.momentum,
+                "epsilon": self.epsilon}
+
+    def param_specs(self):
+        c = self.input_shape[-1]
+        specs = []
+        if self.scale:
+            specs.append(("gamma", (c,), self.gamma_initializer, c, c))
+        if self.center:
+            specs.append(("beta", (c,), self.beta_initializer, c, c))
+        return specs + [("moving_mean", (c,), self.moving_mean_initializer, c, c),
+                        ("moving_variance", (c,), self.moving_variance_initializer, c, c)]
+
+    def regularizers(self):
+        regs = {}
+        if self.scale and self.gamma_regularizer is not None:
+            regs["gamma"] = self.gamma_regularizer
+        if self.center and self.beta_regularizer is not None:
+            regs["beta"] = self.beta_regularizer
+        return regs
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(axis=self.axis, momentum=self.momentum, epsilon=self.epsilon, center=self.center,
+                   scale=self.scale, beta_initializer=self.beta_initializer,
+                   gamma_initializer=self.gamma_initializer,
+                   moving_mean_initializer=self.moving_mean_initializer,
+                   moving_variance_initializer=self.moving_variance_initializer)
+        for key in ("beta_regularizer", "gamma_regularizer"):
+            reg = getattr(self, key)
+            if reg is not None:
+                cfg[key] = reg.get_config()
+        return cfg
+
+
+@register
+class InputLayer(Layer):
+    """Declares the model's input: ``Sequential([Input(shape=(28, 28, 1)), Conv2D(...), ...])``
+    as in Keras. ``shape`` is one sample's shape (no batch axis); ``batch_shape`` (Keras's)
+    is the same with a leading batch size, which is ignored (None or any positive int). It
+    computes nothing: the model takes its input shape from it and does not list it in
+    :attr:`Sequential.layers`, as Keras does. It must be the model's first entry."""
+
+    def __init__(self, shape=None, batch_shape=None, name=None):
+        super().__init__(name=name)
+        if (shape is None) == (batch_shape is None):
+            raise ValueError("InputLayer: pass exactly one of shape and batch_shape; received "
+                             f"shape={shape!r}, batch_shape={batch_shape!r}")
+        if batch_shape is not None:
+            try:
+                bs = list(batch_shape)
+            except TypeError:
+                raise TypeError(f"InputLayer: batch_shape must be a tuple (batch, *sample shape); received "
+                                f"{batch_shape!r}") from None
+            if len(bs) < 2 or not (bs[0] is None or (isinstance(bs[0], numbers.Integral)
+                                                     and not isinstance(bs[0], bool) and bs[0] >= 1)):
+                raise ValueError("InputLayer: batch_shape must be (batch size or None, *sample shape); received "
+                                 f"{batch_shape!r}")
+            shape = bs[1:]
+        self.shape = shape_tuple("InputLayer", "shape", shape)
+        self._declared_input_shape = self.shape
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def core_spec(self):
+        return None
+
+    def get_config(self):
+        return {"name": self.name, "batch_shape": [None, *self.shape]}
+
+
+def Input(shape=None, batch_shape=None, name=None):
+    """Keras's ``Input``: the :class:`InputLayer` that starts a Sequential model and fixes its
+    input shape, e.g. ``Sequential([Input(shape=(784,)), Dense(10)])``."""
+    return InputLayer(shape=shape, batch_shape=batch_shape, name=name)
+
+
+__all__ += ["Conv2D", "MaxPooling2D", "AveragePooling2D", "Flatten", "Reshape", "Dropout",
+            "GlobalAveragePooling2D", "Activation", "BatchNormalization", "InputLayer", "Input"]

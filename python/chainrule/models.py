@@ -67,6 +67,8 @@ class Sequential:
         self.name = name or "sequential"
         self.dtype = dtype
         self._layers: list = []
+        self._input_layer = None  # an InputLayer given as the first entry, if any
+        self._core_trainable = None  # the trainable flags the core has, per core layer
         self._core = None
         self._input_shape = None
         self.loss = None
@@ -100,13 +102,21 @@ class Sequential:
         return self._layers[-1].output_shape if self.built else None
 
     def add(self, layer: _layers.Layer) -> None:
+        """Append a layer. An :class:`~chainrule.layers.InputLayer` (``layers.Input(shape=...)``)
+        may come first only: it sets the input shape and is not listed in :attr:`layers`."""
         if not isinstance(layer, _layers.Layer):
             raise TypeError(f"Sequential.add expects a chainrule layer; received {layer!r}")
         self._check_not_training("add")
         if self.built:
             raise ValueError("cannot add layers to a model that is already built")
-        if any(layer is l for l in self._layers):
+        if any(layer is l for l in self._layers) or layer is self._input_layer:
             raise ValueError(f"layer {layer!r} is already in this model")
+        if isinstance(layer, _layers.InputLayer):
+            if self._layers or self._input_layer is not None:
+                raise ValueError(f"an Input / InputLayer must be the model's first entry; model {self.name!r} "
+                                 f"already has {'an Input' if self._input_layer is not None else 'layers'}")
+            self._input_layer = layer
+            return
         self._layers.append(layer)
 
     def build(self, input_shape: ShapeLike | None = None) -> None:
@@ -121,13 +131,16 @@ class Sequential:
         if not self._layers:
             raise ValueError("the model has no layers: add layers before building")
         if input_shape is None:
-            input_shape = self._layers[0]._declared_input_shape
+            input_shape = self._declared_input_shape()
             if input_shape is None:
                 raise ValueError("the input shape is unknown: pass input_shape= to the first layer, "
                                  "call build(input_shape), or call fit/predict with data")
         if isinstance(input_shape, (tuple, list)) and input_shape and input_shape[0] is None:
             input_shape = input_shape[1:]
         input_shape = _layers.shape_tuple("Sequential.build", "input_shape", input_shape)
+        if self._input_layer is not None and input_shape != self._input_layer.shape:
+            raise ValueError(f"model {self.name!r} declares its input with Input(shape={self._input_layer.shape}); "
+                             f"received samples of shape {input_shape}")
         self._assign_names()
         shape = input_shape
         for layer in self._layers:
@@ -140,27 +153,38 @@ class Sequential:
             raise ValueError(f"model {self.name!r} has only shape layers ({', '.join(type(l).__name__ for l in self._layers)}): "
                              "add a layer that computes something (Dense, Conv2D, pooling, Dropout)")
         core = _DTYPES[self.dtype][1](specs)
-        expected = [(name, tuple(shape)) for layer in self._layers for name, shape, *_ in layer.param_specs()]
-        got = [(p["name"], tuple(p["shape"])) for p in core.params_info()]
+        expected = [(name, tuple(shape), name in layer._stateful)
+                    for layer in self._layers for name, shape, *_ in layer.param_specs()]
+        got = [(p["name"], tuple(p["shape"]), p["stateful"]) for p in core.params_info()]
         if expected != got:  # a layer's param_specs and its C++ twin disagree: a bug, not user error
             raise RuntimeError(f"internal error: parameter layout mismatch {expected} != {got}")
         self._core = core
         self._input_shape = tuple(int(d) for d in input_shape)
+        self._core_trainable = None
         self._init_params()
+        self._sync_trainable()
         if self._stop_on_nonfinite:
             self._core.set_stop_on_nan(True)
         if self._compiled:
             self._core.compile(_losses.code(self.loss), self.optimizer._core_config())
 
+    def _declared_input_shape(self):
+        """The input shape the model's Input or first layer's ``input_shape=`` declares, or
+        None."""
+        if self._input_layer is not None:
+            return self._input_layer.shape
+        return self._layers[0]._declared_input_shape if self._layers else None
+
     def _assign_names(self):
+        entries = ([self._input_layer] if self._input_layer is not None else []) + self._layers
         used = set()
-        for layer in self._layers:
+        for layer in entries:
             if layer.name is not None:
                 if layer.name in used:
                     raise ValueError(f"layer names must be unique; {layer.name!r} is used twice")
                 used.add(layer.name)
         counts = {}
-        for layer in self._layers:
+        for layer in entries:
             if layer.name is None:
                 # Keras's snake case: Dense -> dense, Conv2D -> conv2d, MaxPooling2D -> max_pooling2d
                 base = re.sub(r"(?<=[a-z])([A-Z])", r"_\1", type(layer).__name__).lower()
@@ -193,10 +217,58 @@ class Sequential:
                 raise ValueError(f"x must have shape (n, features...); received shape {x_arr.shape}")
             self.build(x_arr.shape[1:])
 
-    def count_params(self) -> int:
-        if not self.built:
+    def _build_if_declared(self) -> bool:
+        """Build from the declared input shape (Input or ``input_shape=``) if there is one, as
+        Keras has built such a model already. Returns whether the model is built."""
+        if not self.built and self._layers and self._declared_input_shape() is not None:
+            self.build()
+        return self.built
+
+    def _require_built(self) -> None:
+        """_build_if_declared, or a ValueError when the input shape is unknown."""
+        if not self._build_if_declared():
             raise ValueError("the model is not built yet: call build(input_shape) or fit first")
+
+    def count_params(self) -> int:
+        """The number of parameters, trainable or not (Keras's)."""
+        self._require_built()
         return int(self._core.num_params)
+
+    def _sync_trainable(self):
+        """Hand the layers' ``trainable`` flags to the core (those that changed). Runs when the
+        model is built and before each training call and epoch, so a change takes effect
+        without a recompile."""
+        if not self.built:
+            return
+        flags = [layer.trainable for layer in self._layers if layer.core_spec() is not None]
+        if flags == self._core_trainable:
+            return
+        for k, on in enumerate(flags):
+            if self._core_trainable is None or self._core_trainable[k] != on:
+                self._core.set_layer_trainable(k, on)
+        self._core_trainable = flags
+
+    def _weight_entries(self):
+        """(layer, parameter name) of every weight, in get_weights order."""
+        return [(layer, name) for layer in self._layers for name, *_ in layer.param_specs()]
+
+    @property
+    def trainable_weights(self):
+        """Copies of the weights training updates, in get_weights order (Keras's): every
+        weight of a trainable layer except moving statistics."""
+        if not self.built:
+            return []
+        return [self._core.get_param(i) for i, (layer, name) in enumerate(self._weight_entries())
+                if layer.weight_trainable(name)]
+
+    @property
+    def non_trainable_weights(self):
+        """Copies of the weights training does not update through the optimizer: a frozen
+        layer's, and BatchNormalization's moving statistics (Keras's)."""
+        if not self.built:
+            return []
+        return [self._core.get_param(i) for i, (layer, name) in enumerate(self._weight_entries())
+                if not layer.weight_trainable(name)]
 
     # -- compile ------------------------------------------------------------------------
     def compile(self, optimizer: str | _optimizers.Optimizer | Config = "sgd",
@@ -362,6 +434,7 @@ class Sequential:
         self._require_compiled("train_on_batch")
         self._check_not_training("train_on_batch")
         X, Y, SW = self._prepare(x, y, sample_weight)
+        self._sync_trainable()
         stats = self._core.train_batch(X, Y, SW)
         _warn_nonfinite(self, stats, "train_on_batch")
         return self._scalar_or_list(stats)
@@ -369,9 +442,13 @@ class Sequential:
     def compute_gradients(self, x: ArrayLike, y: ArrayLike,
                           sample_weight: ArrayLike | None = None) -> tuple[float, list[FloatArray]]:
         """(loss, gradients) of the batch-mean loss on (x, y), gradients in the order and
-        shapes of :meth:`get_weights`. The weights are not changed."""
+        shapes of :meth:`get_weights` (zero for the weights training does not update: a
+        frozen layer's, moving statistics). Nothing of the model changes (BatchNormalization
+        normalizes with the batch's statistics, as in training, and its moving statistics are
+        left as they were)."""
         self._require_compiled("compute_gradients")
         X, Y, SW = self._prepare(x, y, sample_weight)
+        self._sync_trainable()
         stats = self._core.compute_gradients(X, Y, SW)
         grads = [self._core.get_param(i, True) for i in range(len(self._core.params_info()))]
         return float(stats["loss"]), grads
@@ -390,6 +467,7 @@ class Sequential:
         self._require_compiled("trace")
         self._check_not_training("trace")
         X, Y, SW = self._prepare(x, y, sample_weight)
+        self._sync_trainable()
         return build_trace(self, X, Y, SW, y)
 
     def _scalar_or_list(self, stats):
@@ -423,14 +501,20 @@ class Sequential:
     # -- weights -------------------------------------------------------------------------
     def get_weights(self) -> list[FloatArray]:
         """All parameters as numpy arrays (copies), layer by layer: Dense gives
-        [kernel (in, units), bias (units,)]."""
+        [kernel (in, units), bias (units,)], BatchNormalization [gamma, beta, moving_mean,
+        moving_variance]. A model whose input shape is declared (Input or ``input_shape=``)
+        is built first; one whose input shape is unknown has none yet ([])."""
+        self._build_if_declared()
+        return self._weights()
+
+    def _weights(self):
+        """get_weights without building: [] for a model not built."""
         if not self.built:
             return []
         return [self._core.get_param(i) for i in range(len(self._core.params_info()))]
 
     def set_weights(self, weights: Sequence[ArrayLike]) -> None:
-        if not self.built:
-            raise ValueError("the model is not built yet: call build(input_shape) first")
+        self._require_built()
         self._check_not_training("set_weights")
         info = self._core.params_info()
         weights = list(weights)
@@ -442,14 +526,20 @@ class Sequential:
             if tuple(arr.shape) != tuple(p["shape"]):
                 raise ValueError(f"weights[{i}] ({p['name']} of layer {p['layer']}) must have shape "
                                  f"{tuple(p['shape'])}; received shape {arr.shape}")
-            converted.append(_checks.as_finite(f"weights[{i}]", arr, self._np_dtype()))
+            arr = _checks.as_finite(f"weights[{i}]", arr, self._np_dtype())
+            if p["name"] == "moving_variance" and arr.size and arr.min() < 0:
+                raise ValueError(f"weights[{i}] (moving_variance of layer {p['layer']}) must be >= 0 (a "
+                                 f"variance); received {arr.min()!r}")
+            converted.append(arr)
         for i, arr in enumerate(converted):
             self._core.set_param(i, arr)
 
     # -- description ---------------------------------------------------------------------
     def summary(self, print_fn: Callable[[str], Any] = print) -> None:
-        if not self.built:
-            raise ValueError("the model is not built yet: call build(input_shape) or fit first")
+        """The layers, their output shapes and parameter counts, and the totals: all
+        parameters, the trainable ones and the others (a frozen layer's, moving statistics),
+        as Keras prints them."""
+        self._require_built()
         rows = [(f"{l.name} ({type(l).__name__})", str((None,) + tuple(l.output_shape)), str(l.count_params()))
                 for l in self._layers]
         w0 = max(len("Layer (type)"), *(len(r[0]) for r in rows)) + 2
@@ -459,14 +549,18 @@ class Sequential:
         out = [f'Model: "{self.name}"', line,
                "Layer (type)".ljust(w0) + "Output Shape".ljust(w1) + "Param #".rjust(w2), "=" * len(line)]
         out += [r[0].ljust(w0) + r[1].ljust(w1) + r[2].rjust(w2) for r in rows]
+        trainable = sum(l.count_params(trainable=True) for l in self._layers)
         out += ["=" * len(line), f"Total params: {self.count_params():,}",
+                f"Trainable params: {trainable:,}",
+                f"Non-trainable params: {self.count_params() - trainable:,}",
                 f"Input shape: {(None, *(self._input_shape or ()))}  dtype: {self.dtype}", line]
         print_fn("\n".join(out))
 
     def get_config(self) -> Config:
+        entries = ([self._input_layer] if self._input_layer is not None else []) + self._layers
         return {"name": self.name, "dtype": self.dtype, "seed": self.seed,
                 "input_shape": None if self._input_shape is None else list(self._input_shape),
-                "layers": [{"class_name": type(l).__name__, "config": l.get_config()} for l in self._layers]}
+                "layers": [{"class_name": type(l).__name__, "config": l.get_config()} for l in entries]}
 
     @classmethod
     def from_config(cls, config: Config) -> Sequential:

@@ -9,7 +9,8 @@ input array:
   ``(batch, height, width)`` for a model built on 2-D samples), as ``predict`` takes them;
 * one output, ``"output"``, of shape ``(batch,) + model.output_shape``, with the last
   layer's activation applied (softmax probabilities, sigmoid, ...);
-* Dropout is the identity (inference), as in ``predict``.
+* Dropout is the identity (inference), as in ``predict``; BatchNormalization normalizes with
+  its moving statistics (inference), as in ``predict``.
 
 ONNX convolution and pooling are channels-first, so the graph transposes NHWC -> NCHW in
 front of a run of Conv/pooling nodes and back behind it (a run of such layers costs two
@@ -30,7 +31,10 @@ kernel position, Concat along channels) and one MatMul with the kernel reshaped 
 of the strided slices times the reciprocal of each window's count of real (unpadded)
 elements. MaxPool runs in double as it is. float32 exports use Conv, MaxPool and
 AveragePool. Leaky ReLU is LeakyRelu in float32 and PRelu with a double slope in float64
-(LeakyRelu's alpha attribute is a float32, which would round a float64 model's alpha).
+(LeakyRelu's alpha attribute is a float32, which would round a float64 model's alpha). For
+the same reason BatchNormalization is the BatchNormalization operator in float32 and Sub, Mul,
+Add with double constants in float64 (and on 2-D samples, normalized over their last axis);
+GlobalAveragePooling2D is GlobalAveragePool in float32 and ReduceMean in float64.
 
 Padding: 'same' pads as chainrule (and TensorFlow) do: total ``max((out-1)*stride + window
 - size, 0)``, ``total // 2`` before and the rest after, written as explicit pads (never
@@ -257,6 +261,49 @@ class _GraphBuilder:
             self.tensor = self.node("Mul", [total, self.weight(f"{p}/inv_count", inv)], f"{p}/mean")
         self.shape = (oh, ow, c)
 
+    def batchnorm(self, layer, w):
+        """Inference: the moving statistics. float32 on 1-D or image samples:
+        BatchNormalization (channels-first); otherwise (float64: its epsilon attribute is a
+        float32; other sample ranks) (x - moving_mean) * gamma / sqrt(moving_variance +
+        epsilon) + beta over the last axis, as the core computes it."""
+        p = layer.name
+        c = layer.input_shape[-1]
+        dt = w["moving_mean"].dtype
+        gamma = w.get("gamma", np.ones(c, dtype=dt)).astype(np.float64)
+        beta = w.get("beta", np.zeros(c, dtype=dt))
+        mean, var = w["moving_mean"], w["moving_variance"]
+        if not self.double and len(self.shape) in (1, 3):
+            self.to_layout("nchw", p)
+            self.tensor = self.node("BatchNormalization",
+                                    [self.tensor, self.weight(f"{p}/gamma", gamma), self.weight(f"{p}/beta", beta),
+                                     self.weight(f"{p}/moving_mean", mean),
+                                     self.weight(f"{p}/moving_variance", var)],
+                                    f"{p}/batch_norm", epsilon=float(layer.epsilon))
+            return
+        self.to_layout("nhwc", p)
+        mul = gamma / np.sqrt(np.maximum(var.astype(np.float64), 0.0) + layer.epsilon)
+        centered = self.node("Sub", [self.tensor, self.weight(f"{p}/moving_mean", mean)], f"{p}/center")
+        scaled = self.node("Mul", [centered, self.weight(f"{p}/multiplier", mul)], f"{p}/scale")
+        self.tensor = self.node("Add", [scaled, self.weight(f"{p}/beta", beta)], f"{p}/shift")
+
+    def global_average_pool(self, layer):
+        """float32: GlobalAveragePool (channels-first); float64: ReduceMean over height and
+        width (onnxruntime has no double GlobalAveragePool)."""
+        p = layer.name
+        c = self.shape[2]
+        if not self.double:
+            self.to_layout("nchw", p)
+            self.tensor = self.node("GlobalAveragePool", [self.tensor], f"{p}/global_average_pool")
+            if not layer.keepdims:
+                self.tensor = self.node("Flatten", [self.tensor], f"{p}/flatten", axis=1)
+        else:
+            self.to_layout("nhwc", p)
+            self.tensor = self.node("ReduceMean", [self.tensor], f"{p}/mean", axes=[1, 2],
+                                    keepdims=int(layer.keepdims))
+        self.shape = tuple(layer.output_shape)
+        if not layer.keepdims:
+            self.layout = "nhwc"  # 1-D: the layout is moot
+
     def flatten(self, layer):
         self.to_layout("nhwc", layer.name)
         if len(self.shape) != 1:
@@ -277,7 +324,7 @@ def _check_model(model):
 
     if not isinstance(model, Sequential):
         raise TypeError(f"export: model must be a chainrule Sequential; received {type(model).__name__}")
-    if not model.built:
+    if not model._build_if_declared():
         raise ValueError(f"export: model {model.name!r} is not built yet: call build(input_shape), "
                          "fit or predict first")
 
@@ -337,11 +384,19 @@ def to_onnx(model):
             g.reshape(layer)
         elif kind is _layers.Dropout:
             pass  # the identity at inference
+        elif kind is _layers.BatchNormalization:
+            g.batchnorm(layer, {name: w for (name, *_), w in zip(layer.param_specs(), params)})
+        elif kind is _layers.GlobalAveragePooling2D:
+            g.global_average_pool(layer)
+        elif kind is _layers.Activation:
+            g.activation(layer.activation, layer.name)
         else:
             raise ValueError(f"export: layer {layer.name!r} of type {kind.__name__} has no ONNX form; "
                              "exportable layers: Dense, Conv2D, MaxPooling2D, AveragePooling2D, "
-                             "Flatten, Reshape, Dropout")
-        if kind is not _layers.Dropout and tuple(g.shape) != tuple(layer.output_shape):
+                             "GlobalAveragePooling2D, BatchNormalization, Activation, Flatten, Reshape, "
+                             "Dropout")
+        if kind not in (_layers.Dropout, _layers.Activation, _layers.BatchNormalization) \
+                and tuple(g.shape) != tuple(layer.output_shape):
             raise RuntimeError(f"internal error: ONNX shape {g.shape} != {layer.output_shape} after {layer.name!r}")
     g.to_layout("nhwc", "output")
     if g.tensor == INPUT_NAME or not g.nodes:

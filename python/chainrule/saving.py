@@ -16,7 +16,7 @@ large is allocated. The limits:
   its ``.npy`` header declares;
 - weights and optimizer state are float32/float64 arrays holding finite values, of exactly
   the count, shapes and dtype the saved config builds: the weights are in the file, so a small
-  file never builds a large model;
+  file never builds a large model; BatchNormalization's moving variance is >= 0;
 - one sample's input and each layer's output hold at most 2**31 - 1 values, as for any model.
 
 The bytes of :func:`model_to_bytes` are such a file's contents, read back by the same checks.
@@ -88,7 +88,7 @@ def save_model(model: Sequential, path: str | os.PathLike[str]) -> None:
     file gets the permissions ``open()`` would give it (0o666 less the umask); a file that is
     replaced keeps its permissions. Saving a model that another thread is training (inside
     ``fit``) raises RuntimeError; a callback of that ``fit`` may save it."""
-    if not model.built:
+    if not model._build_if_declared():
         raise ValueError("the model is not built yet: nothing to save")
     path = os.fspath(path)
     arrays = _model_arrays(model, "save")
@@ -140,7 +140,7 @@ def _model_arrays(model, what):
                                "metrics": list(model.metrics), "optimizer_step": step,
                                "lr_scale": lr_scale, "optimizer_slots": len(opt_state)}
         arrays = {"__chainrule__": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
-        for i, w in enumerate(model.get_weights()):
+        for i, w in enumerate(model._weights()):  # an unbuilt model stays unbuilt
             arrays[f"param_{i:03d}"] = w
         for i, st in enumerate(opt_state):
             arrays[f"optimizer_{i:03d}"] = st
@@ -556,7 +556,11 @@ def _read_model(f, source, allow_unbuilt):
                          f"with {len(specs)}")
     weights = []
     for i, (layer, pname, pshape) in enumerate(specs):
-        weights.append(ar.float_array(ar.params[i], pshape, np_dtype, f"the {pname} of layer {layer.name!r}"))
+        arr = ar.float_array(ar.params[i], pshape, np_dtype, f"the {pname} of layer {layer.name!r}")
+        if pname == "moving_variance" and arr.size and arr.min() < 0:
+            raise ar.damaged(f"entry 'param_{i:03d}' (the moving_variance of layer {layer.name!r}) holds "
+                             f"negative values ({arr.min()!r}); a variance is >= 0")
+        weights.append(arr)
 
     optimizer = loss = None
     if comp is not None:

@@ -18,9 +18,15 @@ an image takes its inputs in torch's (channels, height, width) order, so its ker
 permuted from chainrule's (height, width, channels) order (and back by load_state_dict).
 
 The modules: Dense -> Linear, Conv2D -> Conv2d, MaxPooling2D -> MaxPool2d,
-AveragePooling2D -> AvgPool2d (``count_include_pad=False``), Dropout -> Dropout, Flatten /
-Reshape -> Flatten / Unflatten, activations -> ReLU, LeakyReLU, Sigmoid, Tanh, Softmax(dim=1)
-(over the channels of a convolution's output, as in chainrule). TensorFlow's 'same' padding
+AveragePooling2D -> AvgPool2d (``count_include_pad=False``), GlobalAveragePooling2D ->
+AdaptiveAvgPool2d(1) (then Flatten unless ``keepdims``), BatchNormalization -> BatchNorm2d
+over an image's channels or BatchNorm1d over features, with gamma, beta and the moving
+statistics as weight, bias, running_mean and running_var (``affine=False`` when the layer has
+neither center nor scale; torch's ``momentum`` is ``1 - momentum``; in ``.train()`` mode
+torch keeps the unbiased variance as running_var where chainrule, as Keras, keeps the biased
+one), Dropout -> Dropout, Flatten / Reshape -> Flatten / Unflatten, activations (of a layer
+or an Activation layer) -> ReLU, LeakyReLU, Sigmoid, Tanh, Softmax(dim=1) (over the channels
+of an image, as in chainrule). TensorFlow's 'same' padding
 puts an odd extra row or column at the bottom/right, which torch's symmetric ``padding``
 cannot: a ZeroPad2d (convolution), a ConstantPad2d of -inf (max pooling) or
 :class:`AvgPool2dSame` comes first. Moving channels between layouts where a plain reshape
@@ -177,9 +183,53 @@ class _Plan:
             self.shape = self.tshape = tuple(layer.output_shape)
         elif kind is _layers.Dropout:
             self._op("dropout", layer.rate)
+        elif kind is _layers.GlobalAveragePooling2D:
+            h, w, c = self.shape
+            self._to_image(h, w, c)
+            self._op("gap")
+            self._image_out(1, 1, c)
+            if not layer.keepdims:  # torch's (c, 1, 1) flattens in chainrule's (1, 1, c) order
+                self.shape = self.tshape = (c,)
+                self.hwc = None
+        elif kind is _layers.BatchNormalization:
+            self._batchnorm(layer)
+        elif kind is _layers.Activation:
+            act = layer.activation
+            if act.name == "softmax":  # over the last axis: torch must hold it where dim says
+                if len(self.shape) == 3:
+                    self._to_image(*self.shape)
+                    dim = 1
+                else:  # 1-D: over every value, in any order; 2-D: torch holds (h, w) as chainrule
+                    self.tshape = self.shape
+                    dim = -1
+                self._op("act", act.name, act.alpha, dim)
+            elif act.name != "linear":
+                self._op("act", act.name, act.alpha)
         else:
             raise TypeError(f"layer {layer.name!r} ({kind.__name__}) has no PyTorch counterpart here; "
-                            "known: Dense, Conv2D, MaxPooling2D, AveragePooling2D, Flatten, Reshape, Dropout")
+                            "known: Dense, Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, "
+                            "BatchNormalization, Activation, Flatten, Reshape, Dropout")
+
+    def _batchnorm(self, layer):
+        shape = self.shape
+        spec = (shape[-1], layer.epsilon, 1.0 - layer.momentum, layer.center or layer.scale)
+        if len(shape) == 3:  # an image: BatchNorm2d over torch's channel axis
+            self._to_image(*shape)
+            idx = self._op("batchnorm", 2, *spec)
+        elif len(shape) == 1:  # features: BatchNorm1d, with torch holding them in chainrule's order
+            self._to_same()
+            self.tshape = shape
+            idx = self._op("batchnorm", 1, *spec)
+        elif len(shape) == 2:  # (h, w): BatchNorm1d over w wants (batch, w, h)
+            self.tshape = shape
+            self._flush()
+            self.ops.append(("permute", (0, 2, 1)))
+            idx = len(self.ops)
+            self.ops += [("batchnorm", 1, *spec), ("permute", (0, 2, 1))]
+        else:
+            raise TypeError(f"layer {layer.name!r} (BatchNormalization) over samples of shape {shape} has no "
+                            "PyTorch counterpart here (1-D, 2-D and image samples do)")
+        self.params.append((layer, idx, None))
 
 
 def _same_pads(size, window, strides, padding):
@@ -204,7 +254,7 @@ def _plan(model, what):
     from .models import Sequential
     if not isinstance(model, Sequential):
         raise TypeError(f"{what}: model must be a chainrule Sequential; received {type(model).__name__}")
-    if not model.built:
+    if not model._build_if_declared():
         raise ValueError(f"{what}: the model is not built yet: call model.build(input_shape) first")
     return _Plan(model)
 
@@ -277,9 +327,16 @@ def _module(spec, torch):
         cin, cout, k, s, p = a
         return nn.Conv2d(cin, cout, k, stride=s, padding=p)
     if kind == "act":
-        name, alpha = a
+        name, alpha, *dim = a
         return {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh,
-                "leaky_relu": lambda: nn.LeakyReLU(alpha), "softmax": lambda: nn.Softmax(dim=1)}[name]()
+                "leaky_relu": lambda: nn.LeakyReLU(alpha),
+                "softmax": lambda: nn.Softmax(dim=dim[0] if dim else 1)}[name]()
+    if kind == "batchnorm":
+        dims, channels, eps, momentum, affine = a
+        cls = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
+        return cls(channels, eps=eps, momentum=momentum, affine=affine)
+    if kind == "gap":
+        return nn.AdaptiveAvgPool2d(1)
     if kind == "zeropad":
         return nn.ZeroPad2d(a[0])
     if kind == "pad":
@@ -343,26 +400,45 @@ def to_torch(model):
     import torch
     dtype = torch.float64 if model.dtype == "float64" else torch.float32
     net = torch.nn.Sequential(*(_module(spec, torch) for spec in plan.ops)).to(dtype)
-    weights = model.get_weights()
+    weights = _weights_by_layer(model)
     with torch.no_grad():
-        for k, (layer, idx, hwc) in enumerate(plan.params):
-            mod = net[idx]
-            mod.weight.copy_(torch.from_numpy(np.ascontiguousarray(_torch_weight(layer, weights[2 * k], hwc))))
-            mod.bias.copy_(torch.from_numpy(weights[2 * k + 1]))
+        for layer, idx, hwc in plan.params:
+            mod, w = net[idx], weights[id(layer)]
+            if isinstance(layer, _layers.BatchNormalization):
+                c = layer.input_shape[-1]
+                if mod.affine:
+                    mod.weight.copy_(torch.from_numpy(w.get("gamma", np.ones(c, dtype=w["moving_mean"].dtype))))
+                    mod.bias.copy_(torch.from_numpy(w.get("beta", np.zeros(c, dtype=w["moving_mean"].dtype))))
+                mod.running_mean.copy_(torch.from_numpy(w["moving_mean"]))
+                mod.running_var.copy_(torch.from_numpy(w["moving_variance"]))
+                continue
+            mod.weight.copy_(torch.from_numpy(np.ascontiguousarray(_torch_weight(layer, w["kernel"], hwc))))
+            mod.bias.copy_(torch.from_numpy(w["bias"]))
     return net.eval()
+
+
+def _weights_by_layer(model):
+    """{id(layer): {parameter name: array}} from get_weights."""
+    weights = iter(model.get_weights())
+    return {id(layer): {name: next(weights) for name, *_ in layer.param_specs()} for layer in model._layers}
 
 
 def load_state_dict(model, state_dict):
     """Set ``model``'s weights (a built Sequential) from a torch module or its
     ``state_dict()``: the module :func:`to_torch` builds, or any torch module whose
-    Linear / Conv2d layers are the model's Dense / Conv2D layers in the same order (taking
-    images NCHW and flattening them in torch's (channels, height, width) order).
+    Linear / Conv2d / BatchNorm layers are the model's Dense / Conv2D / BatchNormalization
+    layers in the same order (taking images NCHW and flattening them in torch's (channels,
+    height, width) order).
 
-    The entries are read in order: each layer with weights takes the next ``*.weight`` entry
-    and the ``*.bias`` after it (none: a module built with ``bias=False``, zeros). Shapes
-    must match exactly; other entries (e.g. BatchNorm's running statistics), a count that
-    does not match, or non-finite values raise ValueError / TypeError naming the layer and
-    the entry; the model is then left unchanged. Values are converted to the model's dtype."""
+    The entries are read in order. A Dense or Conv2D layer takes the next ``*.weight`` entry
+    and the ``*.bias`` after it (none: a module built with ``bias=False``, zeros). A
+    BatchNormalization layer takes ``*.weight`` and ``*.bias`` (gamma and beta; none: a
+    BatchNorm with ``affine=False``, ones and zeros), ``*.running_mean``, ``*.running_var``
+    and, if present, ``*.num_batches_tracked`` (ignored); a layer without scale (center)
+    accepts only a weight of ones (a bias of zeros). Shapes must match exactly; other
+    entries, a count that does not match, non-finite values or a negative running variance
+    raise ValueError / TypeError naming the layer and the entry; the model is then left
+    unchanged. Values are converted to the model's dtype."""
     plan = _plan(model, "load_state_dict")
     import torch
     if isinstance(state_dict, torch.nn.Module):
@@ -378,11 +454,11 @@ def load_state_dict(model, state_dict):
             raise TypeError(f"load_state_dict: state_dict entry {key!r} must be a torch tensor; received "
                             f"{type(value).__name__}")
         suffix = key.rsplit(".", 1)[-1]
-        if suffix not in ("weight", "bias"):
+        if suffix not in _ENTRY_SUFFIXES:
             raise ValueError(f"load_state_dict: state_dict entry {key!r} (shape {tuple(value.shape)}) is not "
-                             "a layer's weight or bias; chainrule models hold only Linear / Conv2d weights "
-                             "and biases")
-        if not value.is_floating_point():
+                             "a layer's weight, bias or BatchNorm statistic; chainrule models hold only "
+                             "Linear / Conv2d / BatchNorm weights and statistics")
+        if suffix != "num_batches_tracked" and not value.is_floating_point():
             raise TypeError(f"load_state_dict: state_dict entry {key!r} has dtype {value.dtype}; weights "
                             "must be floating point")
 
@@ -390,18 +466,31 @@ def load_state_dict(model, state_dict):
         return t.detach().to(device="cpu", dtype=torch.float64).numpy()
 
     n_layers = len(plan.params)
-    weights = []
     pos = 0
+
+    def peek():
+        return entries[pos] if pos < len(entries) else (None, None)
+
+    def check_finite(label, name, arr):
+        if not np.isfinite(arr).all():
+            raise ValueError(f"load_state_dict: the {name} for {label} holds NaN or infinite values")
+        return arr
+
+    new = {}
     for k, (layer, _, hwc) in enumerate(plan.params):
         label = f"layer {layer.name!r} ({type(layer).__name__})"
-        torch_kind = "Conv2d" if isinstance(layer, _layers.Conv2D) else "Linear"
         if pos >= len(entries):
             raise ValueError(f"load_state_dict: the state_dict has no weight for {label}: it holds weights "
                              f"for {k} layers; the model has {n_layers} layers with weights")
+        if isinstance(layer, _layers.BatchNormalization):
+            new[id(layer)], pos = _batchnorm_entries(layer, label, entries, pos, array, check_finite)
+            continue
+        torch_kind = "Conv2d" if isinstance(layer, _layers.Conv2D) else "Linear"
         key, value = entries[pos]
         if not key.endswith("weight"):
+            what = "a bias" if key.endswith("bias") else "a BatchNorm statistic"
             raise ValueError(f"load_state_dict: {label} expects a {torch_kind} weight; state_dict entry "
-                             f"{key!r} (shape {tuple(value.shape)}) is a bias")
+                             f"{key!r} (shape {tuple(value.shape)}) is {what}")
         want = _torch_shape(layer, hwc)
         if tuple(value.shape) != want:
             raise ValueError(f"load_state_dict: {label} needs a {torch_kind} weight of shape {want}; "
@@ -410,8 +499,8 @@ def load_state_dict(model, state_dict):
         pos += 1
         units = kernel.shape[-1]
         prefix = key[: -len("weight")]
-        if pos < len(entries) and entries[pos][0] == prefix + "bias":
-            bkey, bvalue = entries[pos]
+        bkey, bvalue = peek()
+        if bkey == prefix + "bias":
             if tuple(bvalue.shape) != (units,):
                 raise ValueError(f"load_state_dict: {label} needs a bias of shape ({units},); state_dict "
                                  f"entry {bkey!r} has shape {tuple(bvalue.shape)}")
@@ -419,13 +508,49 @@ def load_state_dict(model, state_dict):
             pos += 1
         else:
             bias = np.zeros(units)
-        for name, arr in (("weight", kernel), ("bias", bias)):
-            if not np.isfinite(arr).all():
-                raise ValueError(f"load_state_dict: the {name} for {label} holds NaN or infinite values")
-        weights += [kernel, bias]
+        new[id(layer)] = {"kernel": check_finite(label, "weight", kernel), "bias": check_finite(label, "bias", bias)}
     if pos < len(entries):
         key, value = entries[pos]
         raise ValueError(f"load_state_dict: the state_dict holds more weights than the model's {n_layers} "
                          f"layers with weights: entry {key!r} (shape {tuple(value.shape)}) and "
                          f"{len(entries) - pos - 1} more are left over")
-    model.set_weights(weights)
+    model.set_weights([new[id(layer)][name] for layer in model._layers for name, *_ in layer.param_specs()])
+
+
+_ENTRY_SUFFIXES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def _batchnorm_entries(layer, label, entries, pos, array, check_finite):
+    """A BatchNormalization layer's weights from the BatchNorm entries at ``pos``: ({name:
+    array}, the position after them)."""
+    c = layer.input_shape[-1]
+    prefix = entries[pos][0].rsplit(".", 1)[0] + "." if "." in entries[pos][0] else ""
+    got = {}
+    for suffix in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+        if pos < len(entries) and entries[pos][0] == prefix + suffix:
+            key, value = entries[pos]
+            if suffix != "num_batches_tracked":
+                if tuple(value.shape) != (c,):
+                    raise ValueError(f"load_state_dict: {label} needs a BatchNorm {suffix} of shape ({c},); "
+                                     f"state_dict entry {key!r} has shape {tuple(value.shape)}")
+                got[suffix] = check_finite(label, suffix, array(value))
+            pos += 1
+    for suffix in ("running_mean", "running_var"):
+        if suffix not in got:
+            raise ValueError(f"load_state_dict: {label} expects a BatchNorm entry {prefix}{suffix} (after "
+                             f"{prefix}weight and {prefix}bias, if any); the state_dict has none there")
+    if got["running_var"].min() < 0:
+        raise ValueError(f"load_state_dict: the running_var for {label} holds negative values "
+                         f"({got['running_var'].min()!r}); a variance is >= 0")
+    out = {}
+    for name, suffix, flag, neutral in (("gamma", "weight", layer.scale, 1.0), ("beta", "bias", layer.center, 0.0)):
+        value = got.get(suffix, np.full(c, neutral))
+        if flag:
+            out[name] = value
+        elif not np.all(value == neutral):
+            raise ValueError(f"load_state_dict: {label} has no {name} ({'scale' if name == 'gamma' else 'center'}"
+                             f"=False), so its BatchNorm {suffix} must be all {neutral:g}; state_dict entry "
+                             f"{prefix}{suffix!s} is not")
+    out["moving_mean"] = got["running_mean"]
+    out["moving_variance"] = got["running_var"]
+    return out, pos

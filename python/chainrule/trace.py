@@ -41,6 +41,7 @@ class LayerTrace:
     grads: dict[str, np.ndarray]
     updates: dict[str, np.ndarray]
     winners: np.ndarray | None = None
+    stateful: tuple = ()  # the parameters the layer updates itself (moving statistics): no gradient
 
     @property
     def num_units(self) -> int:
@@ -196,6 +197,10 @@ class Trace:
                 else:
                     header.append(_head(f"‖{prefix}w‖({k.shape[1]})"))
                     columns.append(np.linalg.norm(k, axis=1))
+            for key, label in _PER_UNIT_LABELS.items():
+                if key in pd and not (prefix == "∂L/∂" and key in lt.stateful):
+                    header.append(_head(f"{prefix}{label}"))
+                    columns.append(np.asarray(pd[key], dtype=np.float64).reshape(-1))
         if param_blocks and not any(pd for pd, _ in param_blocks) and not blocks:
             return
         out.append("".join(header))
@@ -286,6 +291,10 @@ class Trace:
         if path is not None:
             fig.savefig(os.fspath(path), format="png")
         return fig
+
+
+# Per-unit parameters other than kernel and bias (BatchNormalization's), by column label.
+_PER_UNIT_LABELS = {"gamma": "γ", "beta": "β", "moving_mean": "mov_mean", "moving_variance": "mov_var"}
 
 
 def _num(v):

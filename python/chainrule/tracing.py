@@ -91,7 +91,7 @@ def build_trace(model, X, Y, SW, targets):
         winners = _winners(layer, inp, a) if isinstance(layer, _layers.MaxPooling2D) else None
         traced.append(LayerTrace(name=layer.name, kind=type(layer).__name__, input=inp.copy(), z=z,
                                  a=a.copy(), delta=delta.copy(), weights=w, grads=g, updates=u,
-                                 winners=winners))
+                                 winners=winners, stateful=tuple(n for n in w if n in layer._stateful)))
         prev_a = a
     return Trace(layers=traced, loss=float(rec["loss"]), output=output,
                  output_grad=rec["output_grad"].reshape(out_shape), targets=np.array(targets, copy=True),
