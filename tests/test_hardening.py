@@ -311,13 +311,27 @@ def _relu_diverger(optimizer):
 
 def test_relu_network_with_nan_first_layer_warns_even_when_the_loss_stays_finite():
     # ReLU maps NaN to 0: the loss can stay finite while the first layer's weights are NaN.
+    # stop_on_nonfinite=False: training goes on through them, and the warning names the layer.
     model, x, y = _relu_diverger(cr.optimizers.SGD(100.0))
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        model.fit(x, y, epochs=3, batch_size=32, verbose=0, seed=0)
+        model.fit(x, y, epochs=3, batch_size=32, verbose=0, seed=0, stop_on_nonfinite=False)
     assert not all(np.isfinite(w).all() for w in model.get_weights())
     msgs = [str(w.message) for w in rec if issubclass(w.category, cr.NonFiniteWarning)]
     assert len(msgs) == 1 and "NaN or infinite" in msgs[0], msgs
+
+
+def test_relu_network_with_nan_first_layer_stops_by_default_with_finite_weights():
+    # The same run with fit's default: the first step that makes a weight NaN is undone (the
+    # loss alone would not show it) and training stops after that epoch, with one warning.
+    model, x, y = _relu_diverger(cr.optimizers.SGD(100.0))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        hist = model.fit(x, y, epochs=3, batch_size=32, verbose=0, seed=0)
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    msgs = [str(w.message) for w in rec if issubclass(w.category, cr.NonFiniteWarning)]
+    assert len(msgs) == 1 and "fit stopped in epoch 1" in msgs[0] and "stop_on_nonfinite=False" in msgs[0], msgs
+    assert len(hist.epoch) == 1 and model.last_epoch_stats["stopped_nan"]
 
 
 @pytest.mark.parametrize("optimizer", [lambda: cr.optimizers.SGD(100.0, momentum=0.9),

@@ -3,7 +3,8 @@
 // (shuffle, batch, forward, loss, backward, optimizer step, metrics), evaluate, predict —
 // all in C++. The gradient monitor (monitor.h) and stop-on-NaN's snapshot (nan_guard.h)
 // are its parts. Buffers are sized once per call for the largest batch; the batch loop
-// allocates nothing.
+// allocates nothing. An epoch can also be fed one batch per call (data streamed from the
+// caller), and the loss and some metrics can be computed outside the core (hooks).
 #pragma once
 #include <algorithm>
 #include <chrono>
@@ -20,6 +21,7 @@
 #include "kernels/rng.h"
 #include "layers/layer.h"
 #include "losses/loss.h"
+#include "metrics/metrics.h"
 #include "optim/optimizer.h"
 #include "trainer/monitor.h"
 #include "trainer/nan_guard.h"
@@ -29,7 +31,7 @@ namespace cr {
 
 struct EpochStats {
   double loss = 0.0;      // mean (weighted) loss over the samples, regularization included
-  double accuracy = 0.0;  // mean accuracy over the samples
+  std::vector<double> metrics;  // per metric (built-in first, then external): mean over the samples
   i64 samples = 0;
   i64 steps = 0;
   bool stopped_nan = false;  // stop_on_nan: a loss or weight became NaN/inf; weights and
@@ -40,8 +42,8 @@ struct EpochStats {
 };
 
 // Called every N steps from the epoch loop: (steps done, steps total, running loss, running
-// accuracy). Returning false stops the epoch after the current step.
-using ProgressFn = std::function<bool(i64, i64, double, double)>;
+// metric means). Returning false stops the epoch after the current step.
+using ProgressFn = std::function<bool(i64, i64, double, const std::vector<double>&)>;
 // Called between steps (and batches of evaluate/predict) at most every kPollSeconds of wall
 // time; returning false stops the loop after the current batch (a pending Ctrl-C).
 using PollFn = std::function<bool()>;
@@ -82,6 +84,18 @@ struct TraceRecord {
   double loss = 0.0, learning_rate = 0.0;
 };
 
+// A loss computed outside the core (a Python callable, through the bindings): given the
+// outputs out (B, C) and targets y (B, C), fills loss (B) with the per-sample losses and,
+// when grad is not null, grad (B, C) with d loss_i / d out_i. The core applies the sample
+// weights and the batch mean. Called between batches, never inside a parallel region; an
+// error is an exception, which ends the call that ran it.
+template <typename T>
+using ExternalLossFn = std::function<void(const T* out, const T* y, i64 B, i64 C, double* loss, T* grad)>;
+// Metrics computed outside the core: given pred (B, C) and targets y (B, tc), writes each
+// external metric's sum over the batch into sums. Called like ExternalLossFn.
+template <typename T>
+using ExternalMetricsFn = std::function<void(const T* pred, const T* y, i64 B, i64 C, i64 tc, double* sums)>;
+
 enum class GradState {
   Zero,         // every gradient is zero: just allocated, or consumed by an optimizer step
   Accumulated,  // a backward pass has added into it since
@@ -108,18 +122,68 @@ class Network {
   i64 num_params() const { return params_.size(); }
   bool compiled() const { return compiled_; }
   Loss loss() const { return loss_; }
+  bool external_loss() const { return external_loss_; }
+  const char* loss_name() const { return external_loss_ ? "custom loss" : cr::loss_name(loss_); }
+  // Columns of a target row: 1 (a class index) for sparse losses, the output width otherwise.
+  i64 target_cols() const { return external_loss_ ? out_size() : cr::target_cols(loss_, out_size()); }
+  // Targets outside the loss's domain: an argument error before any work (y: (n, target_cols)).
+  void check_targets(const T* y, i64 n) const {
+    if (!external_loss_) cr::check_targets(loss_, y, n, out_size());
+  }
   std::mutex& mutex() { return mu_; }
 
   // Set loss and optimizer. A final softmax/sigmoid that the loss can absorb is moved into
-  // the loss (fused, stable); predictions still come out through it.
-  void compile(Loss loss, const OptimConfig& opt) {
-    loss_ = loss;
-    Act fus = fusable_head(loss);
-    head_ = (fus != Act::Linear && last_act_ == fus) ? fus : Act::Linear;
-    layers_.back()->set_activation(head_ != Act::Linear ? Act::Linear : last_act_);
+  // the loss (fused, stable); predictions still come out through it. With from_logits the
+  // last layer's outputs are taken as logits: the loss applies its softmax/sigmoid (the same
+  // fused computation), and predictions are the logits themselves.
+  void compile(Loss loss, bool from_logits, const OptimConfig& opt) {
+    const Act fus = fusable_head(loss);
+    if (from_logits && fus == Act::Linear)
+      fail("from_logits applies to the cross-entropy losses; received it for ", cr::loss_name(loss));
     set_optimizer(opt);
+    loss_ = loss;
+    external_loss_ = false;
+    ext_loss_ = nullptr;
+    if (from_logits) {
+      loss_head_ = fus;
+      predict_head_ = Act::Linear;
+      layers_.back()->set_activation(last_act_);
+    } else {
+      loss_head_ = predict_head_ = (fus != Act::Linear && last_act_ == fus) ? fus : Act::Linear;
+      layers_.back()->set_activation(loss_head_ != Act::Linear ? Act::Linear : last_act_);
+    }
+    metrics_.clear();
+    set_external_metrics(0, nullptr);
     compiled_ = true;
   }
+  // Set the optimizer and a loss computed outside the core (targets: one per output).
+  void compile_external(ExternalLossFn<T> fn, const OptimConfig& opt) {
+    if (!fn) fail("compile: the external loss function is empty");
+    set_optimizer(opt);
+    external_loss_ = true;
+    ext_loss_ = std::move(fn);
+    loss_head_ = predict_head_ = Act::Linear;
+    layers_.back()->set_activation(last_act_);
+    metrics_.clear();
+    set_external_metrics(0, nullptr);
+    compiled_ = true;
+  }
+  // The metrics reported by training and evaluation: the built-in ones (their targets must
+  // have the loss's layout), then n_external computed by fn. Reported in that order.
+  void set_metrics(const std::vector<MetricSpec>& specs, i64 n_external, ExternalMetricsFn<T> fn) {
+    if (!compiled_) fail("set_metrics: the model must be compiled first");
+    const bool sparse_targets = !external_loss_ && loss_info(loss_).sparse;
+    for (const MetricSpec& m : specs) {
+      check_metric(m);
+      if (metric_info(m.kind).sparse != sparse_targets)
+        fail(metric_info(m.kind).name, " needs ", metric_info(m.kind).sparse ? "integer class labels" : "one target per output",
+             " but the loss (", loss_name(), ") takes ", sparse_targets ? "integer class labels" : "one target per output");
+    }
+    if (n_external < 0 || (n_external > 0 && !fn)) fail("set_metrics: bad external metrics (", n_external, ")");
+    metrics_ = specs;
+    set_external_metrics(n_external, std::move(fn));
+  }
+  i64 num_metrics() const { return i64(metrics_.size()) + n_ext_metrics_; }
   void set_optimizer(const OptimConfig& opt) {
     if (!(opt.learning_rate >= 0.0) || !std::isfinite(opt.learning_rate))
       fail("optimizer: learning_rate must be a finite number >= 0; received ", opt.learning_rate);
@@ -183,38 +247,53 @@ class Network {
     order_.resize(N);
     std::iota(order_.begin(), order_.end(), i64(0));
     if (shuffle) shuffle_indices(order_.data(), N, seed);
-    monitor_.begin_epoch(layers_);
-    EpochStats st;
+    begin_epoch();
     Poller poller(poll);
     const i64 total_steps = (N + batch - 1) / batch;
-    i64 seen = 0;
     for (i64 start = 0; start < N; start += batch) {
       if (poller.stop()) {
-        st.interrupted = true;
+        epoch_.interrupted = true;
         break;
       }
       const i64 B = std::min(batch, N - start);
       const T *xb, *yb, *wb;
       gather(X, Y, SW, start, B, shuffle, xb, yb, wb);
-      LossStats ls;
-      if (!train_step(xb, yb, wb, B, ls)) {
-        st.stopped_nan = true;
-        st.loss += ls.loss_sum;
-        seen += B;
-        break;
-      }
-      st.loss += ls.loss_sum;
-      st.accuracy += ls.correct;
-      st.steps += 1;
-      seen += B;
-      if (progress && progress_every > 0 && (st.steps % progress_every == 0 || seen == N)) {
-        if (!progress(st.steps, total_steps, st.loss / double(seen), st.accuracy / double(seen))) break;
+      if (!epoch_step(xb, yb, wb, B)) break;
+      if (progress && progress_every > 0 && (epoch_.steps % progress_every == 0 || epoch_.samples == N)) {
+        const EpochStats run = running_stats();
+        if (!progress(epoch_.steps, total_steps, run.loss, run.metrics)) break;
       }
     }
-    monitor_.end_epoch(st.steps, step_sums_, layers_);
-    st.samples = seen;
-    st.loss /= double(std::max<i64>(seen, 1));
-    st.accuracy /= double(std::max<i64>(seen, 1));
+    return end_epoch();
+  }
+
+  // An epoch fed one batch per call (data streamed by the caller): begin_epoch, then
+  // train_stream_batch per batch, then end_epoch for the epoch's statistics. train_epoch is
+  // the same over an array in memory. Between begin and end, only these calls (and
+  // running_stats) may train or evaluate the network.
+  void begin_epoch() {
+    if (!compiled_) fail("the model must be compiled (loss and optimizer set) before training or evaluation");
+    monitor_.begin_epoch(layers_);
+    epoch_ = EpochStats{};
+    epoch_.metrics.assign(num_metrics(), 0.0);
+  }
+  // One training step on this batch, counted in the current epoch. Returns false when
+  // stop_on_nan refused it (loss or new weights not finite; the step is undone).
+  bool train_stream_batch(const T* X, const T* Y, const T* SW, i64 B) {
+    BatchCall call(*this, B, B, NeedsCompile::Yes);
+    return epoch_step(X, Y, SW, B);
+  }
+  // The epoch so far: loss and metric means over the samples seen, steps, samples.
+  EpochStats running_stats() const {
+    EpochStats st = epoch_;
+    const double n = double(std::max<i64>(epoch_.samples, 1));
+    st.loss /= n;
+    for (double& m : st.metrics) m /= n;
+    return st;
+  }
+  EpochStats end_epoch() {
+    monitor_.end_epoch(epoch_.steps, step_sums_, layers_);
+    EpochStats st = running_stats();
     st.learning_rate = last_lr_;
     st.nonfinite_param = params_.first_nonfinite();
     return st;
@@ -285,9 +364,9 @@ class Network {
     }
     for (size_t l = 0; l < L; ++l) layers_[l]->set_rng_state(rng[l]);
     tr.output.assign(acts_.back().data(), acts_.back().data() + B * C);
-    if (head_ != Act::Linear) activation_forward(head_, T(0), tr.output.data(), B, C);
+    if (predict_head_ != Act::Linear) activation_forward(predict_head_, T(0), tr.output.data(), B, C);
     std::memcpy(probs_.data(), acts_.back().data(), sizeof(T) * B * C);
-    const LossStats ls = loss_forward_backward<T>(loss_, head_, probs_.data(), Y, SW, B, C, gbuf_[0].data());
+    const LossStats ls = compute_loss(probs_.data(), Y, SW, B, gbuf_[0].data());
     tr.output_grad.assign(gbuf_[0].data(), gbuf_[0].data() + B * C);
     // The gradient pass, into the gradient block (the layers are bound to it), saved first.
     const i64 np = params_.size();
@@ -329,8 +408,9 @@ class Network {
   EpochStats evaluate(const T* X, const T* Y, const T* SW, i64 N, i64 batch,
                       const PollFn& poll = nullptr) {
     BatchCall call(*this, N, batch, NeedsCompile::Yes);
-    const i64 tc = target_cols(loss_, out_size());
+    const i64 tc = target_cols();
     EpochStats st;
+    st.metrics.assign(num_metrics(), 0.0);
     Poller poller(poll);
     for (i64 start = 0; start < N; start += batch) {
       if (poller.stop()) {
@@ -340,15 +420,16 @@ class Network {
       const i64 B = std::min(batch, N - start);
       T* out = forward(X + start * in_size(), B, false);
       std::memcpy(probs_.data(), out, sizeof(T) * B * out_size());
-      LossStats ls = loss_forward_backward<T>(loss_, head_, probs_.data(), Y + start * tc,
-                                              SW ? SW + start : nullptr, B, out_size(), nullptr);
+      const T* yb = Y + start * tc;
+      LossStats ls = compute_loss(probs_.data(), yb, SW ? SW + start : nullptr, B, nullptr);
+      measure(probs_.data(), yb, B);
       st.loss += ls.loss_sum;
-      st.accuracy += ls.correct;
+      for (size_t k = 0; k < st.metrics.size(); ++k) st.metrics[k] += batch_metrics_[k];
     }
     st.loss += params_.penalty() * double(N);
     st.samples = N;
     st.loss /= double(N);
-    st.accuracy /= double(N);
+    for (double& m : st.metrics) m /= double(N);
     return st;
   }
 
@@ -364,7 +445,7 @@ class Network {
       T* o = forward(X + start * in_size(), B, false);
       T* dst = out + start * C;
       std::memcpy(dst, o, sizeof(T) * B * C);
-      if (head_ != Act::Linear) activation_forward(head_, T(0), dst, B, C);
+      if (predict_head_ != Act::Linear) activation_forward(predict_head_, T(0), dst, B, C);
     }
     return true;
   }
@@ -417,25 +498,79 @@ class Network {
     xbuf_.assign(batch * in_size(), T(0));
     ybuf_.assign(batch * out_size(), T(0));
     wbuf_.assign(batch, T(0));
+    sample_loss_.assign(batch, 0.0);
     probs_.assign(batch * out_size(), T(0));
     for (auto& g : gbuf_) g.assign(batch * widest, T(0));
     cap_ = batch;
   }
 
-  // Loss and accuracy of a single-batch call, as means over its B samples.
-  static EpochStats batch_stats(const LossStats& ls, i64 B) {
+  // Loss and metrics of a single-batch call (those of its last measure()), as means over
+  // its B samples.
+  EpochStats batch_stats(const LossStats& ls, i64 B) const {
     EpochStats st;
     st.loss = ls.loss_sum / double(B);
-    st.accuracy = ls.correct / double(B);
+    st.metrics.resize(batch_metrics_.size());
+    for (size_t k = 0; k < batch_metrics_.size(); ++k) st.metrics[k] = batch_metrics_[k] / double(B);
     st.samples = B;
     return st;
+  }
+
+  void set_external_metrics(i64 n, ExternalMetricsFn<T> fn) {
+    n_ext_metrics_ = n;
+    ext_metrics_ = std::move(fn);
+    batch_metrics_.assign(metrics_.size() + size_t(n), 0.0);
+  }
+
+  // The loss of one batch: out (B, C) holds the last layer's outputs; with a fused head (or
+  // from_logits) they are logits, overwritten with the probabilities. grad (B, C) or null
+  // receives d(sum_i w_i l_i / B)/d(out).
+  LossStats compute_loss(T* out, const T* y, const T* w, i64 B, T* grad) {
+    const i64 C = out_size();
+    if (!external_loss_) return loss_forward_backward<T>(loss_, loss_head_, out, y, w, B, C, grad);
+    ext_loss_(out, y, B, C, sample_loss_.data(), grad);
+    LossStats ls;
+    const double invB = 1.0 / double(B);
+    for (i64 i = 0; i < B; ++i) {
+      const double wi = w ? double(w[i]) : 1.0;
+      ls.loss_sum += wi * sample_loss_[i];
+      if (grad) {
+        const T scale = T(wi * invB);
+        for (i64 j = 0; j < C; ++j) grad[i * C + j] *= scale;
+      }
+    }
+    return ls;
+  }
+
+  // Every metric's sum over this batch into batch_metrics_. pred: (B, C) the outputs the loss
+  // saw (probabilities after a fused head); y: (B, target_cols()).
+  void measure(const T* pred, const T* y, i64 B) {
+    const i64 C = out_size();
+    for (size_t k = 0; k < metrics_.size(); ++k) batch_metrics_[k] = metric_sum(metrics_[k], pred, y, B, C);
+    if (n_ext_metrics_ > 0) {
+      double* ext = batch_metrics_.data() + metrics_.size();
+      std::fill(ext, ext + n_ext_metrics_, 0.0);
+      ext_metrics_(pred, y, B, C, target_cols(), ext);
+    }
+  }
+
+  // One training step of the current epoch (begin_epoch), its loss and metrics added to the
+  // epoch's sums. Returns false when stop_on_nan refused the step.
+  bool epoch_step(const T* x, const T* y, const T* w, i64 B) {
+    LossStats ls;
+    const bool ok = train_step(x, y, w, B, ls);
+    epoch_.loss += ls.loss_sum;
+    for (size_t k = 0; k < epoch_.metrics.size(); ++k) epoch_.metrics[k] += batch_metrics_[k];
+    epoch_.samples += B;
+    if (ok) epoch_.steps += 1;
+    else epoch_.stopped_nan = true;
+    return ok;
   }
 
   // Point xb/yb/wb at the rows of this batch: the user's arrays directly when in order,
   // otherwise the rows gathered into the preallocated batch buffers.
   void gather(const T* X, const T* Y, const T* SW, i64 start, i64 B, bool shuffled,
               const T*& xb, const T*& yb, const T*& wb) {
-    const i64 in = in_size(), tc = target_cols(loss_, out_size());
+    const i64 in = in_size(), tc = target_cols();
     if (!shuffled) {
       xb = X + start * in;
       yb = Y + start * tc;
@@ -469,12 +604,15 @@ class Network {
     return acts_.back().data();
   }
 
-  // Forward pass and loss; the loss gradient w.r.t. the output is left in gbuf_[0].
+  // Forward pass, loss and metrics; the loss gradient w.r.t. the output is left in gbuf_[0],
+  // the metric sums in batch_metrics_.
   LossStats forward_loss(const T* x, const T* y, const T* w, i64 B) {
     const i64 C = out_size();
     T* out = forward(x, B, true);
     std::memcpy(probs_.data(), out, sizeof(T) * B * C);
-    return loss_forward_backward<T>(loss_, head_, probs_.data(), y, w, B, C, gbuf_[0].data());
+    const LossStats ls = compute_loss(probs_.data(), y, w, B, gbuf_[0].data());
+    measure(probs_.data(), y, B);
+    return ls;
   }
 
   // Backward passes accumulate (+=) into the gradients, so each starts from zero: the
@@ -572,9 +710,17 @@ class Network {
   ParamStore<T> params_;  // binds the layers to their views: constructed after layers_
   GradState grad_state_ = GradState::Zero;
   Loss loss_ = Loss::MSE;
-  Act last_act_ = Act::Linear;  // the last layer's configured activation
-  Act head_ = Act::Linear;      // the activation fused into the loss, if any
+  Act last_act_ = Act::Linear;     // the last layer's configured activation
+  Act loss_head_ = Act::Linear;    // the activation the loss applies to the outputs, if any
+  Act predict_head_ = Act::Linear; // the activation predictions get after the last layer
   bool compiled_ = false;
+  bool external_loss_ = false;
+  ExternalLossFn<T> ext_loss_;
+  std::vector<MetricSpec> metrics_;
+  i64 n_ext_metrics_ = 0;
+  ExternalMetricsFn<T> ext_metrics_;
+  std::vector<double> batch_metrics_;  // per metric: its sum over the last batch measured
+  EpochStats epoch_;                   // the current epoch's sums (begin_epoch .. end_epoch)
   std::mutex mu_;
 
   // The optimizer: configuration, state slots (each parallel to the parameter block), the
@@ -592,6 +738,7 @@ class Network {
   i64 cap_ = 0;
   std::vector<avec<T>> acts_;
   avec<T> xbuf_, ybuf_, wbuf_, probs_;
+  std::vector<double> sample_loss_;  // per-sample losses from an external loss
   avec<T> gbuf_[2];
   std::vector<i64> order_;
 };

@@ -1,15 +1,18 @@
 """chainrule: backpropagation for fully connected (and convolutional) networks on CPUs,
 with the whole training epoch in a C++ core."""
 
-from . import activations, callbacks, initializers, layers, losses, optimizers, regularizers, schedules
+from . import (activations, callbacks, data, initializers, layers, losses, metrics, optimizers, regularizers,
+               schedules)
 from .gradcheck import gradient_check
+from .diagnostics import InputRangeWarning
 from .models import GradientWarning, History, NonFiniteWarning, Sequential
 from .saving import ModelFormatError, load_model
 from .system import cpu_info, get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
-__all__ = ["Sequential", "gradient_check", "History", "load_model", "ModelFormatError", "GradientWarning", "NonFiniteWarning", "layers", "optimizers", "losses",
+__all__ = ["Sequential", "gradient_check", "History", "load_model", "ModelFormatError", "GradientWarning",
+           "NonFiniteWarning", "InputRangeWarning", "layers", "optimizers", "losses", "metrics", "data",
            "activations", "initializers", "regularizers", "schedules", "callbacks", "datasets",
            "cpu_info", "set_num_threads", "get_num_threads", "__version__"]
 

@@ -1,6 +1,8 @@
-"""The fit loop behind ``Sequential.fit``: argument checks, training and validation data,
-then per epoch one call into the C++ core (``train_epoch``), validation, logging and the
-callbacks. Python runs only between epochs; every number is computed in the core.
+"""The fit loop behind ``Sequential.fit``: argument checks, training and validation data, then
+per epoch the C++ core's training, validation, logging and the callbacks. Data in arrays is
+trained by one core call per epoch (``train_epoch``); streamed data (a Dataset, iterable or
+generator; see ``data.py``) by one core call per batch, fed by a background reader. Python
+runs only between epochs and, streaming, between batches; every number is computed in the core.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 
 from . import _checks
 from . import callbacks as _callbacks
+from . import data as _data
 from . import diagnostics
 from ._progress import ProgressBar
 from .history import History
@@ -22,6 +25,7 @@ from .history import History
 # step, so small batches buy nothing there, and bigger ones are faster (fewer, larger GEMMs).
 # The same size is evaluate()'s default batch size.
 VALIDATION_MIN_BATCH_SIZE = 256
+DEFAULT_BATCH_SIZE = 32  # Keras's
 
 # Epoch e's dropout masks come from _epoch_seed(seed, DROPOUT_SEED_OFFSET + e), its shuffle
 # order from _epoch_seed(seed, e): for any epoch below 2**31 the two draw from disjoint seed
@@ -47,30 +51,47 @@ class _Options(NamedTuple):
     seed: int
     callbacks: list
     gradient_warnings: bool
+    steps_per_epoch: int | None
+    validation_steps: int | None
+    stop_on_nonfinite: bool
 
 
 def fit(model, x, y, epochs, batch_size, verbose, callbacks, validation_split, validation_data,
-        shuffle, seed, sample_weight, class_weight, gradient_warnings, initial_epoch):
+        shuffle, seed, sample_weight, class_weight, gradient_warnings, initial_epoch,
+        steps_per_epoch, validation_steps, stop_on_nonfinite):
     """``Sequential.fit`` (documented there), run while the model is marked as training."""
     opts = _check_options(epochs, initial_epoch, batch_size, verbose, validation_split, shuffle,
-                          seed, callbacks, gradient_warnings)
-    train, val = _prepare_data(model, x, y, sample_weight, class_weight, opts.split,
-                               validation_split, validation_data)
-    history = History()
-    n = train[0].shape[0]
-    history.params = {"epochs": opts.epochs, "batch_size": opts.batch_size, "samples": n,
-                      "steps": -(-n // opts.batch_size)}
+                          seed, callbacks, gradient_warnings, steps_per_epoch, validation_steps,
+                          stop_on_nonfinite)
+    if _data.is_stream(x):
+        _check_stream_arguments("fit", y, batch_size, sample_weight)
+        if opts.split:
+            raise ValueError("fit: validation_split needs x and y as arrays; with a generator, iterable or "
+                             "Dataset pass validation_data")
+        train = StreamData(model, x, "x", opts.steps_per_epoch, class_weight)
+    else:
+        if opts.steps_per_epoch is not None:
+            raise ValueError("fit: steps_per_epoch applies to a generator, iterable or Dataset; with arrays an "
+                             "epoch is one pass over them (cr.data.Dataset(x, y, batch_size) takes "
+                             "steps_per_epoch)")
+        train = ArrayData(*_prepare_arrays(model, x, y, sample_weight, class_weight))
+    val = _validation(model, train, validation_data, validation_split, opts)
+    _check_input_range(model, train.sample_x)
+    history, cbs = _history_and_callbacks(opts.callbacks)
+    history.params = {"epochs": opts.epochs, "steps": train.steps(opts.batch_size),
+                      "batch_size": None if isinstance(train, StreamData) else opts.batch_size,
+                      "samples": train.samples}
     model.history = history
     model.stop_training = False
-    _run_epochs(model, opts, train, val, history)
+    _run_epochs(model, opts._replace(callbacks=cbs), train, val, history)
     return history
 
 
 def _check_options(epochs, initial_epoch, batch_size, verbose, validation_split, shuffle, seed,
-                   callbacks, gradient_warnings):
+                   callbacks, gradient_warnings, steps_per_epoch, validation_steps, stop_on_nonfinite):
     epochs = _checks.positive_int("epochs", epochs)
     initial_epoch = _checks.non_negative_int("initial_epoch", initial_epoch)
-    batch_size = _checks.positive_int("batch_size", batch_size)
+    batch_size = DEFAULT_BATCH_SIZE if batch_size is None else _checks.positive_int("batch_size", batch_size)
     verbose = _checks.verbosity("verbose", verbose)
     split = _checks.fraction("validation_split", validation_split)
     shuffle = _checks.flag("shuffle", shuffle)
@@ -81,32 +102,79 @@ def _check_options(epochs, initial_epoch, batch_size, verbose, validation_split,
     for cb in callbacks:
         if not isinstance(cb, _callbacks.Callback):
             raise TypeError(f"callbacks must be chainrule.callbacks.Callback instances; received {cb!r}")
+    steps_per_epoch = None if steps_per_epoch is None else _checks.positive_int("steps_per_epoch", steps_per_epoch)
+    validation_steps = (None if validation_steps is None
+                        else _checks.positive_int("validation_steps", validation_steps))
+    stop_on_nonfinite = _checks.flag("stop_on_nonfinite", stop_on_nonfinite)
     return _Options(epochs, initial_epoch, batch_size, verbose, split, shuffle, seed, callbacks,
-                    gradient_warnings)
+                    gradient_warnings, steps_per_epoch, validation_steps, stop_on_nonfinite)
 
 
-def _prepare_data(model, x, y, sample_weight, class_weight, split, validation_split, validation_data):
-    """(X, Y, SW) to train on and (X, Y, SW) to validate on (or None), converted once."""
+def _check_stream_arguments(what, y, batch_size, sample_weight):
+    """Arguments that belong to arrays, refused when x is a stream of batches (as Keras)."""
+    if y is not None:
+        raise ValueError(f"{what}: y must not be given when x is a generator, iterable or Dataset: its "
+                         "batches carry the targets, as (x, y) or (x, y, sample_weight)")
+    if batch_size is not None:
+        raise ValueError(f"{what}: batch_size must not be given when x is a generator, iterable or Dataset: "
+                         "its batches have their own size")
+    if sample_weight is not None:
+        raise ValueError(f"{what}: sample_weight must not be given when x is a generator, iterable or "
+                         "Dataset: yield (x, y, sample_weight) batches instead")
+
+
+def _history_and_callbacks(callbacks):
+    """The History this fit records into (one the user passed among the callbacks, as in
+    Keras, or a new one) and the callback list with it last."""
+    history = next((cb for cb in callbacks if isinstance(cb, History)), None) or History()
+    return history, [cb for cb in callbacks if cb is not history] + [history]
+
+
+# -- data -------------------------------------------------------------------------------------
+
+def _prepare_arrays(model, x, y, sample_weight, class_weight):
+    """(X, Y, SW) converted once."""
+    if y is None:
+        raise TypeError("fit: y is required when x is an array (or pass a generator, iterable or "
+                        "cr.data.Dataset yielding (x, y) batches)")
     X, Y, SW = model._prepare(x, y, sample_weight)
     if class_weight is not None:
         SW = _apply_class_weight(model, class_weight, Y, SW)
+    return X, Y, SW
+
+
+def _validation(model, train, validation_data, validation_split, opts):
+    """The validation data (ArrayData or StreamData) or None; with validation_split, the
+    last fraction of the training arrays (train is shortened in place)."""
     if validation_data is not None:
-        if split:
+        if opts.split:
             raise ValueError("pass either validation_split or validation_data, not both")
+        if _data.is_stream(validation_data):
+            if (_data.is_iterator(validation_data) and opts.validation_steps is None
+                    and opts.epochs - opts.initial_epoch > 1):
+                raise ValueError("fit: validation_data is an iterator, which is consumed across epochs: pass "
+                                 "validation_steps (batches per validation), or an iterable or cr.data.Dataset")
+            return StreamData(model, validation_data, "validation_data", opts.validation_steps, None)
+        if opts.validation_steps is not None:
+            raise ValueError("fit: validation_steps applies when validation_data is a generator, iterable or "
+                             "Dataset")
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
             raise ValueError("validation_data must be a tuple (x_val, y_val) or (x_val, y_val, "
                              f"sample_weight_val); received {type(validation_data).__name__}")
-        val = model._prepare(*validation_data, xname="validation_data x", yname="validation_data y")
-        return (X, Y, SW), val
-    if not split:
-        return (X, Y, SW), None
+        return ArrayData(*model._prepare(*validation_data, xname="validation_data x",
+                                         yname="validation_data y"))
+    if opts.validation_steps is not None:
+        raise ValueError("fit: validation_steps needs validation_data")
+    if not opts.split:
+        return None
+    X, Y, SW = train.X, train.Y, train.SW
     n = X.shape[0]
-    split_at = int(n * (1.0 - split))
+    split_at = int(n * (1.0 - opts.split))
     if split_at < 1 or split_at >= n:
         raise ValueError(f"validation_split={validation_split!r} leaves {split_at} training and "
                          f"{n - split_at} validation samples out of {n}; both must be >= 1")
-    val = (X[split_at:], Y[split_at:], None if SW is None else SW[split_at:])
-    return (X[:split_at], Y[:split_at], None if SW is None else SW[:split_at]), val
+    train.X, train.Y, train.SW = X[:split_at], Y[:split_at], None if SW is None else SW[:split_at]
+    return ArrayData(X[split_at:], Y[split_at:], None if SW is None else SW[split_at:])
 
 
 def _apply_class_weight(model, class_weight, Y, SW):
@@ -134,12 +202,172 @@ def _apply_class_weight(model, class_weight, Y, SW):
     return _checks.as_finite("class_weight x sample_weight", weights, model._np_dtype())
 
 
+def _check_input_range(model, x):
+    """The first fit of a model looks at the size of its inputs, once."""
+    if model._input_range_checked:
+        return
+    model._input_range_checked = True
+    arr = np.asarray(x)
+    if arr.size and np.issubdtype(arr.dtype, np.number):
+        diagnostics.warn_input_range(_checks.max_abs(arr), arr.dtype)
+
+
+class ArrayData:
+    """Training or validation data held in arrays, converted once: (X, Y, SW)."""
+
+    def __init__(self, X, Y, SW):
+        self.X, self.Y, self.SW = X, Y, SW
+        self.ran_out = False
+
+    @property
+    def sample_x(self):
+        return self.X
+
+    @property
+    def samples(self):
+        return int(self.X.shape[0])
+
+    def steps(self, batch_size):
+        return -(-self.samples // batch_size)
+
+    def train_epoch(self, model, opts, epoch, bar):
+        return model._core.train_epoch(self.X, self.Y, self.SW, opts.batch_size, opts.shuffle,
+                                       _epoch_seed(opts.seed, epoch), bar.update if bar else None,
+                                       bar.every if bar else 0)
+
+    def evaluate(self, model, batch_size):
+        return model._core.evaluate(self.X, self.Y, self.SW, max(batch_size, VALIDATION_MIN_BATCH_SIZE))
+
+
+class StreamData:
+    """Batches from a Dataset, iterable or iterator (``what`` names it in messages). The first
+    batch is read at once (it builds an unbuilt model); an iterable is iterated afresh per
+    pass, an iterator continues. ``steps``: batches per pass (None: until exhausted)."""
+
+    def __init__(self, model, source, what, steps, class_weight, need_y=True):
+        self.source, self.what, self.limit, self.need_y = source, what, steps, need_y
+        self.is_iterator = _data.is_iterator(source)
+        it = source if self.is_iterator else iter(source)
+        try:
+            first = next(it)
+        except StopIteration:
+            raise ValueError(f"{what} yielded no batches") from None
+        x0 = _checks.as_array(f"{what} x", _data.unpack(first, what, need_y)[0])
+        model._ensure_built(x0)
+        self.sample_x = x0
+        self._pending = (it, first)
+        self._prepare = _batch_preparer(model, what, class_weight, need_y)
+        self.ran_out = False
+
+    @property
+    def samples(self):
+        return None
+
+    def steps(self, batch_size=None):
+        if self.limit is not None:
+            return self.limit
+        try:
+            return len(self.source) if not self.is_iterator else None
+        except TypeError:
+            return None
+
+    def batches(self):
+        """A Prefetcher over the next pass (its first ``steps`` batches)."""
+        if self._pending is not None:
+            (it, first), self._pending = self._pending, None
+            return _data.Prefetcher(it, self._prepare, limit=self.limit, first=first)
+        it = self.source if self.is_iterator else iter(self.source)
+        return _data.Prefetcher(it, self._prepare, limit=self.limit)
+
+    def train_epoch(self, model, opts, epoch, bar):
+        """One epoch, one core call per batch; None when the source had no batch left."""
+        core = model._core
+        core.begin_epoch()
+        reader = self.batches()
+        batches = iter(reader)
+        count = 0
+        try:
+            for X, Y, SW in batches:
+                ok = core.train_stream_batch(X, Y, SW)
+                count += 1
+                if bar is not None and count % bar.every == 0:
+                    run = core.running_stats()
+                    bar.update(count, bar.total, run["loss"], run["metrics"])
+                if not ok:
+                    break
+        finally:
+            batches.close()
+            stats = core.end_epoch()
+        self.ran_out = count == 0 or (self.limit is not None and reader.exhausted)
+        return stats if count else None
+
+    def evaluate(self, model, batch_size=None):
+        """Loss and metric means over the batches of one pass, as core.evaluate gives them."""
+        core = model._core
+        n, loss, metrics = 0, 0.0, None
+        for X, Y, SW in self.batches():
+            st = core.evaluate(X, Y, SW, X.shape[0])
+            b = int(st["samples"])
+            n += b
+            loss += st["loss"] * b
+            m = np.asarray(st["metrics"], dtype=np.float64) * b
+            metrics = m if metrics is None else metrics + m
+        if n == 0:
+            raise ValueError(f"{self.what} yielded no batches (an exhausted iterator? pass an iterable, a "
+                             "cr.data.Dataset, or steps)")
+        return {"loss": loss / n, "metrics": list(metrics / n), "samples": n}
+
+    def predict(self, model, on_batch=None):
+        """The outputs for every batch of one pass, concatenated."""
+        outs = []
+        for X in self.batches():
+            outs.append(model._core.predict(X, X.shape[0]))
+            if on_batch is not None:
+                on_batch(len(outs), sum(len(o) for o in outs))
+        return np.concatenate(outs, axis=0)
+
+
+def _batch_preparer(model, what, class_weight, need_y):
+    """prepare(raw_batch, slot) for a Prefetcher: the batch checked and converted into the
+    slot's buffers, as (X, Y, SW) (X alone without need_y)."""
+    dtype = model._np_dtype()
+    sample_shape = model._input_shape
+    out_units = int(math.prod(model.output_shape))
+
+    def prepare(raw, slot):
+        x, y, sw = _data.unpack(raw, what, need_y)
+        samples = _checks.checked_samples(f"{what} x", x, sample_shape)
+        n = samples.shape[0]
+        X = _checks.copy_samples_into(f"{what} x", samples, slot.array("x", n, math.prod(sample_shape), dtype))
+        if not need_y:
+            return X
+        Yc = _checks.prepare_y(f"{what} y", y, n, model._loss_label(), out_units, dtype)
+        Y = slot.array("y", n, Yc.shape[1], dtype)
+        Y[...] = Yc
+        SWc = _checks.prepare_sample_weight(sw, n, dtype)
+        if class_weight is not None:
+            SWc = _apply_class_weight(model, class_weight, Yc, SWc)
+        SW = None
+        if SWc is not None:
+            SW = slot.array("sw", n, 1, dtype)[:, 0]
+            SW[...] = SWc
+        return X, Y, SW
+
+    return prepare
+
+
+# -- epochs -------------------------------------------------------------------------------------
+
 def _run_epochs(model, opts, train, val, history):
     """The epochs from initial_epoch on, with the callbacks around each; stops early when a
-    callback sets ``model.stop_training``."""
+    callback sets ``model.stop_training``, the loss becomes non-finite (with
+    ``stop_on_nonfinite``) or a stream runs out of batches."""
     warned = set()  # the warnings given so far: one of each kind per fit
+    core = model._core
     for cb in opts.callbacks:
         cb.set_model(model)
+    if opts.stop_on_nonfinite and not model._stop_on_nonfinite:
+        core.set_stop_on_nan(True)
     try:
         for cb in opts.callbacks:
             cb.on_train_begin({})
@@ -147,6 +375,8 @@ def _run_epochs(model, opts, train, val, history):
             for cb in opts.callbacks:
                 cb.on_epoch_begin(epoch, {})
             logs = _run_epoch(model, epoch, opts, train, val, history, warned)
+            if logs is None:
+                break
             for cb in opts.callbacks:
                 cb.on_epoch_end(epoch, logs)
             if model.stop_training:
@@ -154,37 +384,46 @@ def _run_epochs(model, opts, train, val, history):
     finally:
         for cb in opts.callbacks:
             cb.on_train_end({})
+        core.set_stop_on_nan(model._stop_on_nonfinite)
 
 
 def _run_epoch(model, epoch, opts, train, val, history, warned):
-    """One epoch in the core, then validation, the history record, the gradient monitor's
-    warnings and the progress output. Returns the epoch's logs."""
+    """One epoch in the core, then validation, the history's layer statistics, the warnings
+    and the progress output. Returns the epoch's logs (None: no batch was left to train on)."""
     core = model._core
     core.seed_layers(_epoch_seed(opts.seed, DROPOUT_SEED_OFFSET + epoch))
     bar = None
     if opts.verbose == 1:
         print(f"Epoch {epoch + 1}/{opts.epochs}", flush=True)
-        bar = ProgressBar(history.params["steps"])
+        bar = ProgressBar(history.params["steps"], model._core_metric_names())
     t0 = time.perf_counter()
-    stats = core.train_epoch(*train, opts.batch_size, opts.shuffle, _epoch_seed(opts.seed, epoch),
-                             bar.update if bar else None, bar.every if bar else 0)
-    model._last_epoch_stats = stats
+    stats = train.train_epoch(model, opts, epoch, bar)
+    if stats is None:
+        diagnostics.warn_ran_out(train.what, epoch, opts.steps_per_epoch)
+        model.stop_training = True
+        return None
+    model._last_epoch_stats = model._named_stats(stats)
     if "nonfinite" not in warned:
         diagnostics.warn_nonfinite(model, stats, f"epoch {epoch + 1}", warned)
     logs = model._logs(stats)
     if val is not None:
-        batch_size = max(opts.batch_size, VALIDATION_MIN_BATCH_SIZE)
-        logs.update(model._logs(core.evaluate(*val, batch_size), "val_"))
+        logs.update(model._logs(val.evaluate(model, opts.batch_size), "val_"))
     logs["lr"] = float(stats["learning_rate"])
     layer_stats = diagnostics.layer_stats(model)
-    history._record(epoch, logs)
     history._record_layers(layer_stats)
     if opts.gradient_warnings:
         diagnostics.warn_gradients(layer_stats, epoch, warned)
+        diagnostics.warn_dead_units(layer_stats, epoch, warned)
     if bar is not None:
-        bar.finish(logs)
+        bar.finish(logs, int(stats["steps"]) + (1 if stats["stopped_nan"] else 0))
     elif opts.verbose == 2:
         _print_epoch_line(epoch, opts.epochs, time.perf_counter() - t0, logs)
+    if stats["stopped_nan"] and opts.stop_on_nonfinite:
+        diagnostics.warn_nonfinite_stop(model, epoch, stats)
+        model.stop_training = True
+    if train.ran_out:
+        diagnostics.warn_ran_out(train.what, epoch, opts.steps_per_epoch)
+        model.stop_training = True
     return logs
 
 

@@ -1,24 +1,31 @@
 """History: the per-epoch record that ``Sequential.fit`` returns, and its plot.
 
-It only stores and draws what the fit loop (``fit_loop.py``) hands it; it computes nothing.
+It is a callback (Keras's ``callbacks.History``), called after the others at the end of each
+epoch; it only stores and draws what the fit loop (``fit_loop.py``) hands it, and computes
+nothing.
 """
 
 from __future__ import annotations
 
 import os
 
+from .callbacks import Callback
+
 __all__ = ["History"]
 
 
-class History:
+class History(Callback):
     """Per-epoch metrics returned by :meth:`Sequential.fit`.
 
     ``history.history`` maps each metric name (``loss``, ``accuracy``, ``val_loss``,
     ``val_accuracy``, …) to a list with one value per epoch; ``history["loss"]`` and
-    ``history.loss`` are shortcuts.
+    ``history.loss`` are shortcuts. As in Keras, ``fit`` records into the History passed
+    among its ``callbacks`` (and returns it), or into a new one; ``on_train_begin`` clears
+    ``epoch``, while ``history`` keeps growing when the same History is passed to several fits.
     """
 
     def __init__(self):
+        super().__init__()
         self.history: dict[str, list] = {}
         self.epoch: list[int] = []
         self.params: dict = {}
@@ -27,6 +34,14 @@ class History:
         # kernel_update_ratio (mean ||Δw|| / ||w||), kernel_weight_norm, and for ReLU-family
         # layers dead_fraction (units never positive on any training sample of the epoch).
         self.layer_stats: dict[str, dict[str, list]] = {}
+
+    def on_train_begin(self, logs=None):
+        self.epoch = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._record(epoch, logs or {})
+        if self.model is not None:
+            self.model.history = self
 
     def _record(self, epoch, logs):
         self.epoch.append(epoch)
