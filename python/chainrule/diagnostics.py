@@ -85,12 +85,11 @@ def warn_nonfinite_stop(model, epoch, stats):
           NonFiniteWarning)
 
 
-def warn_input_range(max_abs, dtype):
+def warn_input_range(max_abs):
     """An InputRangeWarning when the inputs' largest |value| exceeds INPUT_RANGE_LIMIT."""
     if not max_abs > INPUT_RANGE_LIMIT:
         return
-    kind = "integers" if dtype.kind in "iub" else "values"
-    _warn(f"the inputs are far outside the range networks train well on: {kind} up to |x| = {max_abs:.4g}. "
+    _warn(f"the inputs are far outside the range networks train well on: inputs up to |x| = {max_abs:.4g}. "
           "With such inputs the first layer's pre-activations are huge, ReLU units die and training "
           "stalls or diverges. Scale them first: cr.datasets.scale(x) maps 0..255 pixels to [0, 1], "
           "cr.datasets.standardize(x_train, x_test) gives zero mean and unit variance per feature. "

@@ -209,7 +209,7 @@ def _check_input_range(model, x):
     model._input_range_checked = True
     arr = np.asarray(x)
     if arr.size and np.issubdtype(arr.dtype, np.number):
-        diagnostics.warn_input_range(_checks.max_abs(arr), arr.dtype)
+        diagnostics.warn_input_range(_checks.max_abs(arr))
 
 
 class ArrayData:
