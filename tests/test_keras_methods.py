@@ -323,20 +323,21 @@ def test_inputs_beyond_a_thousand_warn_and_streams_are_checked_on_their_first_ba
         m2.fit(cr.data.Dataset(x * 2000, y, batch_size=10), epochs=1, verbose=0)
 
 
-def test_a_nan_loss_stops_fit_with_the_last_finite_weights_by_default():
+@pytest.mark.parametrize("lr", [10.0, 1.2])  # diverges in the first epoch / after four epochs
+def test_a_nan_loss_stops_fit_with_the_last_finite_weights_by_default(lr):
     # The case that ran every remaining epoch on NaN: a learning rate of 10.
     x, y, _, _ = _digits()
     x, y = cr.datasets.scale(x, 0, 16), y.astype(np.float64)
 
     def regression():
         m = cr.Sequential([Dense(64, activation="relu"), Dense(1)], seed=0)
-        m.compile(optimizer=cr.optimizers.SGD(10.0), loss="mse", metrics=["mae"])
+        m.compile(optimizer=cr.optimizers.SGD(lr), loss="mse", metrics=["mae"])
         return m
 
     m = regression()
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        h = m.fit(x, y, epochs=20, verbose=0, seed=0)
+        h = m.fit(x, y, epochs=20, verbose=0, seed=0, shuffle=False)
     stops = [str(w.message) for w in rec if w.category is cr.NonFiniteWarning]
     assert len(stops) == 1 and f"fit stopped in epoch {len(h.epoch)}" in stops[0], stops
     assert "stop_on_nonfinite=False" in stops[0] and "Lower the learning rate" in stops[0]
@@ -344,8 +345,18 @@ def test_a_nan_loss_stops_fit_with_the_last_finite_weights_by_default():
     assert all(np.isfinite(w).all() for w in m.get_weights())
     assert all(math.isfinite(v) for v in m.evaluate(x, y))
     assert m.last_epoch_stats["stopped_nan"] and m.stop_on_nonfinite is False
-    assert m._core.step_count == m.last_epoch_stats["steps"] + sum(
-        h.params["steps"] for _ in h.epoch[:-1])  # the refused step is not counted
+    # the state put back is a real past one, at most 32 steps before the refused step: the
+    # same number of steps replayed one batch at a time reaches exactly these weights
+    taken = m.last_epoch_stats["steps"] + h.params["steps"] * (len(h.epoch) - 1)
+    k = m._core.step_count
+    assert 0 <= taken - k <= 32
+    replay = regression()
+    replay.build(x.shape[1:])
+    batches = [(x[i:i + 32], y[i:i + 32]) for i in range(0, len(x), 32)]
+    for i in range(k):
+        replay.train_on_batch(*batches[i % len(batches)])
+    for a, b in zip(m.get_weights(), replay.get_weights()):
+        np.testing.assert_array_equal(a, b)
     # opting out: every epoch runs (on NaN), as before
     m2 = regression()
     with warnings.catch_warnings():

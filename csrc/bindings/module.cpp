@@ -327,7 +327,7 @@ void bind_network(py::module_& m, const char* name) {
       .def("seed_layers", locked_call(&Net::seed_layers))
       .def("set_regularization", locked_call(&Net::set_regularization), py::arg("index"), py::arg("l1"),
            py::arg("l2"))
-      .def("set_stop_on_nan", locked_call(&Net::set_stop_on_nan))
+      .def("set_stop_on_nan", locked_call(&Net::set_stop_on_nan), py::arg("on"), py::arg("every") = 1)
       .def("set_monitor", locked_call(&Net::set_monitor))
       .def("set_lr_scale", locked_call(&Net::set_lr_scale))
       .def("set_step_count", locked_call(&Net::set_step_count))

@@ -225,7 +225,8 @@ class Network {
   void state_changed() { nan_guard_.invalidate(); }
   // Stop an epoch at the first non-finite loss or weight and restore the weights and the
   // optimizer state of the last finite step.
-  void set_stop_on_nan(bool on) { nan_guard_.set_enabled(on); }
+  // every: steps between snapshots (1: a stop restores the last finite step exactly).
+  void set_stop_on_nan(bool on, i64 every = 1) { nan_guard_.set_enabled(on, every); }
   // Per-layer monitoring (gradient norms, update ratios, dead units): on by default.
   void set_monitor(bool on) { monitor_.set_enabled(on); }
   const std::vector<ParamHealth>& param_health() const { return monitor_.health(); }
@@ -675,7 +676,8 @@ class Network {
   // weights, optimizer state and step count are then put back to the last ones whose loss
   // was finite: those before this step (new weights not finite) or before the previous one
   // (the loss of the weights it left is not finite), if that step was taken in this run
-  // of stop_on_nan with no change of the weights from outside since.
+  // of stop_on_nan with no change of the weights from outside since. With snapshots every
+  // N > 1 steps, to the last snapshot's: a finite state at most N steps back.
   bool train_step(const T* x, const T* y, const T* w, i64 B, LossStats& ls) {
     ls = forward_loss(x, y, w, B);
     if (nan_guard_.enabled() && !std::isfinite(ls.loss_sum)) {
@@ -683,7 +685,7 @@ class Network {
       nan_guard_.restore(params_, opt_state_, step_);
       return false;
     }
-    if (nan_guard_.enabled()) nan_guard_.take(params_, opt_state_, step_);
+    if (nan_guard_.enabled() && nan_guard_.due(step_)) nan_guard_.take(params_, opt_state_, step_);
     last_lr_ = current_learning_rate();
     ++step_;
     start_gradient_pass();

@@ -75,11 +75,13 @@ def warn_nonfinite(model, stats, when, warned=None):
           "at the last finite step.", NonFiniteWarning)
 
 
-def warn_nonfinite_stop(model, epoch, stats):
-    """fit's default stop at a non-finite loss or weight (stop_on_nonfinite=True)."""
+def warn_nonfinite_stop(model, epoch, stats, every):
+    """fit's default stop at a non-finite loss or weight (stop_on_nonfinite=True); ``every``:
+    the steps between the snapshots it restored from."""
+    back = "the last finite step" if every == 1 else f"a finite step at most {every} steps earlier"
     _warn(f"fit stopped in epoch {epoch + 1}: the loss or the weights became NaN or infinite at step "
-          f"{int(stats['steps']) + 1} of the epoch. The weights and optimizer state of the last finite "
-          f"step are restored. Lower the learning rate (the last step's was {stats['learning_rate']:.3g}), "
+          f"{int(stats['steps']) + 1} of the epoch. The weights and optimizer state of {back} are "
+          f"restored. Lower the learning rate (the last step's was {stats['learning_rate']:.3g}), "
           "clip gradients (clipnorm=... on the optimizer), or scale the inputs "
           "(cr.datasets.scale / standardize); fit(..., stop_on_nonfinite=False) trains on regardless.",
           NonFiniteWarning)

@@ -27,6 +27,13 @@ from .history import History
 VALIDATION_MIN_BATCH_SIZE = 256
 DEFAULT_BATCH_SIZE = 32  # Keras's
 
+# fit's default stop at a non-finite loss (stop_on_nonfinite=True) snapshots the weights and
+# optimizer state every this many steps: the copy costs about as much as a small step, so
+# taking it every step would slow small-batch training by up to ~20%; spread over 32 steps it
+# is noise, and a stop goes back at most 32 steps. The model's own stop_on_nonfinite (and
+# TerminateOnNaN) snapshot every step and put back exactly the last finite one.
+NONFINITE_SNAPSHOT_EVERY = 32
+
 # Epoch e's dropout masks come from _epoch_seed(seed, DROPOUT_SEED_OFFSET + e), its shuffle
 # order from _epoch_seed(seed, e): for any epoch below 2**31 the two draw from disjoint seed
 # streams, so the masks never repeat a shuffle's random numbers.
@@ -367,7 +374,7 @@ def _run_epochs(model, opts, train, val, history):
     for cb in opts.callbacks:
         cb.set_model(model)
     if opts.stop_on_nonfinite and not model._stop_on_nonfinite:
-        core.set_stop_on_nan(True)
+        core.set_stop_on_nan(True, NONFINITE_SNAPSHOT_EVERY)
     try:
         for cb in opts.callbacks:
             cb.on_train_begin({})
@@ -419,7 +426,8 @@ def _run_epoch(model, epoch, opts, train, val, history, warned):
     elif opts.verbose == 2:
         _print_epoch_line(epoch, opts.epochs, time.perf_counter() - t0, logs)
     if stats["stopped_nan"] and opts.stop_on_nonfinite:
-        diagnostics.warn_nonfinite_stop(model, epoch, stats)
+        every = 1 if model._stop_on_nonfinite else NONFINITE_SNAPSHOT_EVERY
+        diagnostics.warn_nonfinite_stop(model, epoch, stats, every)
         model.stop_training = True
     if train.ran_out:
         diagnostics.warn_ran_out(train.what, epoch, opts.steps_per_epoch)
