@@ -193,9 +193,13 @@ def test_stream_arguments_with_arrays_raise():
 
 @pytest.mark.parametrize("batch,match", [
     ((np.zeros((4, 5)), np.zeros(4)), r"x must have shape \(None, 6\); received shape \(4, 5\)"),
-    ((np.zeros((4, 6)), np.array([0, 1, 2, 3])), r"labels must be in \[0, 3\)"),
+    ((np.zeros((4, 6)), np.array([0, 1, 2, 3])), r"y must hold integer class labels in \[0, 3\) .*received "
+                                                  r"3\.0 at batch 1, row 3"),
     ((np.zeros((4, 6)), np.zeros(3)), r"same number of samples"),
-    ((np.full((4, 6), np.nan), np.zeros(4)), r"x contains NaN or infinite values \(first at index \(0, 0\)"),
+    ((np.full((4, 6), np.nan), np.zeros(4)), r"x contains NaN or infinite values.*\(first at batch 1, row 0, "
+                                             r"feature 0: nan\)"),
+    ((np.zeros((4, 6)), np.zeros(4), -np.ones(4)), r"sample_weight must be finite and >= 0; received -1\.0"),
+    ((np.zeros((4, 6)), np.zeros(4), np.ones(3)), r"sample_weight must have shape \(4,\)"),
     ((np.zeros((4, 6)),), r"each batch must be \(x, y\)"),
     ((np.zeros((4, 6)), np.zeros(4), np.ones(4), 1), r"each batch must be \(x, y\)"),
 ])
@@ -203,13 +207,41 @@ def test_a_bad_batch_raises_in_the_caller_and_leaves_no_thread(batch, match):
     x, y = _data()
 
     def gen():
-        yield x[:10], y[:10]
+        yield (x[:10], y[:10]) + ((np.ones(10),) if len(batch) == 3 else ())
         yield batch
 
     m = _model()
     with pytest.raises(ValueError, match=match):
         m.fit(gen(), epochs=1, verbose=0)
     assert not _prefetch_threads()
+
+
+def test_bad_values_in_a_dataset_are_named_by_batch_and_row():
+    x, y = _data()
+    xb = x.copy()
+    xb[37, 2] = np.inf
+    with pytest.raises(ValueError, match=r"x contains NaN or infinite .*\(first at batch 1, row 5, feature 2: inf\)"):
+        _model().fit(Dataset(xb, y, batch_size=32), verbose=0)
+    yb = y.copy()
+    yb[70] = 7
+    with pytest.raises(ValueError, match=r"y must hold integer class labels in \[0, 3\).*7\.0 at batch 2, row 6"):
+        _model().fit(Dataset(x, yb, batch_size=32), verbose=0)
+    with pytest.raises(ValueError, match=r"the Dataset has no y"):
+        _model().fit(Dataset(x, batch_size=32), verbose=0)
+    with pytest.raises(ValueError, match=r"y must have shape \(200,\) for sparse_categorical_crossentropy"):
+        _model().fit(Dataset(x, np.eye(3)[y], batch_size=32), verbose=0)
+    assert not _prefetch_threads()
+
+
+def test_batches_with_and_without_sample_weights_do_not_mix():
+    x, y = _data()
+
+    def gen():
+        yield x[:10], y[:10]
+        yield x[10:20], y[10:20], np.ones(10)
+
+    with pytest.raises(ValueError, match="every batch must carry sample weights, or none; batch 1 has them"):
+        _model().fit(gen(), verbose=0)
 
 
 def test_an_exception_in_the_generator_propagates_unchanged():
@@ -251,32 +283,41 @@ def test_verbose_streams_print_a_bar(capsys):
 
 
 # -- the reader ---------------------------------------------------------------------------------------
-def test_the_reader_reuses_its_buffers_and_reads_at_most_two_ahead():
+def test_the_reader_chunks_batches_reuses_its_buffers_and_reads_at_most_two_chunks_ahead():
     from chainrule.data import Prefetcher
     produced = []
 
     def gen():
-        for i in range(10):
+        for i in range(11):
             produced.append(i)
             yield np.full((4, 3), float(i))
 
-    def prepare(raw, slot):
-        buf = slot.array("x", raw.shape[0], raw.shape[1], np.float32)
-        buf[...] = raw
-        return buf
+    def add(raw, buffers):
+        buffers.rows_for("x", raw.shape[0], raw.shape[1], np.float32)[...] = raw
+        buffers.commit(raw.shape[0])
 
-    reader = Prefetcher(gen(), prepare, depth=2)
-    seen, buffers = [], set()
-    for i, b in enumerate(reader):
-        if i == 3:
+    def finish(buffers):
+        return buffers.view("x"), list(buffers.sizes)
+
+    # chunks of 3 batches: 3 x 4 rows of 4 bytes each fill chunk_bytes=48
+    reader = Prefetcher(gen(), add, finish, depth=2, chunk_bytes=48, row_bytes=4)
+    seen, sizes, buffers = [], [], set()
+    for i, (x, sz) in enumerate(reader):
+        if i == 1:
             import time
-            time.sleep(0.2)  # the thread may run ahead while the consumer holds batch 3
-            assert len(produced) <= i + 1 + 2
-        seen.append(float(b[0, 0]))
-        buffers.add(b.__array_interface__["data"][0])
-    assert seen == [float(i) for i in range(10)]
-    assert len(buffers) == 3  # depth + 1 slots, allocated once and reused
+            time.sleep(0.2)  # the thread may run ahead while the consumer holds chunk 1
+            assert len(produced) <= 3 * (i + 1 + 2)
+        seen += [float(v) for v in x[::4, 0]]
+        sizes.append(sz)
+        buffers.add(x.__array_interface__["data"][0])
+    assert seen == [float(i) for i in range(11)]
+    assert sizes == [[4, 4, 4], [4, 4, 4], [4, 4, 4], [4, 4]]
+    assert len(buffers) == 3  # depth + 1 sets of buffers, allocated once and reused
     assert not _prefetch_threads()
+    # a limit stops reading at that many batches, without reading one more
+    produced.clear()
+    assert sum(len(sz) for _, sz in Prefetcher(gen(), add, finish, limit=5, chunk_bytes=48, row_bytes=4)) == 5
+    assert len(produced) == 5
 
 
 # -- memory-mapped data -------------------------------------------------------------------------------
@@ -294,8 +335,8 @@ def test_fit_reads_a_float32_memmap_without_copying_it(tmp_path):
     del m
 
 
-def test_a_dataset_over_a_uint8_memmap_converts_one_batch_at_a_time(tmp_path):
-    n, d = 40_000, 200  # 8 MB as uint8, 32 MB if converted to float32 at once
+def test_a_dataset_over_a_uint8_memmap_converts_a_few_batches_at_a_time(tmp_path):
+    n, d = 80_000, 200  # 16 MB as uint8, 64 MB if converted to float32 at once
     rng = np.random.default_rng(0)
     raw = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.uint8, shape=(n, d))
     raw[:] = rng.integers(0, 256, size=(n, d), dtype=np.uint8)
@@ -313,7 +354,8 @@ def test_a_dataset_over_a_uint8_memmap_converts_one_batch_at_a_time(tmp_path):
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak < 4 << 20, peak  # a few batches' worth, far below the 32 MB of a whole conversion
+    # the reader's three chunk buffers (4 MB each) and a few batches: far below a whole conversion
+    assert peak < 16 << 20, peak
     assert m._core.step_count == -(-n // 256)
 
 

@@ -433,12 +433,23 @@ void bind_network(py::module_& m, const char* name) {
            py::arg("progress") = py::none(), py::arg("progress_every") = 0)
       // An epoch streamed one batch per call (see Network::begin_epoch).
       .def("begin_epoch", locked_call(&Net::begin_epoch))
-      .def("train_stream_batch",
-           [](Net& n, const Arr<T>& x, const Arr<T>& y, const py::object& sw) {
+      .def("train_stream_batches",
+           [](Net& n, const Arr<T>& x, const Arr<T>& y, const py::object& sw, const std::vector<i64>& sizes) {
              auto c = check_xy(n, x, y, sw);
-             return locked(n, [&] { return n.train_stream_batch(c.x, c.y, c.w, c.n); });
+             i64 total = 0;
+             for (i64 s : sizes) {
+               if (s < 1) cr::fail("batch sizes must be >= 1; received ", s);
+               total += s;
+             }
+             if (total != c.n) cr::fail("the batch sizes sum to ", total, " but x has ", c.n, " rows");
+             LoopHooks hooks{py::none()};
+             i64 used = locked(n, [&] {
+               return n.train_stream_batches(c.x, c.y, c.w, sizes.data(), i64(sizes.size()), hooks.poll);
+             });
+             hooks.rethrow();
+             return used;
            },
-           py::arg("x").noconvert(), py::arg("y").noconvert(), py::arg("sample_weight") = py::none())
+           py::arg("x").noconvert(), py::arg("y").noconvert(), py::arg("sample_weight"), py::arg("sizes"))
       .def("running_stats", [](Net& n) { return stats_dict(locked(n, [&] { return n.running_stats(); })); })
       .def("end_epoch", [](Net& n) { return stats_dict(locked(n, [&] { return n.end_epoch(); })); })
       .def("train_batch",

@@ -268,8 +268,8 @@ class Network {
     return end_epoch();
   }
 
-  // An epoch fed one batch per call (data streamed by the caller): begin_epoch, then
-  // train_stream_batch per batch, then end_epoch for the epoch's statistics. train_epoch is
+  // An epoch fed batches by the caller (data streamed in chunks of batches): begin_epoch,
+  // then train_stream_batches per chunk, then end_epoch for the epoch's statistics. train_epoch is
   // the same over an array in memory. Between begin and end, only these calls (and
   // running_stats) may train or evaluate the network.
   void begin_epoch() {
@@ -278,11 +278,31 @@ class Network {
     epoch_ = EpochStats{};
     epoch_.metrics.assign(num_metrics(), 0.0);
   }
-  // One training step on this batch, counted in the current epoch. Returns false when
-  // stop_on_nan refused it (loss or new weights not finite; the step is undone).
-  bool train_stream_batch(const T* X, const T* Y, const T* SW, i64 B) {
-    BatchCall call(*this, B, B, NeedsCompile::Yes);
-    return epoch_step(X, Y, SW, B);
+  // Training steps on `count` consecutive batches of X: (N, in), Y: (N, tc), SW: (N) or null,
+  // of sizes[0], sizes[1], ... rows (summing to N), counted in the current epoch. Returns the
+  // number of batches used: fewer than count when stop_on_nan refused a step (the last one
+  // used; the step is undone) or the poll function asked to stop (interrupted).
+  i64 train_stream_batches(const T* X, const T* Y, const T* SW, const i64* sizes, i64 count,
+                           const PollFn& poll = nullptr) {
+    i64 total = 0, largest = 1;
+    for (i64 k = 0; k < count; ++k) {
+      if (sizes[k] < 1) fail("batch sizes must be >= 1; received ", sizes[k], " at index ", k);
+      total += sizes[k];
+      largest = std::max(largest, sizes[k]);
+    }
+    BatchCall call(*this, total, largest, NeedsCompile::Yes);
+    const i64 in = in_size(), tc = target_cols();
+    Poller poller(poll);
+    i64 start = 0;
+    for (i64 k = 0; k < count; ++k) {
+      if (poller.stop()) {
+        epoch_.interrupted = true;
+        return k;
+      }
+      if (!epoch_step(X + start * in, Y + start * tc, SW ? SW + start : nullptr, sizes[k])) return k + 1;
+      start += sizes[k];
+    }
+    return count;
   }
   // The epoch so far: loss and metric means over the samples seen, steps, samples.
   EpochStats running_stats() const {

@@ -25,6 +25,8 @@ def as_array(name, value):
         except (ValueError, TypeError) as e:
             raise ValueError(f"{name} must be a rectangular array of numbers; received a "
                              f"{type(value).__name__} that numpy cannot convert ({e})") from None
+    if arr.dtype.kind in "biuf":  # the common case, decided without the slower checks below
+        return arr
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise TypeError(f"{name} must hold numbers; received an array of dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.complexfloating):

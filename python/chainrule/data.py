@@ -13,8 +13,11 @@ batches while the C++ core trains on the current one.
 
 Each batch is ``(x, y)`` or ``(x, y, sample_weight)`` (``x`` alone, or ``(x,)``, for
 ``predict``), as numpy arrays or anything ``numpy.asarray`` takes. A background thread reads
-the next batches (at most two ahead), checks and converts them into buffers allocated once
-and reused, so reading and conversion overlap the C++ step on the current batch.
+the next batches, checks them and converts them into buffers allocated once and reused, in
+chunks of consecutive batches (about 4 MB, at most 64 batches; two chunks ahead at most). The
+C++ core trains on a whole chunk, batch by batch, in one call with the GIL released, while the
+thread fills the next: reading and conversion overlap training, and Python runs once per chunk
+on the training side, not once per batch.
 
 Data larger than memory: save it as ``.npy`` and open it with ``np.load(path,
 mmap_mode="r")``. ``fit`` then takes the memory-mapped arrays directly, without copying them,
@@ -118,6 +121,13 @@ class Dataset:
         return full + (1 if rest and not self.drop_remainder else 0)
 
     def __iter__(self):
+        for idx in self.index_batches():
+            parts = tuple(a[idx] for a in self._arrays)
+            yield parts[0] if len(parts) == 1 else parts
+
+    def index_batches(self):
+        """One pass (an iteration) as the rows of each batch: a slice in order, an index
+        array when shuffled. ``fit`` reads these to gather rows straight into its buffers."""
         n = self.cardinality
         if self.batch_size is None:
             raise ValueError("Dataset: iterate a batched dataset: call .batch(batch_size) first")
@@ -131,12 +141,16 @@ class Dataset:
             stop = min(start + b, n)
             if stop - start < b and self.drop_remainder:
                 return
-            if order is None:
-                parts = tuple(a[start:stop] for a in self._arrays)
-            else:
-                idx = order[start:stop]
-                parts = tuple(a[idx] for a in self._arrays)
-            yield parts[0] if len(parts) == 1 else parts
+            yield slice(start, stop) if order is None else order[start:stop]
+
+    @property
+    def arrays(self):
+        """(x, y, sample_weight) as given (None for those not given)."""
+        it = iter(self._arrays)
+        x = next(it)
+        y = next(it) if self._has_y else None
+        sw = next(it) if self._has_sw else None
+        return x, y, sw
 
     def __repr__(self):
         shapes = ", ".join(str(a.shape) for a in self._arrays)
@@ -193,20 +207,46 @@ def unpack(batch, what, need_y=True):
     return parts
 
 
-class BufferSlot:
-    """Arrays reused from batch to batch: ``array(key, rows, cols, dtype)`` returns the
-    first ``rows`` rows of a buffer grown (reallocated) only when a batch is larger than
-    any before."""
+class ChunkBuffers:
+    """Consecutive batches appended into buffers that are reused from chunk to chunk:
+    ``rows_for(key, n, cols, dtype)`` is where the next batch's ``n`` rows go (the buffer grows,
+    keeping the rows before, only when a chunk is larger than any before); ``commit(n)`` ends
+    the batch; ``view(key)`` is the chunk so far."""
 
-    def __init__(self):
+    def __init__(self, capacity_rows=1):
         self._buffers = {}
+        self.capacity = capacity_rows  # rows a buffer is first allocated for
+        self.rows = 0
+        self.sizes = []
 
-    def array(self, key, rows, cols, dtype):
+    def reset(self):
+        self.rows = 0
+        self.sizes = []
+
+    def rows_for(self, key, n, cols, dtype):
         buf = self._buffers.get(key)
-        if buf is None or buf.shape[0] < rows or buf.shape[1:] != (cols,) or buf.dtype != dtype:
-            buf = np.empty((rows, cols), dtype=dtype)
-            self._buffers[key] = buf
-        return buf[:rows]
+        need = self.rows + n
+        if buf is None or buf.shape[1] != cols or buf.dtype != dtype or buf.shape[0] < need:
+            rows = max(need, self.capacity if buf is None else 2 * buf.shape[0])
+            grown = np.empty((rows, cols), dtype=dtype)
+            if buf is not None and self.rows and buf.shape[1] == cols and buf.dtype == dtype:
+                grown[:self.rows] = buf[:self.rows]
+            buf = self._buffers[key] = grown
+        return buf[self.rows:need]
+
+    def whole(self, key, cols, dtype):
+        """Buffer ``key`` for every row of the chunk so far (its earlier contents not kept)."""
+        buf = self._buffers.get(key)
+        if buf is None or buf.shape[1] != cols or buf.dtype != dtype or buf.shape[0] < self.rows:
+            buf = self._buffers[key] = np.empty((max(self.rows, self.capacity), cols), dtype=dtype)
+        return buf[:self.rows]
+
+    def commit(self, n):
+        self.rows += n
+        self.sizes.append(n)
+
+    def view(self, key):
+        return self._buffers[key][:self.rows]
 
 
 _END = object()
@@ -218,46 +258,64 @@ class _Failure:
 
 
 class Prefetcher:
-    """Reads ``limit`` batches (all, when None) of ``iterator`` in a background thread,
-    turning each into what ``prepare(raw_batch, slot)`` returns (the batch converted into the
-    slot's buffers). Iterating yields them in order; a slot is reused once the consumer asks
-    for the batch after the one it holds, so at most ``depth`` batches are read ahead. An
-    exception in the thread (in the user's generator or in ``prepare``) is raised in the
+    """Reads ``limit`` batches (all, when None) of ``iterator`` in a background thread and
+    hands them on in chunks of consecutive batches: ``add(raw_batch, buffers)`` converts one
+    batch into a :class:`ChunkBuffers` (and commits it), ``finish(buffers)`` turns a chunk
+    into what iterating yields. A chunk holds batches until about ``chunk_bytes`` of
+    ``buffers.rows`` or ``max_batches`` batches, so the consumer makes one call per chunk
+    and the reader's Python work overlaps it. At most ``depth`` chunks are read ahead; each
+    set of buffers is reused once the consumer asks for the chunk after the one it holds. An
+    exception in the thread (in the user's generator, or in ``add``) is raised in the
     consumer. ``first``: a batch already taken from the iterator, delivered first."""
 
-    def __init__(self, iterator, prepare, limit=None, depth=2, first=_END):
+    def __init__(self, iterator, add, finish, limit=None, depth=2, first=_END, chunk_bytes=4 << 20,
+                 max_batches=64, row_bytes=1):
         self._it = iterator
-        self._prepare = prepare
+        self._add, self._finish = add, finish
         self._limit = limit
         self._first = first
+        self._max_batches = max(1, min(max_batches, chunk_bytes // max(row_bytes, 1)))
+        self._chunk_rows = max(1, chunk_bytes // max(row_bytes, 1))
         self._free = queue.Queue()
         for _ in range(depth + 1):
-            self._free.put(BufferSlot())
+            self._free.put(ChunkBuffers(self._chunk_rows))
         self._ready = queue.Queue()
         self._stop = threading.Event()
         self.exhausted = False  # the iterator ended (before `limit` batches, if one was given)
         self._thread = threading.Thread(target=self._run, name="chainrule-prefetch", daemon=True)
         self._thread.start()
 
+    def _next_raw(self):
+        if self._first is not _END:
+            raw, self._first = self._first, _END
+            return raw
+        return next(self._it)
+
     def _run(self):
         try:
             count = 0
-            while self._limit is None or count < self._limit:
-                slot = self._free.get()
-                if self._stop.is_set() or slot is None:
+            while not self.exhausted and (self._limit is None or count < self._limit):
+                buffers = self._free.get()
+                if self._stop.is_set() or buffers is None:
                     return
-                if self._first is not _END:
-                    raw, self._first = self._first, _END
-                else:
+                buffers.reset()
+                # another batch while it fits (judged by the last one's size) and the chunk is
+                # not full of batches
+                while (len(buffers.sizes) < self._max_batches
+                       and (not buffers.sizes or buffers.rows + buffers.sizes[-1] <= self._chunk_rows)
+                       and (self._limit is None or count < self._limit)):
                     try:
-                        raw = next(self._it)
+                        raw = self._next_raw()
                     except StopIteration:
                         self.exhausted = True
                         break
-                if self._stop.is_set():
-                    return
-                self._ready.put((slot, self._prepare(raw, slot)))
-                count += 1
+                    if self._stop.is_set():
+                        return
+                    self._add(raw, buffers)
+                    count += 1
+                if not buffers.sizes:
+                    break
+                self._ready.put((buffers, self._finish(buffers)))
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
             self._ready.put(_Failure(e))
             return
@@ -267,7 +325,7 @@ class Prefetcher:
         held = None
         try:
             while True:
-                if held is not None:  # the consumer is done with the previous batch
+                if held is not None:  # the consumer is done with the previous chunk
                     self._free.put(held)
                     held = None
                 item = self._ready.get()
@@ -275,8 +333,8 @@ class Prefetcher:
                     return
                 if isinstance(item, _Failure):
                     raise item.exc
-                held, batch = item
-                yield batch
+                held, chunk = item
+                yield chunk
         finally:
             self.close()
 

@@ -254,17 +254,27 @@ class StreamData:
     def __init__(self, model, source, what, steps, class_weight, need_y=True):
         self.source, self.what, self.limit, self.need_y = source, what, steps, need_y
         self.is_iterator = _data.is_iterator(source)
-        it = source if self.is_iterator else iter(source)
+        self._dataset = source if isinstance(source, _data.Dataset) else None
+        it = self._iterate()
         try:
             first = next(it)
         except StopIteration:
             raise ValueError(f"{what} yielded no batches") from None
-        x0 = _checks.as_array(f"{what} x", _data.unpack(first, what, need_y)[0])
+        if self._dataset is not None:  # batches are row indices into the Dataset's arrays
+            x0 = self._dataset.arrays[0][first]
+        else:
+            x0 = _checks.as_array(f"{what} x", _data.unpack(first, what, need_y)[0])
         model._ensure_built(x0)
         self.sample_x = x0
         self._pending = (it, first)
-        self._prepare = _batch_preparer(model, what, class_weight, need_y)
+        self._add, self._finish, self._row_bytes = _batch_converter(model, what, class_weight, need_y,
+                                                                    self._dataset)
         self.ran_out = False
+
+    def _iterate(self):
+        if self._dataset is not None:
+            return self._dataset.index_batches()
+        return self.source if self.is_iterator else iter(self.source)
 
     @property
     def samples(self):
@@ -279,31 +289,34 @@ class StreamData:
             return None
 
     def batches(self):
-        """A Prefetcher over the next pass (its first ``steps`` batches)."""
+        """A Prefetcher over the next pass (its first ``steps`` batches), in chunks."""
+        first = _data._END
         if self._pending is not None:
             (it, first), self._pending = self._pending, None
-            return _data.Prefetcher(it, self._prepare, limit=self.limit, first=first)
-        it = self.source if self.is_iterator else iter(self.source)
-        return _data.Prefetcher(it, self._prepare, limit=self.limit)
+        else:
+            it = self._iterate()
+        return _data.Prefetcher(it, self._add, self._finish, limit=self.limit, first=first,
+                                row_bytes=self._row_bytes)
 
     def train_epoch(self, model, opts, epoch, bar):
-        """One epoch, one core call per batch; None when the source had no batch left."""
+        """One epoch, one core call per chunk of batches; None when the source had no batch
+        left."""
         core = model._core
         core.begin_epoch()
         reader = self.batches()
-        batches = iter(reader)
+        chunks = iter(reader)
         count = 0
         try:
-            for X, Y, SW in batches:
-                ok = core.train_stream_batch(X, Y, SW)
-                count += 1
-                if bar is not None and count % bar.every == 0:
+            for X, Y, SW, sizes in chunks:
+                used = core.train_stream_batches(X, Y, SW, sizes)
+                if bar is not None and (count + used) // bar.every > count // bar.every:
                     run = core.running_stats()
-                    bar.update(count, bar.total, run["loss"], run["metrics"])
-                if not ok:
+                    bar.update(count + used, bar.total, run["loss"], run["metrics"])
+                count += used
+                if used < len(sizes):
                     break
         finally:
-            batches.close()
+            chunks.close()
             stats = core.end_epoch()
         self.ran_out = count == 0 or (self.limit is not None and reader.exhausted)
         return stats if count else None
@@ -312,8 +325,8 @@ class StreamData:
         """Loss and metric means over the batches of one pass, as core.evaluate gives them."""
         core = model._core
         n, loss, metrics = 0, 0.0, None
-        for X, Y, SW in self.batches():
-            st = core.evaluate(X, Y, SW, X.shape[0])
+        for X, Y, SW, sizes in self.batches():
+            st = core.evaluate(X, Y, SW, max(sizes))
             b = int(st["samples"])
             n += b
             loss += st["loss"] * b
@@ -326,41 +339,150 @@ class StreamData:
 
     def predict(self, model, on_batch=None):
         """The outputs for every batch of one pass, concatenated."""
-        outs = []
-        for X in self.batches():
-            outs.append(model._core.predict(X, X.shape[0]))
+        outs, count = [], 0
+        for X, sizes in self.batches():
+            outs.append(model._core.predict(X, max(sizes)))
+            count += len(sizes)
             if on_batch is not None:
-                on_batch(len(outs), sum(len(o) for o in outs))
+                on_batch(count, sum(len(o) for o in outs))
         return np.concatenate(outs, axis=0)
 
 
-def _batch_preparer(model, what, class_weight, need_y):
-    """prepare(raw_batch, slot) for a Prefetcher: the batch checked and converted into the
-    slot's buffers, as (X, Y, SW) (X alone without need_y)."""
-    dtype = model._np_dtype()
+def _batch_converter(model, what, class_weight, need_y, dataset=None):
+    """(add, finish, row_bytes) for a Prefetcher. add(raw_batch, buffers) checks one batch's
+    shapes and copies it into the chunk's buffers (converting to the model's dtype; from a
+    Dataset the batch is its rows, gathered straight into the buffers);
+    finish(buffers) checks the values of the whole chunk at once (NaN and inf, class labels),
+    naming the batch and row of the first bad one, and gives the chunk as (X, Y, SW, sizes)
+    ((X, sizes) without need_y). Per-batch work stays a few numpy calls: the reader keeps up
+    with small, fast steps."""
+    dtype = np.dtype(model._np_dtype())
     sample_shape = model._input_shape
+    features = math.prod(sample_shape)
     out_units = int(math.prod(model.output_shape))
+    sparse = model.loss == "sparse_categorical_crossentropy"
+    tc = 1 if sparse else out_units
+    label = model._loss_label()
+    xname, yname, swname = ((n, ) if what == "x" else (f"{what} {n}",) for n in ("x", "y", "sample_weight"))
+    xname, yname, swname = xname[0], yname[0], swname[0]
+    state = {"batches": 0, "weighted": None}  # batches read so far; whether batches carry weights
 
-    def prepare(raw, slot):
+    def copy_into(dst, src):
+        if src.dtype.kind == "f" and src.dtype.itemsize > dst.dtype.itemsize:
+            with np.errstate(over="ignore"):  # beyond float32: inf, reported by finish()
+                np.copyto(dst, src, casting="unsafe")
+        else:
+            np.copyto(dst, src, casting="unsafe")
+
+    if dataset is not None:  # shapes checked once; every batch is rows of the same arrays
+        dx, dy, dsw = dataset.arrays
+        n_all = dx.shape[0]
+        dx = _checks.checked_samples(xname, dx, sample_shape)
+        if need_y:
+            if dy is None:
+                raise ValueError(f"{what}: the Dataset has no y; training and evaluation need Dataset(x, y)")
+            dy = _checks.as_array(yname, dy)
+            if dy.ndim == 1 and (sparse or out_units == 1):
+                dy = dy.reshape(-1, 1)
+            if dy.shape != (n_all, tc):
+                want = f"({n_all},)" if sparse else f"({n_all}, {out_units})"
+                raise ValueError(f"{yname} must have shape {want} for {label}; received shape {dy.shape}")
+            state["weighted"] = dsw is not None
+
+    def gather_into(dst, src, rows):
+        if isinstance(rows, slice):
+            copy_into(dst, src[rows])
+        elif src.dtype == dst.dtype:
+            np.take(src, rows, axis=0, out=dst, mode="clip")  # indices of a permutation: in range
+        else:
+            copy_into(dst, src[rows])
+
+    def add_rows(rows, buffers):
+        if not buffers.sizes:
+            buffers.first_batch = state["batches"]
+        state["batches"] += 1
+        n = len(range(*rows.indices(n_all))) if isinstance(rows, slice) else len(rows)
+        gather_into(buffers.rows_for("x", n, features, dtype).reshape((n,) + tuple(sample_shape)), dx, rows)
+        if need_y:
+            gather_into(buffers.rows_for("y", n, tc, dtype), dy, rows)
+            if dsw is not None:
+                gather_into(buffers.rows_for("sw", n, 1, dtype)[:, 0], dsw, rows)
+        buffers.commit(n)
+
+    def add(raw, buffers):
+        if not buffers.sizes:
+            buffers.first_batch = state["batches"]
+        state["batches"] += 1
         x, y, sw = _data.unpack(raw, what, need_y)
-        samples = _checks.checked_samples(f"{what} x", x, sample_shape)
+        samples = _checks.checked_samples(xname, x, sample_shape)
         n = samples.shape[0]
-        X = _checks.copy_samples_into(f"{what} x", samples, slot.array("x", n, math.prod(sample_shape), dtype))
-        if not need_y:
-            return X
-        Yc = _checks.prepare_y(f"{what} y", y, n, model._loss_label(), out_units, dtype)
-        Y = slot.array("y", n, Yc.shape[1], dtype)
-        Y[...] = Yc
-        SWc = _checks.prepare_sample_weight(sw, n, dtype)
-        if class_weight is not None:
-            SWc = _apply_class_weight(model, class_weight, Yc, SWc)
-        SW = None
-        if SWc is not None:
-            SW = slot.array("sw", n, 1, dtype)[:, 0]
-            SW[...] = SWc
-        return X, Y, SW
+        copy_into(buffers.rows_for("x", n, features, dtype).reshape(samples.shape), samples)
+        if need_y:
+            ya = _checks.as_array(yname, y)
+            if ya.ndim == 1 and (sparse or out_units == 1):
+                ya = ya.reshape(-1, 1)
+            if ya.ndim != 2 or ya.shape != (n, tc):
+                if ya.ndim >= 1 and ya.shape[0] != n:
+                    raise ValueError(f"{what}: x and y must have the same number of samples; received {n} "
+                                     f"and {ya.shape[0]} (batch {state['batches'] - 1})")
+                want = f"({n},)" if sparse else f"({n}, {out_units})"
+                raise ValueError(f"{yname} must have shape {want} for {label}; received shape {ya.shape} "
+                                 f"(batch {state['batches'] - 1})")
+            copy_into(buffers.rows_for("y", n, tc, dtype), ya)
+            if sw is not None:
+                swa = _checks.as_array(swname, sw)
+                if swa.shape != (n,):
+                    raise ValueError(f"{swname} must have shape ({n},); received shape {swa.shape} "
+                                     f"(batch {state['batches'] - 1})")
+                copy_into(buffers.rows_for("sw", n, 1, dtype)[:, 0], swa)
+            weighted = sw is not None
+            if state["weighted"] is None:
+                state["weighted"] = weighted
+            elif state["weighted"] != weighted:
+                raise ValueError(f"{what}: every batch must carry sample weights, or none; batch "
+                                 f"{state['batches'] - 1} {'has' if weighted else 'lacks'} them")
+        buffers.commit(n)
 
-    return prepare
+    def where(buffers, row):
+        """'batch b, row r' of a row of the chunk."""
+        b, start = buffers.first_batch, 0
+        for size in buffers.sizes:
+            if row < start + size:
+                return f"batch {b}, row {row - start}"
+            start += size
+            b += 1
+        return f"row {row}"
+
+    def finish(buffers):
+        X = buffers.view("x")
+        if not np.isfinite(X).all():
+            r, c = (int(i) for i in np.argwhere(~np.isfinite(X))[0])
+            raise ValueError(f"{xname} contains NaN or infinite values, or values beyond the {dtype} range "
+                             f"(first at {where(buffers, r)}, feature {c}: {float(X[r, c])!r})")
+        if not need_y:
+            return X, list(buffers.sizes)
+        Y = buffers.view("y")
+        bad = ~np.isfinite(Y)
+        if sparse:
+            bad |= (Y < 0) | (Y >= out_units) | (Y != np.floor(Y))
+        if bad.any():
+            r, c = (int(i) for i in np.argwhere(bad)[0])
+            need = (f"integer class labels in [0, {out_units}) for a model with {out_units} outputs" if sparse
+                    else "finite values")
+            raise ValueError(f"{yname} must hold {need}; received {float(Y[r, c])!r} at {where(buffers, r)}"
+                             + ("" if sparse else f", column {c}"))
+        SW = buffers.view("sw")[:, 0] if state["weighted"] else None
+        if SW is not None and not (np.isfinite(SW).all() and (SW >= 0).all()):
+            r = int(np.argmax(~(np.isfinite(SW) & (SW >= 0))))
+            raise ValueError(f"{swname} must be finite and >= 0; received {float(SW[r])!r} at "
+                             f"{where(buffers, r)}")
+        if class_weight is not None:  # each sample's class weight times its sample weight
+            w = _apply_class_weight(model, class_weight, Y, SW)
+            SW = buffers.whole("cw", 1, dtype)[:, 0]
+            SW[...] = w
+        return X, Y, SW, list(buffers.sizes)
+
+    return add_rows if dataset is not None else add, finish, features * dtype.itemsize
 
 
 # -- epochs -------------------------------------------------------------------------------------
