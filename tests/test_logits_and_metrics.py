@@ -380,3 +380,20 @@ def test_a_model_with_a_custom_loss_or_metric_cannot_be_saved_but_its_weights_ca
     with pytest.raises(ValueError, match=r"custom metric .* cannot be stored"):
         m.save(tmp_path / "m.crm")
     m.save_weights(tmp_path / "m.weights.npz")
+
+
+def test_gradient_check_keeps_from_logits_and_custom_losses():
+    x, labels = _data(n=12)
+    for loss in (L.SparseCategoricalCrossentropy(from_logits=True), "sparse_categorical_crossentropy"):
+        m = cr.Sequential([Dense(4, activation="tanh", input_shape=(6,)),
+                           Dense(3, activation=None if loss != "sparse_categorical_crossentropy" else "softmax")],
+                          seed=0)
+        m.build()
+        m.compile(optimizer="sgd", loss=loss)
+        errs = cr.gradient_check(m, x, labels)
+        assert max(e for d in errs.values() for e in d.values()) < 1e-6
+    c = cr.Sequential([Dense(4, activation="tanh", input_shape=(6,)), Dense(3, activation="softmax")], seed=0)
+    c.build()
+    c.compile(optimizer="sgd", loss=_cce_with_grad)
+    errs = cr.gradient_check(c, x, np.eye(3)[labels])
+    assert max(e for d in errs.values() for e in d.values()) < 1e-6

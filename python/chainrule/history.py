@@ -55,7 +55,7 @@ class History(Callback):
                 dst.setdefault(k, []).append(v)
 
     def plot(self, path=None, dpi=100):
-        """Loss and accuracy (train and validation), the learning rate, and per-layer
+        """Loss and the first metric (train and validation), the learning rate, and per-layer
         gradient norms on a log scale, as one matplotlib Figure (1000x800 pixels at the
         default dpi). Saves a PNG when ``path`` is given. Needs matplotlib
         (``pip install chainrule[plot]``)."""
@@ -68,7 +68,10 @@ class History(Callback):
         epochs = [e + 1 for e in self.epoch]
         fig = Figure(figsize=(10, 8), dpi=dpi)
         axes = fig.subplots(2, 2)
-        for ax, key, title in ((axes[0, 0], "loss", "loss"), (axes[0, 1], "accuracy", "accuracy")):
+        # the first metric logged (accuracy, as a rule), by the name it is logged under
+        metric = next((k for k in self.history if k not in ("loss", "lr", "learning_rate")
+                       and not k.startswith("val_")), "accuracy")
+        for ax, key, title in ((axes[0, 0], "loss", "loss"), (axes[0, 1], metric, metric)):
             for k, style in ((key, "-"), ("val_" + key, "--")):
                 if k in self.history:
                     ax.plot(epochs, self.history[k], style, marker="o", label=k)
