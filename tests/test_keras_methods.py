@@ -79,6 +79,10 @@ def test_predict_verbose_prints_and_returns_the_same(capsys):
     assert capsys.readouterr().out.startswith("predict: 1000 samples")
     with pytest.raises(ValueError, match="verbose must be 0, 1 or 2"):
         m.predict(x, verbose=3)
+    gen = (x[i:i + 100] for i in range(0, 1000, 100))  # a stream of unknown length
+    np.testing.assert_array_equal(m.predict(gen, verbose=1), quiet)
+    out = capsys.readouterr().out
+    assert "10/Unknown" in out and "\r10/10 [" in out
 
 
 # -- weights files ---------------------------------------------------------------------------------

@@ -541,8 +541,15 @@ class Sequential:
             source = _fit_loop.StreamData(self, x, "x", steps, None, need_y=False)
             total = source.steps()
             bar = ProgressBar(total) if verbose == 1 else None
-            out = source.predict(self, (lambda k, n: bar.update(k, total, None, ())) if bar else None)
-            n_steps = -1
+            done = [0]
+
+            def on_batches(k, rows):
+                done[0] = k
+                if bar is not None:
+                    bar.update(k, total, None, ())
+
+            out = source.predict(self, on_batches)
+            n_steps = done[0]
         else:
             if steps is not None:
                 raise ValueError("predict: steps applies to a generator, iterable or Dataset")
@@ -563,7 +570,7 @@ class Sequential:
                     bar.update(min(steps_total, -(-(start + per_chunk) // batch_size)), steps_total, None, ())
             n_steps = -(-n // batch_size)
         if verbose == 1:
-            bar.finish({}, n_steps if n_steps >= 0 else None)
+            bar.finish({}, n_steps)
         elif verbose == 2:
             print(f"predict: {out.shape[0]} samples - {time.perf_counter() - t0:.2f}s", file=sys.stdout, flush=True)
         return out.reshape((out.shape[0],) + tuple(self.output_shape))
