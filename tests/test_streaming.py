@@ -335,7 +335,8 @@ def test_fit_reads_a_float32_memmap_without_copying_it(tmp_path):
     del m
 
 
-def test_a_dataset_over_a_uint8_memmap_converts_a_few_batches_at_a_time(tmp_path):
+def test_a_dataset_over_a_uint8_memmap_converts_a_few_batches_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(cr.data, "CHUNK_BYTES", 1 << 20)  # chunks of 1 MB: memory is a few of them
     n, d = 80_000, 200  # 16 MB as uint8, 64 MB if converted to float32 at once
     rng = np.random.default_rng(0)
     raw = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.uint8, shape=(n, d))
@@ -354,8 +355,8 @@ def test_a_dataset_over_a_uint8_memmap_converts_a_few_batches_at_a_time(tmp_path
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    # the reader's three chunk buffers (4 MB each) and a few batches: far below a whole conversion
-    assert peak < 16 << 20, peak
+    # the reader's three chunk buffers (1 MB each) and a few batches: far below a whole conversion
+    assert peak < 8 << 20, peak
     assert m._core.step_count == -(-n // 256)
 
 

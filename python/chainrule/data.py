@@ -14,7 +14,8 @@ batches while the C++ core trains on the current one.
 Each batch is ``(x, y)`` or ``(x, y, sample_weight)`` (``x`` alone, or ``(x,)``, for
 ``predict``), as numpy arrays or anything ``numpy.asarray`` takes. A background thread reads
 the next batches, checks them and converts them into buffers allocated once and reused, in
-chunks of consecutive batches (about 4 MB, at most 64 batches; two chunks ahead at most). The
+chunks of consecutive batches (about 16 MB of inputs, at most 256 batches; two chunks ahead
+at most). The
 C++ core trains on a whole chunk, batch by batch, in one call with the GIL released, while the
 thread fills the next: reading and conversion overlap training, and Python runs once per chunk
 on the training side, not once per batch.
@@ -249,12 +250,25 @@ class ChunkBuffers:
         return self._buffers[key][:self.rows]
 
 
+# A chunk (one core call) holds batches until about this many bytes of inputs, or this many
+# batches. Each core call has a fixed cost (it starts the OpenMP threads' floating-point mode
+# and ends it), tens of microseconds on an idle machine, milliseconds on a loaded one.
+CHUNK_BYTES = 16 << 20
+MAX_CHUNK_BATCHES = 256
+
 _END = object()
 
 
 class _Failure:
     def __init__(self, exc):
         self.exc = exc
+
+
+def chunk_buffers(row_bytes, depth=2, chunk_bytes=None):
+    """The ``depth + 1`` sets of buffers a Prefetcher cycles through, for rows of
+    ``row_bytes`` bytes of input."""
+    chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    return [ChunkBuffers(max(1, chunk_bytes // max(row_bytes, 1))) for _ in range(depth + 1)]
 
 
 class Prefetcher:
@@ -266,10 +280,14 @@ class Prefetcher:
     and the reader's Python work overlaps it. At most ``depth`` chunks are read ahead; each
     set of buffers is reused once the consumer asks for the chunk after the one it holds. An
     exception in the thread (in the user's generator, or in ``add``) is raised in the
-    consumer. ``first``: a batch already taken from the iterator, delivered first."""
+    consumer. ``first``: a batch already taken from the iterator, delivered first.
+    ``buffers``: the ``depth + 1`` ChunkBuffers to use (from :func:`chunk_buffers`), so that a
+    caller reading several passes allocates them once; new ones when None."""
 
-    def __init__(self, iterator, add, finish, limit=None, depth=2, first=_END, chunk_bytes=4 << 20,
-                 max_batches=64, row_bytes=1):
+    def __init__(self, iterator, add, finish, limit=None, depth=2, first=_END, chunk_bytes=None,
+                 max_batches=None, row_bytes=1, buffers=None):
+        chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+        max_batches = MAX_CHUNK_BATCHES if max_batches is None else max_batches
         self._it = iterator
         self._add, self._finish = add, finish
         self._limit = limit
@@ -277,8 +295,8 @@ class Prefetcher:
         self._max_batches = max(1, min(max_batches, chunk_bytes // max(row_bytes, 1)))
         self._chunk_rows = max(1, chunk_bytes // max(row_bytes, 1))
         self._free = queue.Queue()
-        for _ in range(depth + 1):
-            self._free.put(ChunkBuffers(self._chunk_rows))
+        for b in buffers if buffers is not None else chunk_buffers(row_bytes, depth, chunk_bytes):
+            self._free.put(b)
         self._ready = queue.Queue()
         self._stop = threading.Event()
         self.exhausted = False  # the iterator ended (before `limit` batches, if one was given)

@@ -269,6 +269,7 @@ class StreamData:
         self._pending = (it, first)
         self._add, self._finish, self._row_bytes = _batch_converter(model, what, class_weight, need_y,
                                                                     self._dataset)
+        self._buffers = _data.chunk_buffers(self._row_bytes)  # allocated once, reused every pass
         self.ran_out = False
 
     def _iterate(self):
@@ -296,7 +297,7 @@ class StreamData:
         else:
             it = self._iterate()
         return _data.Prefetcher(it, self._add, self._finish, limit=self.limit, first=first,
-                                row_bytes=self._row_bytes)
+                                row_bytes=self._row_bytes, buffers=self._buffers)
 
     def train_epoch(self, model, opts, epoch, bar):
         """One epoch, one core call per chunk of batches; None when the source had no batch
@@ -398,16 +399,28 @@ def _batch_converter(model, what, class_weight, need_y, dataset=None):
             copy_into(dst, src[rows])
 
     def add_rows(rows, buffers):
+        """A Dataset's batch is only noted here; finish() gathers the chunk's rows at once (a
+        few numpy calls per chunk keep the reader idle, and the GIL free, most of the time)."""
         if not buffers.sizes:
             buffers.first_batch = state["batches"]
+            buffers.pending = []
         state["batches"] += 1
-        n = len(range(*rows.indices(n_all))) if isinstance(rows, slice) else len(rows)
-        gather_into(buffers.rows_for("x", n, features, dtype).reshape((n,) + tuple(sample_shape)), dx, rows)
+        buffers.pending.append(rows)
+        buffers.commit(len(range(*rows.indices(n_all))) if isinstance(rows, slice) else len(rows))
+
+    def gather_chunk(buffers):
+        parts = buffers.pending
+        if all(isinstance(p, slice) for p in parts) and all(
+                a.stop == b.start for a, b in zip(parts, parts[1:])):
+            rows = slice(parts[0].start, parts[-1].stop)  # in order: one contiguous block
+        else:
+            rows = np.concatenate([np.arange(p.start, p.stop) if isinstance(p, slice) else p for p in parts])
+        n = buffers.rows
+        gather_into(buffers.whole("x", features, dtype).reshape((n,) + tuple(sample_shape)), dx, rows)
         if need_y:
-            gather_into(buffers.rows_for("y", n, tc, dtype), dy, rows)
+            gather_into(buffers.whole("y", tc, dtype), dy, rows)
             if dsw is not None:
-                gather_into(buffers.rows_for("sw", n, 1, dtype)[:, 0], dsw, rows)
-        buffers.commit(n)
+                gather_into(buffers.whole("sw", 1, dtype)[:, 0], dsw, rows)
 
     def add(raw, buffers):
         if not buffers.sizes:
@@ -454,8 +467,12 @@ def _batch_converter(model, what, class_weight, need_y, dataset=None):
         return f"row {row}"
 
     def finish(buffers):
+        if dataset is not None:
+            gather_chunk(buffers)
         X = buffers.view("x")
-        if not np.isfinite(X).all():
+        # One pass without a temporary: a NaN or inf makes the sum non-finite (as can finite
+        # values whose sum overflows; the exact check below then decides).
+        if not np.isfinite(X.sum()) and not np.isfinite(X).all():
             r, c = (int(i) for i in np.argwhere(~np.isfinite(X))[0])
             raise ValueError(f"{xname} contains NaN or infinite values, or values beyond the {dtype} range "
                              f"(first at {where(buffers, r)}, feature {c}: {float(X[r, c])!r})")
