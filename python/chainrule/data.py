@@ -25,7 +25,8 @@ mmap_mode="r")``. ``fit`` then takes the memory-mapped arrays directly, without 
 when they are C-contiguous and of the model's dtype (float32 by default): the core reads the
 rows of each batch from the mapped file, and the operating system keeps in memory what fits.
 Of another dtype (``uint8`` images, say) ``fit`` would convert the whole array in memory;
-``Dataset(x_mmap, y, batch_size=...)`` converts one batch at a time instead.
+``Dataset(x_mmap, y, batch_size=...)`` converts a chunk of batches (about 16 MB) at a time
+instead.
 """
 
 from __future__ import annotations
