@@ -70,9 +70,13 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--arch", choices=sorted(ARCH), default="mlp")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--switch-interval", type=float, default=None,
+                    help="sys.setswitchinterval for the run (Python's default: 0.005 s)")
     args = ap.parse_args()
     if args.threads:
         cr.set_num_threads(args.threads)
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
     x, y = load_mnist_train()
     steps = -(-len(x) // args.batch)
     model = make_model(ARCH[args.arch])
@@ -101,7 +105,7 @@ def main():
     base_med, base_min = statistics.median(times["arrays"]), min(times["arrays"])
     print(f"chainrule streaming bench — {cpu_model()}, {cr.get_num_threads()} threads, MNIST 784-"
           f"{'-'.join(map(str, ARCH[args.arch]))}-10, batch {args.batch}, {steps} steps/epoch, "
-          f"{args.repeats} interleaved epochs each")
+          f"{args.repeats} interleaved epochs each, switch interval {sys.getswitchinterval() * 1e3:g} ms")
     print(f"{'contender':<10} {'median s':>9} {'min s':>8} {'ratio(med)':>11} {'ratio(min)':>11}")
     for name, ts in times.items():
         med, mn = statistics.median(ts), min(ts)

@@ -365,7 +365,7 @@ class LearningRateScheduler(Callback):
                              f"({type(base).__name__}); give the optimizer a number, or drop the callback")
         lr = self.model.learning_rate
         new_lr = self.schedule(epoch, lr) if self._two_args else self.schedule(epoch)
-        value = _real("LearningRateScheduler", "the learning rate schedule(epoch, lr) returned", new_lr)
+        value = _real("LearningRateScheduler", f"the learning rate schedule(epoch={epoch}) returns", new_lr)
         if not value > 0.0:
             raise ValueError(f"LearningRateScheduler: schedule(epoch={epoch}) must return a learning rate > 0; "
                              f"received {new_lr!r}")

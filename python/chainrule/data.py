@@ -313,6 +313,9 @@ class Prefetcher:
     def _run(self):
         try:
             count = 0
+            # The first chunks are small, so that training starts soon; they double up to
+            # chunk_rows (the consumer waits for the first chunk of every pass).
+            target = max(1, self._chunk_rows // 16)
             while not self.exhausted and (self._limit is None or count < self._limit):
                 buffers = self._free.get()
                 if self._stop.is_set() or buffers is None:
@@ -321,7 +324,7 @@ class Prefetcher:
                 # another batch while it fits (judged by the last one's size) and the chunk is
                 # not full of batches
                 while (len(buffers.sizes) < self._max_batches
-                       and (not buffers.sizes or buffers.rows + buffers.sizes[-1] <= self._chunk_rows)
+                       and (not buffers.sizes or buffers.rows + buffers.sizes[-1] <= target)
                        and (self._limit is None or count < self._limit)):
                     try:
                         raw = self._next_raw()
@@ -335,6 +338,7 @@ class Prefetcher:
                 if not buffers.sizes:
                     break
                 self._ready.put((buffers, self._finish(buffers)))
+                target = min(self._chunk_rows, 2 * target)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
             self._ready.put(_Failure(e))
             return

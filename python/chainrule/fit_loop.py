@@ -512,7 +512,8 @@ def _run_epochs(model, opts, train, val, history):
     core = model._core
     for cb in opts.callbacks:
         cb.set_model(model)
-    if opts.stop_on_nonfinite and not model._stop_on_nonfinite:
+    guarding = opts.stop_on_nonfinite and not model._stop_on_nonfinite  # fit's own, for this fit
+    if guarding:
         core.set_stop_on_nan(True, NONFINITE_SNAPSHOT_EVERY)
     try:
         for cb in opts.callbacks:
@@ -530,7 +531,8 @@ def _run_epochs(model, opts, train, val, history):
     finally:
         for cb in opts.callbacks:
             cb.on_train_end({})
-        core.set_stop_on_nan(model._stop_on_nonfinite)
+        if guarding:  # back to the model's own setting
+            core.set_stop_on_nan(model._stop_on_nonfinite)
 
 
 def _run_epoch(model, epoch, opts, train, val, history, warned):

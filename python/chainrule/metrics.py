@@ -202,6 +202,17 @@ def get(config):
     return cls(**config["config"])
 
 
+def _layout_hint(core_name, loss_name):
+    """Why a metric's targets do not fit the loss's, and what to use instead."""
+    if _TABLE[core_name][1]:
+        return (f"it needs integer class labels, which only sparse_categorical_crossentropy takes; with "
+                f"{loss_name} use '{core_name.replace('sparse_', '')}'")
+    hint = "it needs one target per output, but sparse_categorical_crossentropy takes integer labels"
+    if "sparse_" + core_name in _TABLE:
+        hint += f"; use 'sparse_{core_name}'"
+    return hint
+
+
 def resolve(metrics, loss_spec):
     """The compiled metrics for compile's ``metrics`` list and the resolved loss: a list of
     :class:`_Entry`, names unique. Raises TypeError/ValueError naming a bad entry."""
@@ -237,20 +248,9 @@ def resolve(metrics, loss_spec):
         else:
             raise TypeError(f"compile: metrics must be names such as 'accuracy', chainrule.metrics objects or "
                             f"callables fn(y_true, y_pred); received {m!r}")
-        if entry.metric is not None:
-            wants_sparse = _TABLE[entry.metric._core_name][1]
-            if wants_sparse != sparse_targets:
-                loss_name = loss_spec.name or "a custom loss"
-                if wants_sparse:
-                    hint = (f"it needs integer class labels, which only sparse_categorical_crossentropy takes; "
-                            f"with {loss_name} use '{entry.metric._core_name.replace('sparse_', '')}'")
-                else:
-                    hint = (f"it needs one target per output, but sparse_categorical_crossentropy takes integer "
-                            f"labels; use 'sparse_{entry.metric._core_name}'"
-                            if entry.metric._core_name in ("categorical_accuracy", "top_k_categorical_accuracy")
-                            else "it needs one target per output, but sparse_categorical_crossentropy takes "
-                                 "integer labels")
-                raise ValueError(f"compile: metric {entry.name!r} does not fit the loss: {hint}")
+        if entry.metric is not None and _TABLE[entry.metric._core_name][1] != sparse_targets:
+            raise ValueError(f"compile: metric {entry.name!r} does not fit the loss: "
+                             f"{_layout_hint(entry.metric._core_name, loss_spec.name or 'a custom loss')}")
         if entry.name in ("loss",) or any(e.name == entry.name for e in entries):
             raise ValueError(f"compile: metric names must be unique and not 'loss'; {entry.name!r} is used twice")
         entries.append(entry)
