@@ -233,6 +233,29 @@ def test_bad_values_in_a_dataset_are_named_by_batch_and_row():
     assert not _prefetch_threads()
 
 
+def test_a_dataset_is_checked_on_its_first_full_pass_of_a_fit():
+    x, y = _data()
+    ds = Dataset(x, y, batch_size=32, shuffle=True, seed=0)
+    m = _model()
+    m.fit(ds, epochs=2, verbose=0)
+    xb = ds.arrays[0]
+    xb[5, 0] = np.nan  # changed between fits: the next fit checks again
+    with pytest.raises(ValueError, match=r"x contains NaN"):
+        m.fit(ds, epochs=1, verbose=0)
+    # partial passes (steps_per_epoch) are checked every epoch: a bad row that the first epochs
+    # do not read is found in the epoch that reads it
+    xc = x.copy()
+    part = Dataset(xc, y, batch_size=32, shuffle=True, seed=3)
+    first = np.concatenate([next(iter(part.index_batches())) for _ in range(1)])
+    unread = np.setdiff1d(np.arange(len(x)), first)[0]
+    xc[unread, 0] = np.nan
+    part = Dataset(xc, y, batch_size=32, shuffle=True, seed=3)
+    m2 = _model()
+    with pytest.raises(ValueError, match=r"x contains NaN"):
+        m2.fit(part, steps_per_epoch=1, epochs=40, verbose=0)
+    assert m2._core.step_count >= 1  # the first epoch, which does not read it, trained
+
+
 def test_batches_with_and_without_sample_weights_do_not_mix():
     x, y = _data()
 

@@ -267,8 +267,8 @@ class StreamData:
         model._ensure_built(x0)
         self.sample_x = x0
         self._pending = (it, first)
-        self._add, self._finish, self._row_bytes = _batch_converter(model, what, class_weight, need_y,
-                                                                    self._dataset)
+        self._add, self._finish, self._row_bytes, self._verified = _batch_converter(
+            model, what, class_weight, need_y, self._dataset)
         self._buffers = _data.chunk_buffers(self._row_bytes)  # allocated once, reused every pass
         self.ran_out = False
 
@@ -319,15 +319,21 @@ class StreamData:
         finally:
             chunks.close()
             stats = core.end_epoch()
+        self._pass_done(count)
         self.ran_out = count == 0 or (self.limit is not None and reader.exhausted)
         return stats if count else None
+
+    def _pass_done(self, batches):
+        if self._dataset is not None and batches == len(self._dataset):
+            self._verified()
 
     def evaluate(self, model, batch_size=None):
         """Loss and metric means over the batches of one pass, as core.evaluate gives them."""
         core = model._core
-        n, loss, metrics = 0, 0.0, None
+        n, loss, metrics, count = 0, 0.0, None, 0
         for X, Y, SW, sizes in self.batches():
             st = core.evaluate(X, Y, SW, max(sizes))
+            count += len(sizes)
             b = int(st["samples"])
             n += b
             loss += st["loss"] * b
@@ -336,6 +342,7 @@ class StreamData:
         if n == 0:
             raise ValueError(f"{self.what} yielded no batches (an exhausted iterator? pass an iterable, a "
                              "cr.data.Dataset, or steps)")
+        self._pass_done(count)
         return {"loss": loss / n, "metrics": list(metrics / n), "samples": n}
 
     def predict(self, model, on_batch=None):
@@ -366,7 +373,8 @@ def _batch_converter(model, what, class_weight, need_y, dataset=None):
     label = model._loss_label()
     xname, yname, swname = ((n, ) if what == "x" else (f"{what} {n}",) for n in ("x", "y", "sample_weight"))
     xname, yname, swname = xname[0], yname[0], swname[0]
-    state = {"batches": 0, "weighted": None}  # batches read so far; whether batches carry weights
+    # batches read so far; whether batches carry weights; whether a Dataset's values are checked
+    state = {"batches": 0, "weighted": None, "verified": False}
 
     def copy_into(dst, src):
         if src.dtype.kind == "f" and src.dtype.itemsize > dst.dtype.itemsize:
@@ -470,6 +478,12 @@ def _batch_converter(model, what, class_weight, need_y, dataset=None):
         if dataset is not None:
             gather_chunk(buffers)
         X = buffers.view("x")
+        if state["verified"]:  # a Dataset whose every row passed the checks below in this fit
+            Y = buffers.view("y") if need_y else None
+            SW = buffers.view("sw")[:, 0] if need_y and state["weighted"] else None
+            if need_y and class_weight is not None:
+                SW = _class_weighted(buffers, Y, SW)
+            return (X, list(buffers.sizes)) if not need_y else (X, Y, SW, list(buffers.sizes))
         # One pass without a temporary: a NaN or inf makes the sum non-finite (as can finite
         # values whose sum overflows; the exact check below then decides).
         if not np.isfinite(X.sum()) and not np.isfinite(X).all():
@@ -493,13 +507,22 @@ def _batch_converter(model, what, class_weight, need_y, dataset=None):
             r = int(np.argmax(~(np.isfinite(SW) & (SW >= 0))))
             raise ValueError(f"{swname} must be finite and >= 0; received {float(SW[r])!r} at "
                              f"{where(buffers, r)}")
-        if class_weight is not None:  # each sample's class weight times its sample weight
-            w = _apply_class_weight(model, class_weight, Y, SW)
-            SW = buffers.whole("cw", 1, dtype)[:, 0]
-            SW[...] = w
+        if class_weight is not None:
+            SW = _class_weighted(buffers, Y, SW)
         return X, Y, SW, list(buffers.sizes)
 
-    return add_rows if dataset is not None else add, finish, features * dtype.itemsize
+    def _class_weighted(buffers, Y, SW):
+        """Each sample's class weight times its sample weight, in the chunk's buffers."""
+        w = _apply_class_weight(model, class_weight, Y, SW)
+        out = buffers.whole("cw", 1, dtype)[:, 0]
+        out[...] = w
+        return out
+
+    def verified():
+        """A pass read every row of the Dataset: its values need no checking again this fit."""
+        state["verified"] = dataset is not None
+
+    return add_rows if dataset is not None else add, finish, features * dtype.itemsize, verified
 
 
 # -- epochs -------------------------------------------------------------------------------------
