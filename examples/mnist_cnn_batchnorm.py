@@ -6,7 +6,7 @@ same optimizer, learning rate, batch size and seed. The test accuracy is measure
 trained in that many parts); prints it and the number of epochs each network needs to reach
 99%.
 
-    PYTHONPATH=python python examples/mnist_cnn_batchnorm.py [--model both|bn|plain]
+    python examples/mnist_cnn_batchnorm.py [--model both|bn|plain]
         [--lr 0.1] [--max-epochs 8] [--evals-per-epoch 4] [--train-samples 60000]
         [--data DIR] [--threads N]
 
@@ -15,7 +15,8 @@ network with it reached 99% after 2 epochs and the one without did not within 6 
 near 98%); at 0.03, the plain network's best rate, the plain one was as fast (2 epochs, 2.5
 with BatchNormalization). bench/RESULTS.md has the whole measurement.
 
-The MNIST files are found as in mnist_cnn.py. ``--train-samples`` trains on the first n
+Uses the installed chainrule (`pip install .` first); the MNIST files are found as in
+mnist_cnn.py. ``--train-samples`` trains on the first n
 training images (the test accuracy is always measured on all 10,000 test images). Exits 0
 when the BatchNormalization network reaches 99% in fewer epochs than the plain one (or, with
 one --model, when that network reaches 99%).
@@ -24,20 +25,16 @@ one --model, when that network reaches 99%).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "python"))
-
-import chainrule as cr  # noqa: E402
-from chainrule.datasets import load_mnist  # noqa: E402
-from chainrule.layers import (Activation, BatchNormalization, Conv2D, Dense, Dropout, Flatten,  # noqa: E402
-                              Input, MaxPooling2D)
-from chainrule.optimizers import SGD  # noqa: E402
+import chainrule as cr
+from chainrule.datasets import load_mnist
+from chainrule.layers import (Activation, BatchNormalization, Conv2D, Dense, Dropout, Flatten, Input,
+                              MaxPooling2D)
+from chainrule.optimizers import SGD
 
 TARGET = 0.99
 
@@ -97,9 +94,9 @@ def run(batchnorm, data, args):
 
 
 def main():
-    default = os.environ.get("CHAINRULE_MNIST_DIR") or os.path.join(REPO, "..", "shared", "data", "mnist")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=default, help="folder with the MNIST .gz files")
+    ap.add_argument("--data", default=None, help="folder with the MNIST .gz files (default: "
+                    "$CHAINRULE_MNIST_DIR, then chainrule's cache folder, downloading if missing)")
     ap.add_argument("--model", choices=("both", "bn", "plain"), default="both")
     ap.add_argument("--max-epochs", type=int, default=8)
     ap.add_argument("--train-samples", type=int, default=60000)
@@ -112,7 +109,7 @@ def main():
     if args.threads:
         cr.set_num_threads(args.threads)
 
-    (x_train, y_train), test = load_mnist(args.data, download=False, normalize=True)
+    (x_train, y_train), test = load_mnist(args.data, normalize=True)
     data = ((x_train[:args.train_samples], y_train[:args.train_samples]), test)
     reached = {}
     for name in (("bn", "plain") if args.model == "both" else (args.model,)):

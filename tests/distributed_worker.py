@@ -19,6 +19,11 @@ L = cr.layers
 
 
 # -- the models and data both sides build -------------------------------------------------
+def top_probability(y_true, y_pred):
+    """A custom (Python) metric: each sample's largest predicted probability."""
+    return np.max(y_pred, axis=1)
+
+
 def dense_model(optimizer):
     model = cr.Sequential([
         L.Dense(16, activation="tanh", kernel_regularizer=cr.regularizers.L2(1e-3)),
@@ -59,13 +64,18 @@ def data(network, n, seed):
     return x, y
 
 
-def equivalence_case(network, optimizer):
+def equivalence_case(network, optimizer, more_metrics=False):
     """(model, fit arguments) of one equivalence case: validation data, sample weights,
-    shuffling, a fixed seed."""
+    shuffling, a fixed seed. more_metrics (the dense network): a metric of the core's beyond
+    accuracy and a Python one, both summed over the ranks (a model file cannot hold the
+    Python one: no ModelCheckpoint then)."""
     x, y = data(network, N_TRAIN, 10)
     xv, yv = data(network, N_VAL, 11)
     sw = np.random.default_rng(12).uniform(0.5, 2.0, N_TRAIN)
     model = NETWORKS[network](OPTIMIZERS[optimizer]())
+    if more_metrics and network == "dense":
+        model.compile(optimizer=model.optimizer, loss=model.loss,
+                      metrics=["accuracy", cr.metrics.SparseTopKCategoricalAccuracy(k=2), top_probability])
     return model, dict(x=x, y=y, sample_weight=sw, validation_data=(xv, yv), epochs=EPOCHS,
                        batch_size=BATCH, seed=7, verbose=0)
 
@@ -104,7 +114,7 @@ def scenario_equivalence(rank, outdir):
     arrays, info = {}, {}
     for network in NETWORKS:
         for optimizer in OPTIMIZERS:
-            model, kw = equivalence_case(network, optimizer)
+            model, kw = equivalence_case(network, optimizer, more_metrics=True)
             cb, kept = weights_per_epoch(model)
             h = model.fit(**kw, callbacks=[cb], distributed=True)
             name = f"{network}-{optimizer}"
@@ -148,7 +158,8 @@ def scenario_callbacks(rank, outdir):
     stop_on_rank1 = cr.callbacks.LambdaCallback(
         on_epoch_end=lambda e, logs: setattr(model, "stop_training", True) if rank == 1 and e == 3 else None)
     checkpoint = cr.callbacks.ModelCheckpoint(os.path.join(outdir, f"ckpt-rank{rank}-{{epoch}}.crm"))
-    h = model.fit(**kw, callbacks=[stop_on_rank1, checkpoint], distributed=True)
+    csv_log = cr.callbacks.CSVLogger(os.path.join(outdir, f"log-rank{rank}.csv"))
+    h = model.fit(**kw, callbacks=[stop_on_rank1, checkpoint, csv_log], distributed=True)
     model.save(os.path.join(outdir, f"final-rank{rank}.crm"))
     early = dense_model(cr.optimizers.SGD(0.5, momentum=0.9))  # too fast: val_loss turns up soon
     kw2 = dict(kw, verbose=0, epochs=30)
@@ -243,6 +254,22 @@ def scenario_batchnorm(rank, outdir):
     arrays = {f"initial/{i}": w for i, w in enumerate(initial)}
     arrays.update({f"{e}/{i}": w for e, ws in enumerate(kept) for i, w in enumerate(ws)})
     _save(outdir, rank, arrays, {"history": h.history})
+
+
+def scenario_stream(rank, outdir):
+    """A generator as x (or as validation_data) with distributed=True: a ValueError on every
+    rank, and the ranks still work together afterwards."""
+    model, kw = equivalence_case("dense", "sgd_momentum")
+    x, y = kw["x"], kw["y"]
+    errors = []
+    for args in (dict(x=((x[i:i + 10], y[i:i + 10]) for i in range(0, 60, 10))),
+                 dict(x=x, y=y, validation_data=cr.data.Dataset(x, y, batch_size=10))):
+        try:
+            model.fit(**args, epochs=1, verbose=0, distributed=True)
+        except ValueError as e:
+            errors.append(str(e))
+    h = model.fit(x, y, epochs=1, batch_size=10, verbose=0, distributed=True)
+    _save(outdir, rank, {}, {"errors": errors, "loss": h.history["loss"]})
 
 
 def scenario_single(rank, outdir):

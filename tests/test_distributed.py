@@ -88,7 +88,7 @@ def test_two_ranks_match_one_process(equivalence, network, optimizer):
     weights after every epoch and the logged metrics (validation too) equal a single
     process's to 1e-10, and both ranks hold bit-identical weights after every epoch."""
     name = f"{network}-{optimizer}"
-    model, kw = w.equivalence_case(network, optimizer)
+    model, kw = w.equivalence_case(network, optimizer, more_metrics=True)
     cb, kept = w.weights_per_epoch(model)
     ref = model.fit(**kw, callbacks=[cb])
     (arrays0, info0), (arrays1, info1) = equivalence
@@ -105,9 +105,9 @@ def test_two_ranks_match_one_process(equivalence, network, optimizer):
     assert stats["ranks"] == 2 and stats["samples"] == w.N_TRAIN and stats["steps"] == 7
     # validation is the whole validation set's, split across the ranks and reduced
     xv, yv = kw["validation_data"]
-    loss, acc = model.evaluate(xv, yv)
-    assert abs(info0[name]["history"]["val_loss"][-1] - loss) < 1e-10
-    assert abs(info0[name]["history"]["val_accuracy"][-1] - acc) < 1e-12
+    want = model.evaluate(xv, yv, return_dict=True)
+    for k, v in want.items():  # loss, accuracy, and the dense model's other metrics
+        assert abs(info0[name]["history"][f"val_{k}"][-1] - v) < 1e-10, k
 
 
 # -- distributed="local": a shard per rank --------------------------------------------------
@@ -142,9 +142,8 @@ def test_local_shards(mpi, tmp_path, thread_level):
         for i, want in enumerate(ref.get_weights()):
             assert np.array_equal(a0[f"{e}/{i}"], a1[f"{e}/{i}"])
             np.testing.assert_allclose(a0[f"{e}/{i}"], want, rtol=0, atol=1e-10)
-        val_loss, val_acc = ref.evaluate(xv, yv)
-        assert abs(i0["history"]["val_loss"][e] - val_loss) < 1e-10
-        assert abs(i0["history"]["val_accuracy"][e] - val_acc) < 1e-12
+        for k, v in ref.evaluate(xv, yv, return_dict=True).items():
+            assert abs(i0["history"][f"val_{k}"][e] - v) < 1e-10, k
     assert i0["params"]["samples"] == sum(w.SHARDS) and i0["params"]["steps"] == 5
     assert i0["history"] == i1["history"]
     # shuffled shards: each rank its own order, the same weights everywhere
@@ -169,6 +168,9 @@ def test_callbacks_stop_together_and_rank0_writes(mpi, tmp_path):
     files = sorted(os.listdir(tmp_path))
     assert [f for f in files if f.startswith("ckpt-rank0")] == [f"ckpt-rank0-{e}.crm" for e in range(1, 5)]
     assert not [f for f in files if "rank1" in f and f.endswith(".crm")]
+    assert "log-rank0.csv" in files and "log-rank1.csv" not in files  # CSVLogger: rank 0 too
+    with open(tmp_path / "log-rank0.csv") as f:
+        assert len(f.read().splitlines()) == 1 + 4  # the header and the 4 epochs
     saved = cr.load_model(str(tmp_path / "final-rank0.crm"))
     assert np.array_equal(np.concatenate([v.ravel() for v in saved.get_weights()]), a0["final"])
     # EarlyStopping decides on the reduced val_loss: the single-process epoch, on both ranks
@@ -219,6 +221,14 @@ def test_batchnorm_moving_statistics_are_the_ranks_mean(mpi, tmp_path):
     model.set_weights([a0[f"{w.BN_EPOCHS - 1}/{i}"] for i in range(len(model.get_weights()))])
     loss, _ = model.evaluate(x[:7], y[:7])
     assert abs(i0["history"]["val_loss"][-1] - loss) < 1e-12
+
+
+def test_streams_are_refused_on_every_rank(mpi, tmp_path):
+    run_mpi("stream", tmp_path)
+    (_, i0), (_, i1) = load(tmp_path, 0), load(tmp_path, 1)
+    assert i0 == i1 and len(i0["errors"]) == 2, i0
+    assert "trains on arrays" in i0["errors"][0] and "validates on arrays" in i0["errors"][1]
+    assert np.isfinite(i0["loss"][0])
 
 
 def test_nonfinite_loss_on_one_rank_stops_all(mpi, tmp_path):

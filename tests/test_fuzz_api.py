@@ -679,7 +679,9 @@ MODEL_KINDS = {
                (D_IN,), N_CLASSES),
     "cce": ("categorical_crossentropy", lambda: [cr.layers.Dense(N_CLASSES, activation="softmax")],
             (D_IN,), N_CLASSES),
-    "cce_linear": ("categorical_crossentropy", lambda: [cr.layers.Dense(N_CLASSES)], (D_IN,), N_CLASSES),
+    # the unfused cross-entropy on probabilities (compile refuses it after a linear layer)
+    "cce_sigmoid": ("categorical_crossentropy", lambda: [cr.layers.Dense(N_CLASSES, activation="sigmoid")],
+                    (D_IN,), N_CLASSES),
     "bce": ("binary_crossentropy", lambda: [cr.layers.Dense(1, activation="sigmoid")], (D_IN,), 1),
     "bce2": ("binary_crossentropy", lambda: [cr.layers.Dense(2, activation="sigmoid")], (D_IN,), 2),
     "mse": ("mse", lambda: [cr.layers.Dense(2, activation="tanh"), cr.layers.Dense(2)], (D_IN,), 2),

@@ -84,11 +84,11 @@ class LoopHooks {
       }
     };
     if (!progress_cb_.is_none())
-      progress = [this](i64 done, i64 total, double loss, double acc) {
+      progress = [this](i64 done, i64 total, double loss, const std::vector<double>& metrics) {
         py::gil_scoped_acquire gil;
         try {
           if (PyErr_CheckSignals() != 0) return keep_error();
-          py::object r = progress_cb_(done, total, loss, acc);
+          py::object r = progress_cb_(done, total, loss, py::cast(metrics));
           return r.is_none() || r.cast<bool>();
         } catch (py::error_already_set& e) {
           pending_ = std::make_unique<py::error_already_set>(std::move(e));
@@ -164,12 +164,11 @@ Checked<T> check_xy(cr::Network<T>& net, const Arr<T>& x, const Arr<T>& y, const
   if (x.ndim() != 2 || x.shape(1) != net.in_size())
     cr::fail("x must have shape (n, ", net.in_size(), "); received shape ", shape_str(x));
   c.n = x.shape(0);
-  const i64 C = net.out_size();
-  const i64 tc = cr::target_cols(net.loss(), C);
+  const i64 tc = net.target_cols();
   if (y.ndim() != 2 || y.shape(0) != c.n || y.shape(1) != tc)
-    cr::fail("y must have shape (", c.n, ", ", tc, ") for loss '", cr::loss_name(net.loss()),
+    cr::fail("y must have shape (", c.n, ", ", tc, ") for loss '", net.loss_name(),
              "'; received shape ", shape_str(y));
-  cr::check_targets(net.loss(), y.data(), c.n, C);
+  net.check_targets(y.data(), c.n);
   c.x = x.data();
   c.y = y.data();
   if (!sw.is_none()) {
@@ -184,7 +183,7 @@ Checked<T> check_xy(cr::Network<T>& net, const Arr<T>& x, const Arr<T>& y, const
 py::dict stats_dict(const cr::EpochStats& s) {
   py::dict d;
   d["loss"] = s.loss;
-  d["accuracy"] = s.accuracy;
+  d["metrics"] = py::cast(s.metrics);
   d["samples"] = s.samples;
   d["steps"] = s.steps;
   d["stopped_nan"] = s.stopped_nan;
@@ -249,6 +248,64 @@ cr::OptimConfig optim_from_dict(const py::dict& d) {
   return c;
 }
 
+// A Python object the core may drop without the GIL (compile replaces its hooks while the
+// GIL is released): released with the GIL re-taken. Lock order as everywhere: mutex -> GIL.
+struct PyRef {
+  py::object obj;
+  explicit PyRef(py::object o) : obj(std::move(o)) {}
+  PyRef(const PyRef&) = delete;
+  PyRef& operator=(const PyRef&) = delete;
+  ~PyRef() {
+    py::gil_scoped_acquire gil;
+    obj = py::object();
+  }
+};
+
+template <typename T>
+Arr<T> copy_rows(const T* p, i64 rows, i64 cols) {
+  Arr<T> a({rows, cols});
+  std::memcpy(a.mutable_data(), p, sizeof(T) * rows * cols);
+  return a;
+}
+
+// The core's external loss over a Python callable fn(out, y, need_grad) -> (loss, grad):
+// loss a float64 array (B,), grad an array (B, C) of the model's dtype, or None when
+// need_grad is False (chainrule.losses builds fn around the user's function). Python errors
+// propagate as exceptions out of the core's call.
+template <typename T>
+cr::ExternalLossFn<T> external_loss(py::object fn) {
+  auto ref = std::make_shared<PyRef>(std::move(fn));
+  return [ref](const T* out, const T* y, i64 B, i64 C, double* loss, T* grad) {
+    py::gil_scoped_acquire gil;
+    py::tuple r = ref->obj(copy_rows(out, B, C), copy_rows(y, B, C), grad != nullptr);
+    auto l = r[0].cast<py::array_t<double, py::array::c_style | py::array::forcecast>>();
+    if (l.ndim() != 1 || l.shape(0) != B)
+      cr::fail("custom loss: the per-sample loss must have shape (", B, ",); received shape ", shape_str(l));
+    std::memcpy(loss, l.data(), sizeof(double) * B);
+    if (grad) {
+      auto g = r[1].cast<py::array_t<T, py::array::c_style | py::array::forcecast>>();
+      if (g.ndim() != 2 || g.shape(0) != B || g.shape(1) != C)
+        cr::fail("custom loss: the gradient must have shape (", B, ", ", C, "); received shape ", shape_str(g));
+      std::memcpy(grad, g.data(), sizeof(T) * B * C);
+    }
+  };
+}
+
+// The core's external metrics over a Python callable fn(pred, y) -> float64 array (n,) of
+// per-metric sums over the batch.
+template <typename T>
+cr::ExternalMetricsFn<T> external_metrics(py::object fn, i64 n) {
+  auto ref = std::make_shared<PyRef>(std::move(fn));
+  return [ref, n](const T* pred, const T* y, i64 B, i64 C, i64 tc, double* sums) {
+    py::gil_scoped_acquire gil;
+    py::object r = ref->obj(copy_rows(pred, B, C), copy_rows(y, B, tc));
+    auto v = r.cast<py::array_t<double, py::array::c_style | py::array::forcecast>>();
+    if (v.ndim() != 1 || v.shape(0) != n)
+      cr::fail("custom metrics: expected ", n, " sums; received shape ", shape_str(v));
+    std::memcpy(sums, v.data(), sizeof(double) * n);
+  };
+}
+
 template <typename T>
 void bind_network(py::module_& m, const char* name) {
   using Net = cr::Network<T>;
@@ -288,11 +345,36 @@ void bind_network(py::module_& m, const char* name) {
            })
       // Configuration: each waits for a running epoch to end.
       .def("compile",
-           [](Net& n, int loss, const py::dict& opt) {
+           [](Net& n, int loss, const py::dict& opt, bool from_logits) {
              if (loss < 0 || loss >= cr::kLossCount) cr::fail("unknown loss code ", loss);
              const cr::OptimConfig c = optim_from_dict(opt);
-             locked(n, [&] { n.compile(cr::Loss(loss), c); });
-           })
+             locked(n, [&] { n.compile(cr::Loss(loss), from_logits, c); });
+           },
+           py::arg("loss"), py::arg("optimizer"), py::arg("from_logits") = false)
+      .def("compile_external",
+           [](Net& n, py::object fn, const py::dict& opt) {
+             if (!PyCallable_Check(fn.ptr())) cr::fail("compile_external: the loss must be callable");
+             const cr::OptimConfig c = optim_from_dict(opt);
+             auto f = external_loss<T>(std::move(fn));
+             locked(n, [&] { n.compile_external(std::move(f), c); });
+           },
+           py::arg("loss"), py::arg("optimizer"))
+      // specs: [(metric code, param)]; then n_external metrics computed by fn (or None).
+      .def("set_metrics",
+           [](Net& n, const std::vector<std::pair<int, double>>& specs, i64 n_external, py::object fn) {
+             std::vector<cr::MetricSpec> ms;
+             for (auto& [code, param] : specs) {
+               if (code < 0 || code >= cr::kMetricCount) cr::fail("unknown metric code ", code);
+               ms.push_back({cr::Metric(code), param});
+             }
+             cr::ExternalMetricsFn<T> f;
+             if (n_external > 0) {
+               if (!PyCallable_Check(fn.ptr())) cr::fail("set_metrics: the external metrics must be callable");
+               f = external_metrics<T>(std::move(fn), n_external);
+             }
+             locked(n, [&] { n.set_metrics(ms, n_external, std::move(f)); });
+           },
+           py::arg("specs"), py::arg("n_external") = 0, py::arg("fn") = py::none())
       .def("set_optimizer",
            [](Net& n, const py::dict& opt) {
              const cr::OptimConfig c = optim_from_dict(opt);
@@ -303,7 +385,7 @@ void bind_network(py::module_& m, const char* name) {
       .def("set_regularization", locked_call(&Net::set_regularization), py::arg("index"), py::arg("l1"),
            py::arg("l2"))
       .def("set_layer_trainable", locked_call(&Net::set_layer_trainable), py::arg("layer"), py::arg("trainable"))
-      .def("set_stop_on_nan", locked_call(&Net::set_stop_on_nan))
+      .def("set_stop_on_nan", locked_call(&Net::set_stop_on_nan), py::arg("on"), py::arg("every") = 1)
       .def("set_monitor", locked_call(&Net::set_monitor))
       .def("set_lr_scale", locked_call(&Net::set_lr_scale))
       .def("set_step_count", locked_call(&Net::set_step_count))
@@ -422,6 +504,27 @@ void bind_network(py::module_& m, const char* name) {
       .def("check_data",
            [](Net& n, const Arr<T>& x, const Arr<T>& y, const py::object& sw) { check_xy(n, x, y, sw); },
            py::arg("x").noconvert(), py::arg("y").noconvert(), py::arg("sample_weight") = py::none())
+      // An epoch streamed one batch per call (see Network::begin_epoch).
+      .def("begin_epoch", locked_call(&Net::begin_epoch))
+      .def("train_stream_batches",
+           [](Net& n, const Arr<T>& x, const Arr<T>& y, const py::object& sw, const std::vector<i64>& sizes) {
+             auto c = check_xy(n, x, y, sw);
+             i64 total = 0;
+             for (i64 s : sizes) {
+               if (s < 1) cr::fail("batch sizes must be >= 1; received ", s);
+               total += s;
+             }
+             if (total != c.n) cr::fail("the batch sizes sum to ", total, " but x has ", c.n, " rows");
+             LoopHooks hooks{py::none()};
+             i64 used = locked(n, [&] {
+               return n.train_stream_batches(c.x, c.y, c.w, sizes.data(), i64(sizes.size()), hooks.poll);
+             });
+             hooks.rethrow();
+             return used;
+           },
+           py::arg("x").noconvert(), py::arg("y").noconvert(), py::arg("sample_weight"), py::arg("sizes"))
+      .def("running_stats", [](Net& n) { return stats_dict(locked(n, [&] { return n.running_stats(); })); })
+      .def("end_epoch", [](Net& n) { return stats_dict(locked(n, [&] { return n.end_epoch(); })); })
       .def("train_batch",
            [](Net& n, const Arr<T>& x, const Arr<T>& y, const py::object& sw) {
              auto c = check_xy(n, x, y, sw);
@@ -506,9 +609,13 @@ PYBIND11_MODULE(_core, m) {
       if (Op::takes_alpha) activation_alpha[Op::name] = Op::default_alpha;
     });
   for (int c = 0; c < cr::kLossCount; ++c) losses[cr::loss_name(cr::Loss(c))] = c;
+  py::dict metrics;  // name -> (code, sparse targets)
+  for (int c = 0; c < cr::kMetricCount; ++c)
+    metrics[cr::metric_info(cr::Metric(c)).name] = py::make_tuple(c, cr::metric_info(cr::Metric(c)).sparse);
   m.attr("ACTIVATIONS") = activations;
   m.attr("ACTIVATION_ALPHA") = activation_alpha;
   m.attr("LOSSES") = losses;
+  m.attr("METRICS") = metrics;
   bind_network<float>(m, "Network32");
   bind_network<double>(m, "Network64");
   bind_kernels(m);

@@ -1,4 +1,4 @@
-// Losses: value, gradient and accuracy for one batch in one pass.
+// Losses: value and gradient for one batch in one pass (metrics: metrics/metrics.h).
 // Fused heads: softmax + (sparse) categorical cross-entropy and sigmoid + binary
 // cross-entropy are computed from the logits (log-sum-exp / softplus), so large logits give
 // finite losses and the gradient w.r.t. the logits is the simple (p - t) / n.
@@ -89,18 +89,9 @@ void check_targets(Loss l, const T* y, i64 n, i64 C) {
 
 struct LossStats {
   double loss_sum = 0.0;  // sum over samples of the (weighted) per-sample loss
-  double correct = 0.0;   // sum over samples of the per-sample accuracy in [0, 1]
 };
 
 constexpr double kProbEps = 1e-7;  // clipping for cross-entropy on probabilities (as Keras)
-
-template <typename T>
-inline i64 argmax_row(const T* r, i64 C) {
-  i64 best = 0;
-  for (i64 j = 1; j < C; ++j)
-    if (r[j] > r[best]) best = j;
-  return best;
-}
 
 // out: (B, C) network output. With head != Linear it holds logits and is overwritten by
 // head(out), the probabilities; the gradient is then w.r.t. the logits. targets: (B, tc),
@@ -114,14 +105,14 @@ LossStats loss_forward_backward(Loss loss, Act head, T* out, const T* targets,
   LossStats st;
   const i64 tc = target_cols(loss, C);
   const double invB = 1.0 / double(batch_total > 0 ? batch_total : B);
-  double loss_sum = 0.0, correct = 0.0;
-#pragma omp parallel for schedule(static) reduction(+ : loss_sum, correct) if (B * C > kParallelElems)
+  double loss_sum = 0.0;
+#pragma omp parallel for schedule(static) reduction(+ : loss_sum) if (B * C > kParallelElems)
   for (i64 i = 0; i < B; ++i) {
     T* o = out + i * C;
     const T* t = targets + i * tc;
     const double w = sample_weight ? double(sample_weight[i]) : 1.0;
     T* g = grad ? grad + i * C : nullptr;
-    double li = 0.0, ci = 0.0;
+    double li = 0.0;
     switch (loss) {
       case Loss::MSE: {
         if (head != Act::Linear) activation_forward(head, T(0), o, 1, C);
@@ -131,8 +122,6 @@ LossStats loss_forward_backward(Loss loss, Act head, T* out, const T* targets,
           if (g) g[j] = T(2.0 * d * w * invB / double(C));
         }
         li /= double(C);
-        if (C > 1) ci = argmax_row(o, C) == argmax_row(t, C) ? 1.0 : 0.0;
-        else ci = ((o[0] > T(0.5)) == (t[0] > T(0.5))) ? 1.0 : 0.0;
         break;
       }
       case Loss::BinaryCE: {
@@ -152,10 +141,8 @@ LossStats loss_forward_backward(Loss loss, Act head, T* out, const T* targets,
             const bool clipped = y != p;
             if (g) g[j] = clipped ? T(0) : T((p - tj) / (p * (1.0 - p)) * w * invB / double(C));
           }
-          ci += ((p > 0.5) == (tj > 0.5)) ? 1.0 : 0.0;
         }
         li /= double(C);
-        ci /= double(C);
         break;
       }
       case Loss::CategoricalCE:
@@ -201,16 +188,12 @@ LossStats loss_forward_backward(Loss loss, Act head, T* out, const T* targets,
             if (g) g[j] = y != p ? T(0) : T(-tj / p * w * invB);
           }
         }
-        const i64 pred = argmax_row(o, C);
-        ci = (sparse ? pred == label : pred == argmax_row(t, C)) ? 1.0 : 0.0;
         break;
       }
     }
     loss_sum += w * li;
-    correct += ci;
   }
   st.loss_sum = loss_sum;
-  st.correct = correct;
   return st;
 }
 

@@ -3,7 +3,9 @@
 // (shuffle, batch, forward, loss, backward, optimizer step, metrics), evaluate, predict —
 // all in C++, and the data-parallel epoch over a Reducer (data_parallel.h). The gradient
 // monitor (monitor.h) and stop-on-NaN's snapshot (nan_guard.h) are its parts. Buffers are
-// sized once per call for the largest batch; the batch loop allocates nothing.
+// sized once per call for the largest batch; the batch loop allocates nothing. An epoch can
+// also be fed one batch per call (data streamed from the caller), and the loss and some
+// metrics can be computed outside the core (hooks).
 #pragma once
 #include <algorithm>
 #include <chrono>
@@ -20,6 +22,7 @@
 #include "kernels/rng.h"
 #include "layers/layer.h"
 #include "losses/loss.h"
+#include "metrics/metrics.h"
 #include "optim/optimizer.h"
 #include "trainer/data_parallel.h"
 #include "trainer/monitor.h"
@@ -30,7 +33,7 @@ namespace cr {
 
 struct EpochStats {
   double loss = 0.0;      // mean (weighted) loss over the samples, regularization included
-  double accuracy = 0.0;  // mean accuracy over the samples
+  std::vector<double> metrics;  // per metric (built-in first, then external): mean over the samples
   i64 samples = 0;
   i64 steps = 0;
   bool stopped_nan = false;  // stop_on_nan: a loss or weight became NaN/inf; weights and
@@ -41,8 +44,8 @@ struct EpochStats {
 };
 
 // Called every N steps from the epoch loop: (steps done, steps total, running loss, running
-// accuracy). Returning false stops the epoch after the current step.
-using ProgressFn = std::function<bool(i64, i64, double, double)>;
+// metric means). Returning false stops the epoch after the current step.
+using ProgressFn = std::function<bool(i64, i64, double, const std::vector<double>&)>;
 // Called between steps (and batches of evaluate/predict) at most every kPollSeconds of wall
 // time; returning false stops the loop after the current batch (a pending Ctrl-C).
 using PollFn = std::function<bool()>;
@@ -83,6 +86,18 @@ struct TraceRecord {
   double loss = 0.0, learning_rate = 0.0;
 };
 
+// A loss computed outside the core (a Python callable, through the bindings): given the
+// outputs out (B, C) and targets y (B, C), fills loss (B) with the per-sample losses and,
+// when grad is not null, grad (B, C) with d loss_i / d out_i. The core applies the sample
+// weights and the batch mean. Called between batches, never inside a parallel region; an
+// error is an exception, which ends the call that ran it.
+template <typename T>
+using ExternalLossFn = std::function<void(const T* out, const T* y, i64 B, i64 C, double* loss, T* grad)>;
+// Metrics computed outside the core: given pred (B, C) and targets y (B, tc), writes each
+// external metric's sum over the batch into sums. Called like ExternalLossFn.
+template <typename T>
+using ExternalMetricsFn = std::function<void(const T* pred, const T* y, i64 B, i64 C, i64 tc, double* sums)>;
+
 enum class GradState {
   Zero,         // every gradient is zero: just allocated, or consumed by an optimizer step
   Accumulated,  // a backward pass has added into it since
@@ -109,18 +124,68 @@ class Network {
   i64 num_params() const { return params_.size(); }
   bool compiled() const { return compiled_; }
   Loss loss() const { return loss_; }
+  bool external_loss() const { return external_loss_; }
+  const char* loss_name() const { return external_loss_ ? "custom loss" : cr::loss_name(loss_); }
+  // Columns of a target row: 1 (a class index) for sparse losses, the output width otherwise.
+  i64 target_cols() const { return external_loss_ ? out_size() : cr::target_cols(loss_, out_size()); }
+  // Targets outside the loss's domain: an argument error before any work (y: (n, target_cols)).
+  void check_targets(const T* y, i64 n) const {
+    if (!external_loss_) cr::check_targets(loss_, y, n, out_size());
+  }
   std::mutex& mutex() { return mu_; }
 
   // Set loss and optimizer. A final softmax/sigmoid that the loss can absorb is moved into
-  // the loss (fused, stable); predictions still come out through it.
-  void compile(Loss loss, const OptimConfig& opt) {
-    loss_ = loss;
-    Act fus = fusable_head(loss);
-    head_ = (fus != Act::Linear && last_act_ == fus) ? fus : Act::Linear;
-    layers_.back()->set_activation(head_ != Act::Linear ? Act::Linear : last_act_);
+  // the loss (fused, stable); predictions still come out through it. With from_logits the
+  // last layer's outputs are taken as logits: the loss applies its softmax/sigmoid (the same
+  // fused computation), and predictions are the logits themselves.
+  void compile(Loss loss, bool from_logits, const OptimConfig& opt) {
+    const Act fus = fusable_head(loss);
+    if (from_logits && fus == Act::Linear)
+      fail("from_logits applies to the cross-entropy losses; received it for ", cr::loss_name(loss));
     set_optimizer(opt);
+    loss_ = loss;
+    external_loss_ = false;
+    ext_loss_ = nullptr;
+    if (from_logits) {
+      loss_head_ = fus;
+      predict_head_ = Act::Linear;
+      layers_.back()->set_activation(last_act_);
+    } else {
+      loss_head_ = predict_head_ = (fus != Act::Linear && last_act_ == fus) ? fus : Act::Linear;
+      layers_.back()->set_activation(loss_head_ != Act::Linear ? Act::Linear : last_act_);
+    }
+    metrics_.clear();
+    set_external_metrics(0, nullptr);
     compiled_ = true;
   }
+  // Set the optimizer and a loss computed outside the core (targets: one per output).
+  void compile_external(ExternalLossFn<T> fn, const OptimConfig& opt) {
+    if (!fn) fail("compile: the external loss function is empty");
+    set_optimizer(opt);
+    external_loss_ = true;
+    ext_loss_ = std::move(fn);
+    loss_head_ = predict_head_ = Act::Linear;
+    layers_.back()->set_activation(last_act_);
+    metrics_.clear();
+    set_external_metrics(0, nullptr);
+    compiled_ = true;
+  }
+  // The metrics reported by training and evaluation: the built-in ones (their targets must
+  // have the loss's layout), then n_external computed by fn. Reported in that order.
+  void set_metrics(const std::vector<MetricSpec>& specs, i64 n_external, ExternalMetricsFn<T> fn) {
+    if (!compiled_) fail("set_metrics: the model must be compiled first");
+    const bool sparse_targets = !external_loss_ && loss_info(loss_).sparse;
+    for (const MetricSpec& m : specs) {
+      check_metric(m);
+      if (metric_info(m.kind).sparse != sparse_targets)
+        fail(metric_info(m.kind).name, " needs ", metric_info(m.kind).sparse ? "integer class labels" : "one target per output",
+             " but the loss (", loss_name(), ") takes ", sparse_targets ? "integer class labels" : "one target per output");
+    }
+    if (n_external < 0 || (n_external > 0 && !fn)) fail("set_metrics: bad external metrics (", n_external, ")");
+    metrics_ = specs;
+    set_external_metrics(n_external, std::move(fn));
+  }
+  i64 num_metrics() const { return i64(metrics_.size()) + n_ext_metrics_; }
   void set_optimizer(const OptimConfig& opt) {
     if (!(opt.learning_rate >= 0.0) || !std::isfinite(opt.learning_rate))
       fail("optimizer: learning_rate must be a finite number >= 0; received ", opt.learning_rate);
@@ -169,7 +234,8 @@ class Network {
   void state_changed() { nan_guard_.invalidate(); }
   // Stop an epoch at the first non-finite loss or weight and restore the weights and the
   // optimizer state of the last finite step.
-  void set_stop_on_nan(bool on) { nan_guard_.set_enabled(on); }
+  // every: steps between snapshots (1: a stop restores the last finite step exactly).
+  void set_stop_on_nan(bool on, i64 every = 1) { nan_guard_.set_enabled(on, every); }
   // Per-layer monitoring (gradient norms, update ratios, dead units): on by default.
   void set_monitor(bool on) { monitor_.set_enabled(on); }
   const std::vector<ParamHealth>& param_health() const { return monitor_.health(); }
@@ -191,44 +257,73 @@ class Network {
     order_.resize(N);
     std::iota(order_.begin(), order_.end(), i64(0));
     if (shuffle) shuffle_indices(order_.data(), N, seed);
-    monitor_.begin_epoch(layers_);
-    EpochStats st;
+    begin_epoch();
     Poller poller(poll);
     const i64 total_steps = (N + batch - 1) / batch;
-    i64 seen = 0;
     for (i64 start = 0; start < N; start += batch) {
       if (poller.stop()) {
-        st.interrupted = true;
+        epoch_.interrupted = true;
         break;
       }
       const i64 B = std::min(batch, N - start);
       const T *xb, *yb, *wb;
       gather(X, Y, SW, start, B, shuffle, xb, yb, wb);
-      LossStats ls;
-      if (!train_step(xb, yb, wb, B, ls)) {
-        st.stopped_nan = true;
-        st.loss += ls.loss_sum;
-        seen += B;
-        break;
-      }
-      st.loss += ls.loss_sum;
-      st.accuracy += ls.correct;
-      st.steps += 1;
-      seen += B;
-      if (progress && progress_every > 0 && (st.steps % progress_every == 0 || seen == N)) {
-        if (!progress(st.steps, total_steps, st.loss / double(seen), st.accuracy / double(seen))) break;
+      if (!epoch_step(xb, yb, wb, B)) break;
+      if (progress && progress_every > 0 && (epoch_.steps % progress_every == 0 || epoch_.samples == N)) {
+        const EpochStats run = running_stats();
+        if (!progress(epoch_.steps, total_steps, run.loss, run.metrics)) break;
       }
     }
-    return finish_epoch(st, seen);
+    return end_epoch();
   }
 
-  // The end of an epoch (train_epoch, train_epoch_parallel): the monitor's record, means over
-  // the `seen` rows, the last step's rate and the first non-finite parameter.
-  EpochStats finish_epoch(EpochStats st, i64 seen) {
-    monitor_.end_epoch(st.steps, step_sums_, layers_);
-    st.samples = seen;
-    st.loss /= double(std::max<i64>(seen, 1));
-    st.accuracy /= double(std::max<i64>(seen, 1));
+  // An epoch fed batches by the caller (data streamed in chunks of batches): begin_epoch,
+  // then train_stream_batches per chunk, then end_epoch for the epoch's statistics. train_epoch is
+  // the same over an array in memory. Between begin and end, only these calls (and
+  // running_stats) may train or evaluate the network.
+  void begin_epoch() {
+    if (!compiled_) fail("the model must be compiled (loss and optimizer set) before training or evaluation");
+    monitor_.begin_epoch(layers_);
+    epoch_ = EpochStats{};
+    epoch_.metrics.assign(num_metrics(), 0.0);
+  }
+  // Training steps on `count` consecutive batches of X: (N, in), Y: (N, tc), SW: (N) or null,
+  // of sizes[0], sizes[1], ... rows (summing to N), counted in the current epoch. Returns the
+  // number of batches used: fewer than count when stop_on_nan refused a step (the last one
+  // used; the step is undone) or the poll function asked to stop (interrupted).
+  i64 train_stream_batches(const T* X, const T* Y, const T* SW, const i64* sizes, i64 count,
+                           const PollFn& poll = nullptr) {
+    i64 total = 0, largest = 1;
+    for (i64 k = 0; k < count; ++k) {
+      if (sizes[k] < 1) fail("batch sizes must be >= 1; received ", sizes[k], " at index ", k);
+      total += sizes[k];
+      largest = std::max(largest, sizes[k]);
+    }
+    BatchCall call(*this, total, largest, NeedsCompile::Yes);
+    const i64 in = in_size(), tc = target_cols();
+    Poller poller(poll);
+    i64 start = 0;
+    for (i64 k = 0; k < count; ++k) {
+      if (poller.stop()) {
+        epoch_.interrupted = true;
+        return k;
+      }
+      if (!epoch_step(X + start * in, Y + start * tc, SW ? SW + start : nullptr, sizes[k])) return k + 1;
+      start += sizes[k];
+    }
+    return count;
+  }
+  // The epoch so far: loss and metric means over the samples seen, steps, samples.
+  EpochStats running_stats() const {
+    EpochStats st = epoch_;
+    const double n = double(std::max<i64>(epoch_.samples, 1));
+    st.loss /= n;
+    for (double& m : st.metrics) m /= n;
+    return st;
+  }
+  EpochStats end_epoch() {
+    monitor_.end_epoch(epoch_.steps, step_sums_, layers_);
+    EpochStats st = running_stats();
     st.learning_rate = last_lr_;
     st.nonfinite_param = params_.first_nonfinite();
     return st;
@@ -240,7 +335,7 @@ class Network {
   // global batch, are summed over the processes by dp.reducer, bucket by bucket as the
   // backward pass completes them (train_step_parallel); penalties, clipping and the
   // optimizer step follow on the sums, the same on every process, so the weights stay
-  // identical everywhere. Loss, accuracy, stop requests (poll, progress) and stop_on_nan's
+  // identical everywhere. Loss, metrics, stop requests (poll, progress) and stop_on_nan's
   // loss check travel with each step's sums, so every process leaves the loop after the same
   // step; an interrupt ends the epoch after the step in progress. The stats are global.
   // With shared rows this computes train_epoch's epoch (the gradient sums in another order:
@@ -256,11 +351,10 @@ class Network {
     std::iota(order_.begin(), order_.end(), i64(0));
     if (shuffle) shuffle_indices(order_.data(), N, seed);
     plan_buckets();
-    monitor_.begin_epoch(layers_);
-    EpochStats st;
+    begin_epoch();
+    step_totals_.assign(2 + size_t(num_metrics()), 0.0);  // loss, metrics, stop requests
     Poller poller(poll);
     bool stop_asked = false;  // here: by the poll or the progress callback
-    i64 seen = 0;
     for (i64 k = 0; k < plan.steps(); ++k) {
       if (poller.stop()) stop_asked = true;
       const StepPlan::Part part = plan.part(k);
@@ -269,21 +363,23 @@ class Network {
       LossStats ls;
       bool stop = stop_asked;
       const bool stepped = train_step_parallel(xb, yb, wb, part.count, part.global, *dp.reducer, stop, ls);
-      st.loss += ls.loss_sum;
-      seen += part.global;
+      // as epoch_step, with the global sums
+      epoch_.loss += ls.loss_sum;
+      for (size_t m = 0; m < epoch_.metrics.size(); ++m) epoch_.metrics[m] += batch_metrics_[m];
+      epoch_.samples += part.global;
       if (!stepped) {
-        st.stopped_nan = true;
+        epoch_.stopped_nan = true;
         break;
       }
-      st.accuracy += ls.correct;
-      st.steps += 1;
+      epoch_.steps += 1;
       if (stop) {
-        st.interrupted = true;
+        epoch_.interrupted = true;
         break;
       }
-      if (progress && progress_every > 0 && (st.steps % progress_every == 0 || seen == plan.total_rows())) {
-        if (!progress(st.steps, plan.steps(), st.loss / double(seen), st.accuracy / double(seen)))
-          stop_asked = true;
+      if (progress && progress_every > 0 &&
+          (epoch_.steps % progress_every == 0 || epoch_.samples == plan.total_rows())) {
+        const EpochStats run = running_stats();
+        if (!progress(epoch_.steps, plan.steps(), run.loss, run.metrics)) stop_asked = true;
       }
     }
     if (monitor_.active()) {  // a unit is alive when it fired on any process's rows
@@ -291,7 +387,7 @@ class Network {
       monitor_.for_each_unit_maximum([&](T* a, i64 n) { tickets.push_back(dp.reducer->start_max(a, n)); });
       for (i64 t : tickets) dp.reducer->wait(t);
     }
-    return finish_epoch(st, seen);
+    return end_epoch();
   }
 
   // One optimizer step on exactly this batch (Keras train_on_batch).
@@ -365,9 +461,9 @@ class Network {
     }
     for (size_t l = 0; l < L; ++l) layers_[l]->set_rng_state(rng[l]);
     tr.output.assign(acts_.back().data(), acts_.back().data() + B * C);
-    if (head_ != Act::Linear) activation_forward(head_, T(0), tr.output.data(), B, C);
+    if (predict_head_ != Act::Linear) activation_forward(predict_head_, T(0), tr.output.data(), B, C);
     std::memcpy(probs_.data(), acts_.back().data(), sizeof(T) * B * C);
-    const LossStats ls = loss_forward_backward<T>(loss_, head_, probs_.data(), Y, SW, B, C, gbuf_[0].data());
+    const LossStats ls = compute_loss(probs_.data(), Y, SW, B, gbuf_[0].data());
     tr.output_grad.assign(gbuf_[0].data(), gbuf_[0].data() + B * C);
     // The gradient pass, into the gradient block (the layers are bound to it), saved first.
     std::vector<T> saved_grads(params_.grads(), params_.grads() + np);
@@ -408,8 +504,9 @@ class Network {
   EpochStats evaluate(const T* X, const T* Y, const T* SW, i64 N, i64 batch,
                       const PollFn& poll = nullptr) {
     BatchCall call(*this, N, batch, NeedsCompile::Yes);
-    const i64 tc = target_cols(loss_, out_size());
+    const i64 tc = target_cols();
     EpochStats st;
+    st.metrics.assign(num_metrics(), 0.0);
     Poller poller(poll);
     for (i64 start = 0; start < N; start += batch) {
       if (poller.stop()) {
@@ -419,15 +516,16 @@ class Network {
       const i64 B = std::min(batch, N - start);
       T* out = forward(X + start * in_size(), B, false);
       std::memcpy(probs_.data(), out, sizeof(T) * B * out_size());
-      LossStats ls = loss_forward_backward<T>(loss_, head_, probs_.data(), Y + start * tc,
-                                              SW ? SW + start : nullptr, B, out_size(), nullptr);
+      const T* yb = Y + start * tc;
+      LossStats ls = compute_loss(probs_.data(), yb, SW ? SW + start : nullptr, B, nullptr);
+      measure(probs_.data(), yb, B);
       st.loss += ls.loss_sum;
-      st.accuracy += ls.correct;
+      for (size_t k = 0; k < st.metrics.size(); ++k) st.metrics[k] += batch_metrics_[k];
     }
     st.loss += params_.penalty() * double(N);
     st.samples = N;
     st.loss /= double(N);
-    st.accuracy /= double(N);
+    for (double& m : st.metrics) m /= double(N);
     return st;
   }
 
@@ -443,7 +541,7 @@ class Network {
       T* o = forward(X + start * in_size(), B, false);
       T* dst = out + start * C;
       std::memcpy(dst, o, sizeof(T) * B * C);
-      if (head_ != Act::Linear) activation_forward(head_, T(0), dst, B, C);
+      if (predict_head_ != Act::Linear) activation_forward(predict_head_, T(0), dst, B, C);
     }
     return true;
   }
@@ -496,25 +594,81 @@ class Network {
     xbuf_.assign(batch * in_size(), T(0));
     ybuf_.assign(batch * out_size(), T(0));
     wbuf_.assign(batch, T(0));
+    sample_loss_.assign(batch, 0.0);
     probs_.assign(batch * out_size(), T(0));
     for (auto& g : gbuf_) g.assign(batch * widest, T(0));
     cap_ = batch;
   }
 
-  // Loss and accuracy of a single-batch call, as means over its B samples.
-  static EpochStats batch_stats(const LossStats& ls, i64 B) {
+  // Loss and metrics of a single-batch call (those of its last measure()), as means over
+  // its B samples.
+  EpochStats batch_stats(const LossStats& ls, i64 B) const {
     EpochStats st;
     st.loss = ls.loss_sum / double(B);
-    st.accuracy = ls.correct / double(B);
+    st.metrics.resize(batch_metrics_.size());
+    for (size_t k = 0; k < batch_metrics_.size(); ++k) st.metrics[k] = batch_metrics_[k] / double(B);
     st.samples = B;
     return st;
+  }
+
+  void set_external_metrics(i64 n, ExternalMetricsFn<T> fn) {
+    n_ext_metrics_ = n;
+    ext_metrics_ = std::move(fn);
+    batch_metrics_.assign(metrics_.size() + size_t(n), 0.0);
+  }
+
+  // The loss of one batch: out (B, C) holds the last layer's outputs; with a fused head (or
+  // from_logits) they are logits, overwritten with the probabilities. grad (B, C) or null
+  // receives d(sum_i w_i l_i / n)/d(out), n = batch_total when > 0 (a data-parallel step's
+  // global batch), else B.
+  LossStats compute_loss(T* out, const T* y, const T* w, i64 B, T* grad, i64 batch_total = 0) {
+    const i64 C = out_size();
+    if (!external_loss_)
+      return loss_forward_backward<T>(loss_, loss_head_, out, y, w, B, C, grad, batch_total);
+    ext_loss_(out, y, B, C, sample_loss_.data(), grad);
+    LossStats ls;
+    const double invB = 1.0 / double(batch_total > 0 ? batch_total : B);
+    for (i64 i = 0; i < B; ++i) {
+      const double wi = w ? double(w[i]) : 1.0;
+      ls.loss_sum += wi * sample_loss_[i];
+      if (grad) {
+        const T scale = T(wi * invB);
+        for (i64 j = 0; j < C; ++j) grad[i * C + j] *= scale;
+      }
+    }
+    return ls;
+  }
+
+  // Every metric's sum over this batch into batch_metrics_. pred: (B, C) the outputs the loss
+  // saw (probabilities after a fused head); y: (B, target_cols()).
+  void measure(const T* pred, const T* y, i64 B) {
+    const i64 C = out_size();
+    for (size_t k = 0; k < metrics_.size(); ++k) batch_metrics_[k] = metric_sum(metrics_[k], pred, y, B, C);
+    if (n_ext_metrics_ > 0) {
+      double* ext = batch_metrics_.data() + metrics_.size();
+      std::fill(ext, ext + n_ext_metrics_, 0.0);
+      ext_metrics_(pred, y, B, C, target_cols(), ext);
+    }
+  }
+
+  // One training step of the current epoch (begin_epoch), its loss and metrics added to the
+  // epoch's sums. Returns false when stop_on_nan refused the step.
+  bool epoch_step(const T* x, const T* y, const T* w, i64 B) {
+    LossStats ls;
+    const bool ok = train_step(x, y, w, B, ls);
+    epoch_.loss += ls.loss_sum;
+    for (size_t k = 0; k < epoch_.metrics.size(); ++k) epoch_.metrics[k] += batch_metrics_[k];
+    epoch_.samples += B;
+    if (ok) epoch_.steps += 1;
+    else epoch_.stopped_nan = true;
+    return ok;
   }
 
   // Point xb/yb/wb at the rows of this batch: the user's arrays directly when in order,
   // otherwise the rows gathered into the preallocated batch buffers.
   void gather(const T* X, const T* Y, const T* SW, i64 start, i64 B, bool shuffled,
               const T*& xb, const T*& yb, const T*& wb) {
-    const i64 in = in_size(), tc = target_cols(loss_, out_size());
+    const i64 in = in_size(), tc = target_cols();
     if (!shuffled) {
       xb = X + start * in;
       yb = Y + start * tc;
@@ -548,14 +702,16 @@ class Network {
     return acts_.back().data();
   }
 
-  // Forward pass and loss; the loss gradient w.r.t. the output is left in gbuf_[0], as a
-  // mean over batch_total rows (0: these B; data-parallel: the global batch).
+  // Forward pass, loss and metrics; the loss gradient w.r.t. the output is left in gbuf_[0],
+  // as a mean over batch_total rows (0: these B; data-parallel: the global batch), the metric
+  // sums in batch_metrics_.
   LossStats forward_loss(const T* x, const T* y, const T* w, i64 B, i64 batch_total = 0) {
     const i64 C = out_size();
     T* out = forward(x, B, true);
     std::memcpy(probs_.data(), out, sizeof(T) * B * C);
-    return loss_forward_backward<T>(loss_, head_, probs_.data(), y, w, B, C, gbuf_[0].data(),
-                                    batch_total);
+    const LossStats ls = compute_loss(probs_.data(), y, w, B, gbuf_[0].data(), batch_total);
+    measure(probs_.data(), y, B);
+    return ls;
   }
 
   // Backward passes accumulate (+=) into the gradients, so each starts from zero: the
@@ -643,7 +799,8 @@ class Network {
   // weights, optimizer state and step count are then put back to the last ones whose loss
   // was finite: those before this step (new weights not finite) or before the previous one
   // (the loss of the weights it left is not finite), if that step was taken in this run
-  // of stop_on_nan with no change of the weights from outside since.
+  // of stop_on_nan with no change of the weights from outside since. With snapshots every
+  // N > 1 steps, to the last snapshot's: a finite state at most N steps back.
   bool train_step(const T* x, const T* y, const T* w, i64 B, LossStats& ls) {
     ls = forward_loss(x, y, w, B);
     if (nan_guard_.enabled() && !std::isfinite(ls.loss_sum)) {
@@ -651,7 +808,7 @@ class Network {
       nan_guard_.restore(params_, opt_state_, step_);
       return false;
     }
-    if (nan_guard_.enabled()) nan_guard_.take(params_, opt_state_, step_);
+    if (nan_guard_.enabled() && nan_guard_.due(step_)) nan_guard_.take(params_, opt_state_, step_);
     last_lr_ = current_learning_rate();
     ++step_;
     start_gradient_pass();
@@ -724,11 +881,13 @@ class Network {
   bool train_step_parallel(const T* x, const T* y, const T* w, i64 B, i64 Bglobal, Reducer& red,
                            bool& stop, LossStats& ls) {
     LossStats local;
-    if (B > 0) local = forward_loss(x, y, w, B, Bglobal);
+    if (B > 0) local = forward_loss(x, y, w, B, Bglobal);  // the metric sums in batch_metrics_
+    else std::fill(batch_metrics_.begin(), batch_metrics_.end(), 0.0);
+    const size_t nm = batch_metrics_.size();
     step_totals_[0] = local.loss_sum;
-    step_totals_[1] = local.correct;
-    step_totals_[2] = stop ? 1.0 : 0.0;
-    const i64 totals_ticket = red.start_sum(step_totals_, 3);
+    std::copy(batch_metrics_.begin(), batch_metrics_.end(), step_totals_.begin() + 1);
+    step_totals_[1 + nm] = stop ? 1.0 : 0.0;
+    const i64 totals_ticket = red.start_sum(step_totals_.data(), i64(step_totals_.size()));
     start_gradient_pass();
     bool totals_known = false, finite = true;
     // Before the first weight changes: the global loss decides whether the step is taken
@@ -738,13 +897,13 @@ class Network {
       totals_known = true;
       red.wait(totals_ticket);
       ls.loss_sum = step_totals_[0];
-      ls.correct = step_totals_[1];
-      stop = step_totals_[2] > 0.0;
+      std::copy(step_totals_.begin() + 1, step_totals_.begin() + 1 + nm, batch_metrics_.begin());
+      stop = step_totals_[1 + nm] > 0.0;
       if (nan_guard_.enabled() && !std::isfinite(ls.loss_sum)) {
         finite = false;
         return;
       }
-      if (nan_guard_.enabled()) nan_guard_.take(params_, opt_state_, step_);
+      if (nan_guard_.enabled() && nan_guard_.due(step_)) nan_guard_.take(params_, opt_state_, step_);
       last_lr_ = current_learning_rate();
       ++step_;
     };
@@ -803,9 +962,17 @@ class Network {
   ParamStore<T> params_;  // binds the layers to their views: constructed after layers_
   GradState grad_state_ = GradState::Zero;
   Loss loss_ = Loss::MSE;
-  Act last_act_ = Act::Linear;  // the last layer's configured activation
-  Act head_ = Act::Linear;      // the activation fused into the loss, if any
+  Act last_act_ = Act::Linear;     // the last layer's configured activation
+  Act loss_head_ = Act::Linear;    // the activation the loss applies to the outputs, if any
+  Act predict_head_ = Act::Linear; // the activation predictions get after the last layer
   bool compiled_ = false;
+  bool external_loss_ = false;
+  ExternalLossFn<T> ext_loss_;
+  std::vector<MetricSpec> metrics_;
+  i64 n_ext_metrics_ = 0;
+  ExternalMetricsFn<T> ext_metrics_;
+  std::vector<double> batch_metrics_;  // per metric: its sum over the last batch measured
+  EpochStats epoch_;                   // the current epoch's sums (begin_epoch .. end_epoch)
   std::mutex mu_;
 
   // The optimizer: configuration, state slots (each parallel to the parameter block), the
@@ -823,15 +990,16 @@ class Network {
   i64 cap_ = 0;
   std::vector<avec<T>> acts_;
   avec<T> xbuf_, ybuf_, wbuf_, probs_;
+  std::vector<double> sample_loss_;  // per-sample losses from an external loss
   avec<T> gbuf_[2];
   std::vector<i64> order_;
   std::vector<T> state_copy_;  // compute_gradients: the moving statistics before its pass
 
-  // Data-parallel steps: the gradient buckets, and the step's loss sum, correct count and
+  // Data-parallel steps: the gradient buckets, and the step's loss sum, metric sums and
   // stop requests as summed over the processes.
   std::vector<Bucket> buckets_;
   std::vector<i64> bucket_after_layer_;
-  double step_totals_[3] = {0.0, 0.0, 0.0};
+  std::vector<double> step_totals_;  // sized by train_epoch_parallel
 };
 
 }  // namespace cr

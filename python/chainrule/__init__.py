@@ -4,8 +4,10 @@ with the whole training epoch in a C++ core."""
 from typing import TYPE_CHECKING
 
 from . import system  # first: it sets how the core's OpenMP threads wait before the core loads
-from . import activations, callbacks, initializers, layers, losses, optimizers, regularizers, schedules
+from . import (activations, callbacks, data, initializers, layers, losses, metrics, optimizers, regularizers,
+               schedules)
 from .gradcheck import gradient_check
+from .diagnostics import InputRangeWarning
 from .models import GradientWarning, History, NonFiniteWarning, Sequential
 from .saving import ModelFormatError, load_model
 from .system import cpu_info, get_num_threads, set_num_threads
@@ -15,7 +17,8 @@ from ._version import __version__
 if TYPE_CHECKING:  # for type checkers; at run time datasets is imported on first use (below)
     from . import datasets
 
-__all__ = ["Sequential", "gradient_check", "History", "load_model", "ModelFormatError", "GradientWarning", "NonFiniteWarning", "layers", "optimizers", "losses",
+__all__ = ["Sequential", "gradient_check", "History", "load_model", "ModelFormatError", "GradientWarning",
+           "NonFiniteWarning", "InputRangeWarning", "layers", "optimizers", "losses", "metrics", "data",
            "activations", "initializers", "regularizers", "schedules", "callbacks", "datasets",
            "cpu_info", "set_num_threads", "get_num_threads", "__version__"]
 

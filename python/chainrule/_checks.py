@@ -25,6 +25,8 @@ def as_array(name, value):
         except (ValueError, TypeError) as e:
             raise ValueError(f"{name} must be a rectangular array of numbers; received a "
                              f"{type(value).__name__} that numpy cannot convert ({e})") from None
+    if arr.dtype.kind in "biuf":  # the common case, decided without the slower checks below
+        return arr
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise TypeError(f"{name} must hold numbers; received an array of dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.complexfloating):
@@ -63,9 +65,9 @@ def as_finite(name, arr, dtype):
     return out
 
 
-def prepare_x(name, x, sample_shape, dtype):
-    """Check ``x`` against the per-sample shape and return a C-contiguous (n, features) array
-    of ``dtype`` (the caller's array itself when it already is one)."""
+def checked_samples(name, x, sample_shape):
+    """``x`` as an array of samples of ``sample_shape`` (an (n, H, W) array is taken as one
+    channel of (H, W, 1) images), of its own dtype: no conversion, no copy."""
     arr = as_array(name, x)
     if arr.ndim == 0 or arr.shape[0] == 0:
         raise ValueError(f"{name} is empty: received shape {_fmt_shape(arr.shape)}")
@@ -75,8 +77,36 @@ def prepare_x(name, x, sample_shape, dtype):
     if sample_shape is not None and tuple(arr.shape[1:]) != tuple(sample_shape):
         raise ValueError(f"{name} must have shape {_fmt_shape((None,) + tuple(sample_shape))}; "
                          f"received shape {_fmt_shape(arr.shape)}")
-    out = as_finite(name, arr, dtype)
+    return arr
+
+
+def prepare_x(name, x, sample_shape, dtype):
+    """Check ``x`` against the per-sample shape and return a C-contiguous (n, features) array
+    of ``dtype`` (the caller's array itself, or a view of it, when it already is one: a
+    memory-mapped array of the right dtype is not copied)."""
+    out = as_finite(name, checked_samples(name, x, sample_shape), dtype)
     return out.reshape(out.shape[0], -1)
+
+
+def copy_samples_into(name, samples, out):
+    """Convert ``samples`` (n, ...) into the preallocated C-contiguous (n, features) ``out``,
+    then check it for NaN and inf (values beyond float32's range included)."""
+    view = out.reshape(samples.shape)
+    with np.errstate(over="ignore", invalid="ignore"):
+        np.copyto(view, samples, casting="unsafe")
+    check_finite(name, view, source=samples)
+    return out
+
+
+def max_abs(arr):
+    """The largest |value| of a float array, in chunks (no array-sized temporary)."""
+    flat = arr.reshape(-1)
+    step = 1 << 20
+    m = 0.0
+    for i in range(0, flat.size, step):
+        chunk = flat[i:i + step]
+        m = max(m, float(chunk.max()), -float(chunk.min()))
+    return m
 
 
 def prepare_y(name, y, n, loss, out_units, dtype):

@@ -6,11 +6,13 @@ each epoch, and ``on_train_end(logs)``. Setting ``model.stop_training = True`` e
 after the current epoch. The callbacks here use only the model's public API, which a
 user-written callback can use too: ``model.learning_rate``, ``model.lr_scale``,
 ``model.stop_on_nonfinite``, ``model.last_epoch_stats``, ``get_weights`` / ``set_weights``,
-``save``.
+``save``. :class:`History` (from ``history.py``) is a callback too; ``fit`` calls it last.
 """
 
 from __future__ import annotations
 
+import csv
+import inspect
 import math
 import numbers
 import os
@@ -25,7 +27,15 @@ if TYPE_CHECKING:
     from .models import Sequential
 
 __all__ = ["Callback", "EarlyStopping", "ModelCheckpoint", "TerminateOnNaN", "LambdaCallback",
-           "ReduceLROnPlateau"]
+           "ReduceLROnPlateau", "CSVLogger", "LearningRateScheduler", "History"]
+
+
+def __getattr__(name):
+    # History lives in history.py, which imports Callback from here.
+    if name == "History":
+        from .history import History
+        return History
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Callback:
@@ -296,3 +306,110 @@ class ReduceLROnPlateau(_Monitor):
                     print(f"Epoch {epoch + 1}: ReduceLROnPlateau lowered the learning rate to {new_lr:.3g}")
             self.cooldown_counter = self.cooldown
             self.wait = 0
+
+
+class CSVLogger(Callback):
+    """Append each epoch's logs to the CSV file ``filename``, one row per epoch: an ``epoch``
+    column (0-based, as Keras) then the logged names in sorted order, with a header row first.
+    ``append=True`` adds to an existing file (no second header when it already has content).
+    The file is flushed after each row and closed at the end of training. Values missing from
+    an epoch's logs are written as ``NA``."""
+
+    def __init__(self, filename, separator=",", append=False):
+        super().__init__()
+        try:
+            self.filename = os.fsdecode(os.fspath(filename))
+        except TypeError:
+            raise TypeError(f"CSVLogger: filename must be a path (str or os.PathLike); received {filename!r}") from None
+        if not self.filename:
+            raise ValueError("CSVLogger: filename must not be empty")
+        if not isinstance(separator, str) or len(separator) != 1:
+            raise ValueError(f"CSVLogger: separator must be one character; received {separator!r}")
+        self.sep = separator
+        self.append = _flag("CSVLogger", "append", append)
+        self.keys = None
+        self._file = None
+        self._writer = None
+
+    def on_train_begin(self, logs=None):
+        has_content = (self.append and os.path.exists(self.filename) and os.path.getsize(self.filename) > 0)
+        self._write_header = not has_content
+        self._file = open(self.filename, "a" if self.append else "w", newline="", encoding="utf-8")
+        self._writer = None
+        self.keys = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.keys is None:
+            self.keys = sorted(logs)
+        if self._writer is None:
+            self._writer = csv.DictWriter(self._file, fieldnames=["epoch"] + self.keys, delimiter=self.sep,
+                                          extrasaction="ignore")
+            if self._write_header:
+                self._writer.writeheader()
+        row = {"epoch": epoch}
+        row.update({k: logs.get(k, "NA") for k in self.keys})
+        self._writer.writerow(row)
+        self._file.flush()
+
+    def on_train_end(self, logs=None):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            self._writer = None
+
+
+class LearningRateScheduler(Callback):
+    """At the start of each epoch set the learning rate to ``schedule(epoch, lr)`` (epoch
+    0-based, ``lr`` the current rate; a one-argument ``schedule(epoch)`` works too), as Keras.
+    The rate is set through ``model.lr_scale``, so it is saved with the model and replaced by
+    the next epoch's call; it must be a finite number > 0. The optimizer's learning rate must
+    be a number, not a schedule (use one or the other). ``verbose=1`` prints each change.
+    Adds ``learning_rate`` to the epoch's logs."""
+
+    def __init__(self, schedule, verbose=0):
+        super().__init__()
+        if not callable(schedule):
+            raise TypeError(f"LearningRateScheduler: schedule must be callable as schedule(epoch, lr); "
+                            f"received {schedule!r}")
+        self.schedule = schedule
+        self.verbose = _verbosity("LearningRateScheduler", verbose)
+        self._two_args = _accepts_two_args(schedule)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        opt = self.model.optimizer
+        base = opt.learning_rate
+        if not isinstance(base, float):
+            raise ValueError("LearningRateScheduler: the optimizer's learning_rate is a schedule "
+                             f"({type(base).__name__}); give the optimizer a number, or drop the callback")
+        lr = self.model.learning_rate
+        new_lr = self.schedule(epoch, lr) if self._two_args else self.schedule(epoch)
+        value = _real("LearningRateScheduler", f"the learning rate schedule(epoch={epoch}) returns", new_lr)
+        if not value > 0.0:
+            raise ValueError(f"LearningRateScheduler: schedule(epoch={epoch}) must return a learning rate > 0; "
+                             f"received {new_lr!r}")
+        self.model.lr_scale = value / base
+        if self.verbose:
+            print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {value}.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = self.model.learning_rate
+
+
+def _accepts_two_args(fn):
+    """Whether fn can be called as fn(epoch, lr) (Keras tries that first, then fn(epoch))."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return True
+    try:
+        sig.bind(0, 0.1)
+        return True
+    except TypeError:
+        try:
+            sig.bind(0)
+        except TypeError:
+            raise TypeError(f"LearningRateScheduler: schedule must be callable as schedule(epoch, lr) or "
+                            f"schedule(epoch); its signature is {sig}") from None
+        return False

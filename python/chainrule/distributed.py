@@ -304,12 +304,12 @@ class Group:
 
     @staticmethod
     def combine_validation(parts):
-        """The whole validation set's stats from every rank's (loss, accuracy, rows): means
+        """The whole validation set's stats from every rank's (loss, metrics, rows): means
         weighted by rows, summed in rank order (the same bits on every rank)."""
         rows = sum(p[2] for p in parts)
         loss = sum(p[0] * p[2] for p in parts) / rows
-        accuracy = sum(p[1] * p[2] for p in parts) / rows
-        return {"loss": loss, "accuracy": accuracy, "samples": rows}
+        metrics = [sum(p[1][k] * p[2] for p in parts) / rows for k in range(len(parts[0][1]))]
+        return {"loss": loss, "metrics": metrics, "samples": rows}
 
     def average_moving_statistics(self, model, phase):
         """Every rank's moving statistics (BatchNormalization's), replaced by their mean over

@@ -38,7 +38,8 @@ def _float64_copy(model):
     twin = Sequential.from_config(cfg)
     if not twin.built:
         twin.build(model.input_shape)
-    twin.compile(optimizer=copy.deepcopy(model.optimizer), loss=model.loss)
+    spec = model._loss_spec  # the same loss: from_logits kept, a custom callable reused
+    twin.compile(optimizer=copy.deepcopy(model.optimizer), loss=spec.fn if spec.custom else spec.config())
     twin.set_weights([np.asarray(w, dtype=np.float64) for w in model.get_weights()])
     return twin
 

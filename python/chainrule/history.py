@@ -1,6 +1,8 @@
 """History: the per-epoch record that ``Sequential.fit`` returns, and its plot.
 
-It only stores and draws what the fit loop (``fit_loop.py``) hands it; it computes nothing.
+It is a callback (Keras's ``callbacks.History``), called after the others at the end of each
+epoch; it only stores and draws what the fit loop (``fit_loop.py``) hands it, and computes
+nothing.
 """
 
 from __future__ import annotations
@@ -13,18 +15,23 @@ if TYPE_CHECKING:
 
     from ._typing import PathLike
 
+from .callbacks import Callback
+
 __all__ = ["History"]
 
 
-class History:
+class History(Callback):
     """Per-epoch metrics returned by :meth:`Sequential.fit`.
 
     ``history.history`` maps each metric name (``loss``, ``accuracy``, ``val_loss``,
     ``val_accuracy``, …) to a list with one value per epoch; ``history["loss"]`` and
-    ``history.loss`` are shortcuts.
+    ``history.loss`` are shortcuts. As in Keras, ``fit`` records into the History passed
+    among its ``callbacks`` (and returns it), or into a new one; ``on_train_begin`` clears
+    ``epoch``, while ``history`` keeps growing when the same History is passed to several fits.
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self.history: dict[str, list[float]] = {}
         self.epoch: list[int] = []
         self.params: dict[str, Any] = {}
@@ -33,6 +40,14 @@ class History:
         # kernel_update_ratio (mean ||Δw|| / ||w||), kernel_weight_norm, and for ReLU-family
         # layers dead_fraction (units never positive on any training sample of the epoch).
         self.layer_stats: dict[str, dict[str, list[float]]] = {}
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.epoch = []
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._record(epoch, logs or {})
+        if self.model is not None:
+            self.model.history = self
 
     def _record(self, epoch: int, logs: dict[str, float]) -> None:
         self.epoch.append(epoch)
@@ -46,7 +61,7 @@ class History:
                 dst.setdefault(k, []).append(v)
 
     def plot(self, path: PathLike | None = None, dpi: float = 100) -> Figure:
-        """Loss and accuracy (train and validation), the learning rate, and per-layer
+        """Loss and the first metric (train and validation), the learning rate, and per-layer
         gradient norms on a log scale, as one matplotlib Figure (1000x800 pixels at the
         default dpi). Saves a PNG when ``path`` is given. Needs matplotlib
         (``pip install chainrule[plot]``)."""
@@ -59,7 +74,10 @@ class History:
         epochs = [e + 1 for e in self.epoch]
         fig = Figure(figsize=(10, 8), dpi=dpi)
         axes = fig.subplots(2, 2)
-        for ax, key, title in ((axes[0, 0], "loss", "loss"), (axes[0, 1], "accuracy", "accuracy")):
+        # the first metric logged (accuracy, as a rule), by the name it is logged under
+        metric = next((k for k in self.history if k not in ("loss", "lr", "learning_rate")
+                       and not k.startswith("val_")), "accuracy")
+        for ax, key, title in ((axes[0, 0], "loss", "loss"), (axes[0, 1], metric, metric)):
             for k, style in ((key, "-"), ("val_" + key, "--")):
                 if k in self.history:
                     ax.plot(epochs, self.history[k], style, marker="o", label=k)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import weakref
 from typing import TYPE_CHECKING, Any, Sequence, TypeVar
 
 from . import _checks
@@ -28,6 +29,15 @@ _L = TypeVar("_L", bound="type[Layer]")
 __all__ = ["Layer", "Dense", "get", "register"]
 
 _REGISTRY: dict[str, type[Layer]] = {}
+
+# layer -> the model that built it (weakly: a layer does not keep its model alive). The weights
+# live in that model's C++ core; Layer.get_weights / set_weights reach them through it.
+_OWNERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def attach(layer, model):
+    """Record that ``model`` built ``layer`` and holds its weights."""
+    _OWNERS[layer] = weakref.ref(model)
 
 # The core's size limit (csrc/common.h, kMaxElems): one sample's input or output of any
 # layer, one parameter tensor, the model's parameter count and each size argument hold at
@@ -199,6 +209,34 @@ class Layer:
         that training updates / does not (a frozen layer's, moving statistics)."""
         return sum(math.prod(shape) for name, shape, *_ in self.param_specs()
                    if trainable is None or self.weight_trainable(name) == trainable)
+
+    # -- weights (held by the model that built the layer) ---------------------------------
+    def _owner(self):
+        ref = _OWNERS.get(self)
+        model = ref() if ref is not None else None
+        return model if model is not None and model.built and any(l is self for l in model.layers) else None
+
+    def get_weights(self) -> list:
+        """This layer's parameters as numpy arrays (copies), in ``param_specs`` order: Dense and
+        Conv2D give ``[kernel, bias]``. ``[]`` for a layer without parameters or one no model
+        has built yet (the weights live in the model that built the layer)."""
+        model = self._owner()
+        if model is None:
+            return []
+        first, count = model._layer_params(self)
+        return [model._core.get_param(first + i) for i in range(count)]
+
+    def set_weights(self, weights) -> None:
+        """Set this layer's parameters from a list of arrays shaped as :meth:`get_weights`
+        returns them; every array is checked (count, shapes, finite values) before any is set."""
+        model = self._owner()
+        if model is None:
+            if self.built and not self.param_specs() and not list(weights):
+                return
+            raise ValueError(f"{type(self).__name__} layer {self.name!r} has no weights yet: add it to a model "
+                             "and build the model first")
+        first, count = model._layer_params(self)
+        model._set_params(first, count, weights, f"{type(self).__name__} layer {self.name!r}: set_weights")
 
     # -- config -----------------------------------------------------------------------------
     def get_config(self) -> Config:

@@ -10,18 +10,25 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import sys
 import threading
+import sys
+import time
+import warnings
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from . import _checks
 from . import _core
+from . import data as _data
 from . import fit_loop as _fit_loop
 from . import initializers as _initializers
 from . import layers as _layers
 from . import losses as _losses
+from . import metrics as _metrics
 from . import optimizers as _optimizers
+from ._progress import ProgressBar
 from .diagnostics import GradientWarning, NonFiniteWarning, warn_nonfinite as _warn_nonfinite
 from .fit_loop import _epoch_seed  # noqa: F401  (re-exported: importable from here as before)
 from .history import History
@@ -71,9 +78,13 @@ class Sequential:
         self._core_trainable = None  # the trainable flags the core has, per core layer
         self._core = None
         self._input_shape = None
-        self.loss = None
+        self.loss = None           # the loss's name, or the custom loss callable
         self.optimizer = None
-        self.metrics: list = []
+        self.metrics: list = []    # as given to compile
+        self._loss_spec = None
+        self._metric_entries: list = []
+        self._core_metrics: list = []  # metric names in the order the core reports them
+        self._input_range_checked = False
         self._compiled = False
         self.history = None
         self.stop_training = False
@@ -161,12 +172,14 @@ class Sequential:
         self._core = core
         self._input_shape = tuple(int(d) for d in input_shape)
         self._core_trainable = None
+        for layer in self._layers:
+            _layers.attach(layer, self)
         self._init_params()
         self._sync_trainable()
         if self._stop_on_nonfinite:
             self._core.set_stop_on_nan(True)
         if self._compiled:
-            self._core.compile(_losses.code(self.loss), self.optimizer._core_config())
+            self._compile_core()
 
     def _declared_input_shape(self):
         """The input shape the model's Input or first layer's ``input_shape=`` declares, or
@@ -272,27 +285,89 @@ class Sequential:
 
     # -- compile ------------------------------------------------------------------------
     def compile(self, optimizer: str | _optimizers.Optimizer | Config = "sgd",
-                loss: str | _losses.Loss | None = None, metrics: Sequence[str] | None = None) -> None:
-        """Choose the optimizer (an Optimizer or 'sgd'), the loss (a name such as
-        'sparse_categorical_crossentropy', 'categorical_crossentropy', 'binary_crossentropy',
-        'mse') and metrics (['accuracy'] or none)."""
+                loss: str | _losses.Loss | Config | Callable[..., Any] | None = None,
+                metrics: Sequence[str | _metrics.Metric | Callable[..., Any]] | None = None) -> None:
+        """Choose the optimizer (an Optimizer or 'sgd'), the loss and the metrics.
+
+        ``loss``: a name ('sparse_categorical_crossentropy', 'categorical_crossentropy',
+        'binary_crossentropy', 'mse'), a :mod:`chainrule.losses` object — the cross-entropies
+        take ``from_logits=True`` for a linear last layer, e.g.
+        ``cr.losses.SparseCategoricalCrossentropy(from_logits=True)`` — or a custom callable
+        ``fn(y_true, y_pred)`` (the slower path; protocol in :mod:`chainrule.losses`).
+
+        ``metrics``: a list of names ('accuracy', 'mae', 'mse', 'binary_accuracy',
+        'categorical_accuracy', 'sparse_categorical_accuracy', 'top_k_categorical_accuracy',
+        'sparse_top_k_categorical_accuracy'), :mod:`chainrule.metrics` objects, or callables
+        ``fn(y_true, y_pred)`` returning per-sample values; see :mod:`chainrule.metrics`.
+
+        A cross-entropy on probabilities (``from_logits=False``) after a last layer whose
+        outputs are not probabilities (a linear, ReLU or tanh Dense or Conv2D) raises
+        ValueError: it would train silently badly. ``from_logits=True`` after a softmax or
+        sigmoid warns, as Keras does (the probabilities are then taken as logits)."""
         self._check_not_training("compile")
         if loss is None:
             raise ValueError("compile: loss is required, e.g. loss='sparse_categorical_crossentropy'")
-        loss_name = _losses.get(loss)
+        spec = _losses.resolve(loss)
         opt = _optimizers.get(optimizer)
-        metrics = [] if metrics is None else list(metrics) if isinstance(metrics, (list, tuple)) else None
-        if metrics is None:
-            raise TypeError(f"compile: metrics must be a list such as ['accuracy']; received {metrics!r}")
-        for m in metrics:
-            if m not in ("accuracy", "acc"):
-                raise ValueError(f"compile: unknown metric {m!r}; supported: ['accuracy']")
-        self.loss = loss_name
+        entries = _metrics.resolve(metrics, spec)
+        self._check_output_head(spec)
+        self.loss = spec.fn if spec.custom else spec.name
+        self._loss_spec = spec
         self.optimizer = opt
-        self.metrics = ["accuracy"] if metrics else []
+        self.metrics = [e.metric if isinstance(e.identifier, dict) else e.identifier for e in entries]
+        self._metric_entries = entries
         self._compiled = True
         if self.built:
-            self._core.compile(_losses.code(loss_name), opt._core_config())
+            self._compile_core()
+
+    def _compile_core(self):
+        """The loss, optimizer and metrics into the core (after compile and after build)."""
+        spec, opt = self._loss_spec, self.optimizer
+        if spec.custom:
+            self._core.compile_external(_losses.external(spec.fn, self._np_dtype()), opt._core_config())
+        else:
+            self._core.compile(_losses.code(spec.name), opt._core_config(), spec.from_logits)
+        specs, custom = _metrics.core_specs(self._metric_entries, spec.name, int(math.prod(self.output_shape)))
+        self._core.set_metrics(specs, len(custom), _metrics.external(custom) if custom else None)
+        self._core_metrics = [e.name for e in _metrics.log_order(self._metric_entries)]
+
+    def _output_activation(self):
+        """The activation that produces the model's outputs, looking back over layers that keep
+        the range of their input (Flatten, Reshape, Dropout, pooling); None when unknown."""
+        keeps_range = ("Flatten", "Reshape", "Dropout", "MaxPooling2D", "AveragePooling2D",
+                       "GlobalAveragePooling2D", "GlobalMaxPooling2D", "InputLayer")
+        for layer in reversed(self._layers):
+            act = getattr(layer, "activation", None)
+            if act is not None and hasattr(act, "name"):
+                return layer, act.name
+            if type(layer).__name__ not in keeps_range:
+                return layer, None
+        return None, None
+
+    def _check_output_head(self, spec):
+        """A cross-entropy on outputs that are not probabilities is a mistake said out loud."""
+        if spec.custom or spec.name not in _losses.PROBABILITY_LOSSES:
+            return
+        layer, act = self._output_activation()
+        if act is None:
+            return
+        probabilities = act in ("softmax", "sigmoid")
+        if not spec.from_logits and not probabilities:
+            cls = "".join(w.capitalize() for w in spec.name.split("_"))
+            head = "sigmoid" if spec.name == "binary_crossentropy" else "softmax"
+            raise ValueError(
+                f"compile: {spec.name} expects probabilities, but the last layer {layer.name or type(layer).__name__!r} "
+                f"has activation {act!r}, whose outputs are not probabilities (the loss would clip them and "
+                f"train badly). Either take them as logits: loss=cr.losses.{cls}(from_logits=True) "
+                f"(predict then returns logits), or give the last layer activation={head!r}.")
+        if spec.from_logits and probabilities:
+            warnings.warn(f"{spec.name} received from_logits=True, but the last layer "
+                          f"{layer.name or type(layer).__name__!r} has activation {act!r}, so its outputs are "
+                          "probabilities, not logits. Was this intended?", UserWarning, stacklevel=3)
+
+    def _loss_label(self):
+        """The loss as messages name it."""
+        return self.loss if isinstance(self.loss, str) or self.loss is None else "the custom loss"
 
     def _check_not_training(self, what):
         """Changing a model that another thread is training raises; the training thread itself
@@ -362,10 +437,11 @@ class Sequential:
     @property
     def last_epoch_stats(self) -> dict[str, Any]:
         """What the core reported for the last epoch ``fit`` ran (a new dict; empty before
-        any): ``loss`` and ``accuracy`` (running, over the epoch's batches), ``samples``,
-        ``steps``, ``learning_rate`` (of the last step), ``stopped_nan`` (stop_on_nonfinite
-        ended the epoch), ``interrupted`` (Ctrl-C), ``nonfinite_param`` (index of the first
-        parameter holding NaN/inf after the epoch, or -1)."""
+        any): ``loss`` and each compiled metric by its name (running means over the epoch's
+        batches), ``samples``, ``steps``, ``learning_rate`` (of the last step),
+        ``stopped_nan`` (a non-finite loss or weight ended the epoch), ``interrupted``
+        (Ctrl-C), ``nonfinite_param`` (index of the first parameter holding NaN/inf after the
+        epoch, or -1)."""
         return dict(self._last_epoch_stats)
 
     def _require_core(self, what):
@@ -382,35 +458,71 @@ class Sequential:
         self._ensure_built(x_arr)
         X = _checks.prepare_x(xname, x_arr, self._input_shape, self._np_dtype())
         out_units = int(math.prod(self.output_shape))
-        Y = _checks.prepare_y(yname, y, X.shape[0], self.loss, out_units, self._np_dtype())
+        Y = _checks.prepare_y(yname, y, X.shape[0], self._loss_label(), out_units, self._np_dtype())
         SW = _checks.prepare_sample_weight(sample_weight, X.shape[0], self._np_dtype())
         return X, Y, SW
 
+    def _core_metric_names(self):
+        return list(self._core_metrics)
+
+    @property
+    def metrics_names(self):
+        """``["loss"]`` and the compiled metrics' names: the order of evaluate's list."""
+        return ["loss"] + [e.name for e in self._metric_entries]
+
     def _logs(self, stats, prefix=""):
+        """Loss and metrics by Keras's names (compile's order), from a core stats dict."""
         logs = {prefix + "loss": float(stats["loss"])}
-        if self.metrics:
-            logs[prefix + "accuracy"] = float(stats["accuracy"])
+        values = dict(zip(self._core_metrics, stats["metrics"]))
+        for e in self._metric_entries:
+            logs[prefix + e.name] = float(values[e.name])
         return logs
 
-    # -- training ------------------------------------------------------------------------
-    def fit(self, x: ArrayLike, y: ArrayLike, epochs: int = 1, batch_size: int = 32, verbose: int = 1,
-            callbacks: Sequence[Callback] | None = None, validation_split: float = 0.0,
-            validation_data: tuple[ArrayLike, ArrayLike] | tuple[ArrayLike, ArrayLike, ArrayLike] | None = None,
-            shuffle: bool = True, seed: int | None = None, sample_weight: ArrayLike | None = None,
-            class_weight: dict[int, float] | None = None, gradient_warnings: bool = True,
-            initial_epoch: int = 0, distributed: bool | str = False) -> History:
-        """Train for ``epochs`` passes over (x, y) with mini-batches of ``batch_size`` (the
-        last one may be smaller), in a fresh seeded random order each epoch when ``shuffle``.
+    def _named_stats(self, stats: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in stats.items() if k != "metrics"}
+        out.update(dict(zip(self._core_metrics, (float(v) for v in stats["metrics"]))))
+        return out
 
-        ``validation_split`` holds out the last fraction of the samples (before shuffling);
-        ``validation_data=(x_val, y_val)`` gives a separate set. ``class_weight`` ({class:
-        weight}) and ``sample_weight`` (one per sample) weight each sample's loss.
-        ``verbose``: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
-        The reported training accuracy is the running accuracy over the epoch's batches, as in
-        Keras; ``lr`` is the learning rate of the epoch's last step. Per-layer gradient
-        statistics go to ``History.layer_stats``; with ``gradient_warnings`` a
-        :class:`GradientWarning` names any layer whose gradients vanish or explode, and a
-        :class:`NonFiniteWarning` any layer left with NaN or infinite weights.
+    # -- training ------------------------------------------------------------------------
+    def fit(self, x: Any, y: ArrayLike | None = None, epochs: int = 1, batch_size: int | None = None,
+            verbose: int = 1, callbacks: Sequence[Callback] | None = None, validation_split: float = 0.0,
+            validation_data: Any = None, shuffle: bool = True, seed: int | None = None,
+            sample_weight: ArrayLike | None = None, class_weight: dict[int, float] | None = None,
+            gradient_warnings: bool = True, initial_epoch: int = 0, steps_per_epoch: int | None = None,
+            validation_steps: int | None = None, stop_on_nonfinite: bool = True,
+            distributed: bool | str = False) -> History:
+        """Train for ``epochs`` passes over (x, y) with mini-batches of ``batch_size`` (32 when
+        None; the last one may be smaller), in a fresh seeded random order each epoch when
+        ``shuffle``.
+
+        ``x`` may instead be a :class:`chainrule.data.Dataset`, an iterable or a generator
+        yielding ``(x, y)`` or ``(x, y, sample_weight)`` batches (``y``, ``batch_size`` and
+        ``sample_weight`` are then not given, and ``shuffle`` is the source's business); see
+        :mod:`chainrule.data`. ``steps_per_epoch`` (streams only): batches per epoch (Keras's);
+        an iterable is read afresh every epoch, an iterator continues where it stopped.
+        ``validation_steps``: batches per validation when ``validation_data`` is a stream.
+
+        ``validation_split`` holds out the last fraction of the samples (before shuffling; arrays
+        only); ``validation_data=(x_val, y_val)`` (or a stream) gives a separate set.
+        ``class_weight`` ({class: weight}) and ``sample_weight`` (one per sample) weight each
+        sample's loss. ``verbose``: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
+        The reported loss and metrics are running means over the epoch's batches, as in Keras;
+        ``lr`` is the learning rate of the epoch's last step. Per-layer gradient statistics go to
+        ``History.layer_stats``; with ``gradient_warnings`` a :class:`GradientWarning` names any
+        layer whose gradients vanish or explode or whose units are all dead.
+
+        ``stop_on_nonfinite`` (True by default): at the first step whose loss or new weights
+        are NaN or infinite, the step is undone, the weights, optimizer state and step count of
+        a finite step at most 32 steps earlier are put back (snapshots every 32 steps cost
+        nothing measurable; with the model's :attr:`stop_on_nonfinite` set, or TerminateOnNaN,
+        exactly the last finite step's), the epoch is recorded and training stops with a
+        :class:`NonFiniteWarning` that says what to change. With False, training goes on through
+        NaN (the model's own :attr:`stop_on_nonfinite` and TerminateOnNaN still apply), and a
+        NonFiniteWarning names a layer left with non-finite weights.
+
+        The first fit of a model warns (:class:`~chainrule.diagnostics.InputRangeWarning`) when
+        the inputs reach |x| > 100, such as raw 0..255 pixels: scale them with
+        ``cr.datasets.scale`` or ``cr.datasets.standardize``.
 
         ``initial_epoch`` (Keras's): the epoch to start at, for resuming; ``epochs`` is the
         index of the last epoch, not a count. Each epoch's shuffle order and dropout masks
@@ -419,25 +531,41 @@ class Sequential:
 
         ``distributed`` (needs ``chainrule[mpi]``; run the script with ``mpirun -n K``): True
         trains data-parallel over the K ranks, every rank passing the same arrays; "local",
-        every rank passing its own shard. See :mod:`chainrule.distributed`.
-        Returns a :class:`History`.
+        every rank passing its own shard. Arrays only (not streams). See
+        :mod:`chainrule.distributed`.
+
+        Returns the :class:`History` (the one among ``callbacks``, if any, as in Keras).
         """
         self._require_compiled("fit")
         with self._training():
             return _fit_loop.fit(self, x, y, epochs, batch_size, verbose, callbacks, validation_split,
                                  validation_data, shuffle, seed, sample_weight, class_weight,
-                                 gradient_warnings, initial_epoch, distributed)
+                                 gradient_warnings, initial_epoch, steps_per_epoch, validation_steps,
+                                 stop_on_nonfinite, distributed)
 
-    def train_on_batch(self, x: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) -> Any:
-        """One optimizer step on exactly this batch; returns the loss (and accuracy if
-        requested in compile) measured before the step."""
+    def train_on_batch(self, x: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None,
+                       class_weight: dict[int, float] | None = None, return_dict: bool = False) -> Any:
+        """One optimizer step on exactly this batch; returns the loss (and the metrics, as a
+        list, or a dict with ``return_dict``) measured before the step. A step whose loss or
+        weights are not finite is taken (Keras's semantics) unless the model's
+        :attr:`stop_on_nonfinite` is set."""
         self._require_compiled("train_on_batch")
         self._check_not_training("train_on_batch")
         X, Y, SW = self._prepare(x, y, sample_weight)
+        if class_weight is not None:
+            SW = _fit_loop._apply_class_weight(self, class_weight, Y, SW)
         self._sync_trainable()
         stats = self._core.train_batch(X, Y, SW)
         _warn_nonfinite(self, stats, "train_on_batch")
-        return self._scalar_or_list(stats)
+        return self._logs(stats) if return_dict else self._scalar_or_list(stats)
+
+    def test_on_batch(self, x, y, sample_weight=None, return_dict=False):
+        """Loss (and metrics) of this batch, without training: one evaluation step, as
+        Keras's test_on_batch."""
+        self._require_compiled("test_on_batch")
+        X, Y, SW = self._prepare(x, y, sample_weight)
+        stats = self._core.evaluate(X, Y, SW, X.shape[0])
+        return self._logs(stats) if return_dict else self._scalar_or_list(stats)
 
     def compute_gradients(self, x: ArrayLike, y: ArrayLike,
                           sample_weight: ArrayLike | None = None) -> tuple[float, list[FloatArray]]:
@@ -471,32 +599,106 @@ class Sequential:
         return build_trace(self, X, Y, SW, y)
 
     def _scalar_or_list(self, stats):
-        if self.metrics:
-            return [float(stats["loss"]), float(stats["accuracy"])]
-        return float(stats["loss"])
+        """Keras's return of evaluate/train_on_batch: the loss alone without metrics, else
+        [loss, metric, ...] in compile's order."""
+        if not self._metric_entries:
+            return float(stats["loss"])
+        return list(self._logs(stats).values())
 
-    def evaluate(self, x: ArrayLike, y: ArrayLike, batch_size: int = 256, verbose: int = 0,
-                 sample_weight: ArrayLike | None = None, return_dict: bool = False) -> Any:
-        """Loss (and accuracy if requested in compile) over (x, y): a float, ``[loss,
-        accuracy]`` with ``metrics=["accuracy"]``, or with ``return_dict`` a dict of floats."""
+    def evaluate(self, x: Any, y: ArrayLike | None = None, batch_size: int | None = None, verbose: int = 0,
+                 sample_weight: ArrayLike | None = None, steps: int | None = None,
+                 return_dict: bool = False) -> Any:
+        """Loss and metrics over (x, y): the loss alone without metrics, else [loss, metric,
+        ...] in compile's order, or a dict by name with ``return_dict``. ``batch_size``: 256
+        when None. ``x`` may be a Dataset, iterable or generator of ``(x, y)`` or ``(x, y,
+        sample_weight)`` batches (one pass, or ``steps`` batches). ``verbose`` 1 or 2 prints
+        the values."""
         self._require_compiled("evaluate")
-        batch_size = _checks.positive_int("batch_size", batch_size)
-        X, Y, SW = self._prepare(x, y, sample_weight)
-        stats = self._core.evaluate(X, Y, SW, batch_size)
+        verbose = _checks.verbosity("verbose", verbose)
+        if _data.is_stream(x):
+            _fit_loop._check_stream_arguments("evaluate", y, batch_size, sample_weight)
+            steps = None if steps is None else _checks.positive_int("steps", steps)
+            stats = _fit_loop.StreamData(self, x, "x", steps, None).evaluate(self)
+        else:
+            if steps is not None:
+                raise ValueError("evaluate: steps applies to a generator, iterable or Dataset")
+            if y is None:
+                raise TypeError("evaluate: y is required when x is an array")
+            batch_size = 256 if batch_size is None else _checks.positive_int("batch_size", batch_size)
+            X, Y, SW = self._prepare(x, y, sample_weight)
+            stats = self._core.evaluate(X, Y, SW, batch_size)
         logs = self._logs(stats)
         if verbose:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()), flush=True)
         return logs if return_dict else self._scalar_or_list(stats)
 
-    def predict(self, x: ArrayLike, batch_size: int = 256) -> FloatArray:
-        """The model's outputs for x (with the final activation, e.g. softmax probabilities),
-        as a numpy array of shape (n,) + output_shape."""
-        batch_size = _checks.positive_int("batch_size", batch_size)
+    def predict(self, x: Any, batch_size: int | None = None, verbose: int | str = 0,
+                steps: int | None = None) -> FloatArray:
+        """The model's outputs for x (with the final activation, e.g. softmax probabilities;
+        logits when the loss takes them, ``from_logits=True``), as a numpy array of shape
+        (n,) + output_shape. ``batch_size``: 256 when None. ``x`` may be a Dataset, iterable
+        or generator of batches (``x``, ``(x,)`` or ``(x, y, ...)``: the targets are ignored;
+        one pass, or ``steps`` batches). ``verbose``: 0 silent (the default here; Keras's
+        "auto" prints), 1 or "auto" a progress bar, 2 one line at the end."""
+        verbose = 1 if verbose == "auto" else _checks.verbosity("verbose", verbose)
+        t0 = time.perf_counter()
+        if _data.is_stream(x):
+            if batch_size is not None:
+                raise ValueError("predict: batch_size must not be given when x is a generator, iterable or "
+                                 "Dataset: its batches have their own size")
+            steps = None if steps is None else _checks.positive_int("steps", steps)
+            source = _fit_loop.StreamData(self, x, "x", steps, None, need_y=False)
+            total = source.steps()
+            bar = ProgressBar(total) if verbose == 1 else None
+            done = [0]
+
+            def on_batches(k, rows):
+                done[0] = k
+                if bar is not None:
+                    bar.update(k, total, None, ())
+
+            out = source.predict(self, on_batches)
+            n_steps = done[0]
+        else:
+            if steps is not None:
+                raise ValueError("predict: steps applies to a generator, iterable or Dataset")
+            batch_size = 256 if batch_size is None else _checks.positive_int("batch_size", batch_size)
+            x_arr = _checks.as_array("x", x)
+            self._ensure_built(x_arr)
+            X = _checks.prepare_x("x", x_arr, self._input_shape, self._np_dtype())
+            n = X.shape[0]
+            if verbose != 1:
+                out = self._core.predict(X, batch_size)
+            else:  # in about 20 chunks of whole batches, each one core call, for the bar
+                steps_total = -(-n // batch_size)
+                per_chunk = max(1, -(-steps_total // 20)) * batch_size
+                bar = ProgressBar(steps_total)
+                out = np.empty((n, int(math.prod(self.output_shape))), dtype=self._np_dtype())
+                for start in range(0, n, per_chunk):
+                    out[start:start + per_chunk] = self._core.predict(X[start:start + per_chunk], batch_size)
+                    bar.update(min(steps_total, -(-(start + per_chunk) // batch_size)), steps_total, None, ())
+            n_steps = -(-n // batch_size)
+        if verbose == 1:
+            bar.finish({}, n_steps)
+        elif verbose == 2:
+            print(f"predict: {out.shape[0]} samples - {time.perf_counter() - t0:.2f}s", file=sys.stdout, flush=True)
+        return out.reshape((out.shape[0],) + tuple(self.output_shape))
+
+    def predict_on_batch(self, x: ArrayLike) -> FloatArray:
+        """The outputs for this batch, in one forward pass (Keras's predict_on_batch)."""
         x_arr = _checks.as_array("x", x)
         self._ensure_built(x_arr)
         X = _checks.prepare_x("x", x_arr, self._input_shape, self._np_dtype())
-        out = self._core.predict(X, batch_size)
-        return out.reshape((X.shape[0],) + tuple(self._layers[-1]._built_output()))
+        return self._core.predict(X, X.shape[0]).reshape((X.shape[0],) + tuple(self.output_shape))
+
+    def __call__(self, x: Any, training: bool | None = False) -> FloatArray:
+        """``model(x)``: the outputs for ``x`` as a numpy array, what :meth:`predict` returns
+        (Keras returns a tensor). Inference only: ``training=True`` (dropout active) is not
+        available outside fit and raises ValueError."""
+        if training is not False and training is not None:
+            raise ValueError("model(x, training=True) is not supported: the training forward pass runs "
+                             "inside fit / train_on_batch; model(x) is inference (predict)")
+        return self.predict(x)
 
     # -- weights -------------------------------------------------------------------------
     def get_weights(self) -> list[FloatArray]:
@@ -515,11 +717,16 @@ class Sequential:
 
     def set_weights(self, weights: Sequence[ArrayLike]) -> None:
         self._require_built()
-        self._check_not_training("set_weights")
-        info = self._core.params_info()
+        self._set_params(0, len(self._core.params_info()), weights, "set_weights")
+
+    def _set_params(self, first, count, weights, what):
+        """Parameters first .. first+count-1 from the list ``weights``: every array checked
+        (count, shapes, finite values) before any is set."""
+        self._check_not_training(what)
+        info = self._core.params_info()[first:first + count]
         weights = list(weights)
         if len(weights) != len(info):
-            raise ValueError(f"set_weights expects a list of {len(info)} arrays; received {len(weights)}")
+            raise ValueError(f"{what} expects a list of {len(info)} arrays; received {len(weights)}")
         converted = []
         for i, (w, p) in enumerate(zip(weights, info)):
             arr = _checks.as_array(f"weights[{i}]", w)
@@ -532,7 +739,32 @@ class Sequential:
                                  f"variance); received {arr.min()!r}")
             converted.append(arr)
         for i, arr in enumerate(converted):
-            self._core.set_param(i, arr)
+            self._core.set_param(first + i, arr)
+
+    def _layer_params(self, layer):
+        """(index of the layer's first parameter, its parameter count) in get_weights order."""
+        first = 0
+        for l in self._layers:
+            if l is layer:
+                return first, len(layer.param_specs())
+            first += len(l.param_specs())
+        raise ValueError(f"layer {layer.name!r} is not in model {self.name!r}")
+
+    def save_weights(self, filepath, overwrite=True):
+        """Write the weights (what :meth:`get_weights` returns) to ``filepath``, which must end
+        in ``.weights.npz`` (Keras 3 uses ``.weights.h5``; this is the npz equivalent). Written
+        atomically. ``overwrite=False`` refuses to replace an existing file (FileExistsError).
+        See :func:`chainrule.saving.save_weights`."""
+        from .saving import save_weights
+        save_weights(self, filepath, overwrite)
+
+    def load_weights(self, filepath):
+        """Read weights written by :meth:`save_weights` into this model, which must have the
+        same layers (classes and parameter shapes, in order; names may differ). An unbuilt
+        model is built for the stored input shape. Damaged or foreign files raise
+        :class:`~chainrule.saving.ModelFormatError`. The optimizer state is not touched."""
+        from .saving import load_weights
+        load_weights(self, filepath)
 
     # -- description ---------------------------------------------------------------------
     def summary(self, print_fn: Callable[[str], Any] = print) -> None:

@@ -48,12 +48,14 @@ import numpy as np
 
 from . import layers as _layers
 from . import losses as _losses
+from . import metrics as _metrics
 from . import optimizers as _optimizers
 
 if TYPE_CHECKING:
     from .models import Sequential
 
-__all__ = ["save_model", "load_model", "model_to_bytes", "model_from_bytes", "ModelFormatError"]
+__all__ = ["save_model", "load_model", "model_to_bytes", "model_from_bytes", "ModelFormatError",
+           "save_weights", "load_weights", "WEIGHTS_SUFFIX"]
 
 _FORMAT = "chainrule.model"
 _FORMAT_VERSION = 1
@@ -136,8 +138,9 @@ def _model_arrays(model, what):
                 step, lr_scale = int(model._core.step_count), float(model._core.lr_scale)
             else:  # compile settings only: the core (and its state) comes with build
                 step, lr_scale = 0, 1.0
-            meta["compile"] = {"loss": model.loss, "optimizer": model.optimizer.get_config(),
-                               "metrics": list(model.metrics), "optimizer_step": step,
+            meta["compile"] = {"loss": model._loss_spec.config(), "optimizer": model.optimizer.get_config(),
+                               "metrics": [_metrics.config(e) for e in model._metric_entries],
+                               "optimizer_step": step,
                                "lr_scale": lr_scale, "optimizer_slots": len(opt_state)}
         arrays = {"__chainrule__": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
         for i, w in enumerate(model._weights()):  # an unbuilt model stays unbuilt
@@ -222,8 +225,9 @@ class _Archive:
     (uncompressed) .npy array of the size its header declares before its data is read, so no
     read allocates more than the file's own size."""
 
-    def __init__(self, source, f):
+    def __init__(self, source, f, kind="model"):
         self.source = source  # how messages name the data: the file's repr(path)
+        self.kind = kind      # "model" or "weights": what messages call the file
         self.file_size = f.seek(0, io.SEEK_END)
         f.seek(0)
         try:
@@ -276,10 +280,10 @@ class _Archive:
                                    f"{len(entries)} {what} entries, numbered up to {max(entries):03d})")
 
     def foreign(self, why):
-        return ModelFormatError(f"{self.source} is not a chainrule model file ({why})")
+        return ModelFormatError(f"{self.source} is not a chainrule {self.kind} file ({why})")
 
     def damaged(self, why):
-        return ModelFormatError(f"{self.source} is damaged or not a valid chainrule model file: {why}")
+        return ModelFormatError(f"{self.source} is damaged or not a valid chainrule {self.kind} file: {why}")
 
     def header(self, info):
         """(open entry, shape, dtype, fortran_order) after checking the entry's size."""
@@ -474,14 +478,19 @@ def _check_metadata(meta, ar, allow_unbuilt):
         raise ar.damaged("the compile settings " + "; ".join(
             s for s in (f"lack keys {missing}" if missing else "", f"have unexpected keys {extra}" if extra else "")
             if s))
-    if not isinstance(comp["loss"], str):
-        raise ar.damaged(f"compile 'loss' must be a loss name; received {_short(comp['loss'])}")
+    loss = comp["loss"]
+    if not (isinstance(loss, str) or (isinstance(loss, dict) and set(loss) == {"name", "from_logits"}
+                                      and isinstance(loss["name"], str) and isinstance(loss["from_logits"], bool))):
+        raise ar.damaged(f"compile 'loss' must be a loss name or an object with 'name' and 'from_logits'; received "
+                         f"{_short(comp['loss'])}")
     if not isinstance(comp["optimizer"], dict):
         raise ar.damaged(f"compile 'optimizer' must be an optimizer config object; received "
                          f"{_short(comp['optimizer'])}")
     metrics = comp["metrics"]
-    if not isinstance(metrics, list) or any(not isinstance(m, str) for m in metrics):
-        raise ar.damaged(f"compile 'metrics' must be a list of names; received {_short(metrics)}")
+    if not isinstance(metrics, list) or any(
+            not isinstance(m, str) and not (isinstance(m, dict) and set(m) == {"class_name", "config"}
+                                            and isinstance(m["config"], dict)) for m in metrics):
+        raise ar.damaged(f"compile 'metrics' must be a list of names or metric configs; received {_short(metrics)}")
     step = comp["optimizer_step"]
     if not _is_int(step) or not 0 <= step < _MAX_STEP:
         raise ar.damaged(f"compile 'optimizer_step' must be an integer in [0, 2**62); received {_short(step)}")
@@ -565,7 +574,8 @@ def _read_model(f, source, allow_unbuilt):
     optimizer = loss = None
     if comp is not None:
         try:
-            loss = _losses.get(comp["loss"])
+            _losses.get(comp["loss"])  # a built-in loss (a file never holds a custom one)
+            loss = comp["loss"]
             optimizer = _optimizers.get(comp["optimizer"])
         except _CONFIG_ERRORS as e:
             raise bad_compile(e) from e
@@ -634,7 +644,8 @@ def _read_unbuilt(ar, config, comp, invalid, bad_compile):
                              f"{_short(comp['optimizer_step'])}, {_short(comp['lr_scale'])} and "
                              f"{_short(comp['optimizer_slots'])}")
         try:
-            model.compile(optimizer=_optimizers.get(comp["optimizer"]), loss=_losses.get(comp["loss"]),
+            _losses.get(comp["loss"])  # a built-in loss (a file never holds a custom one)
+            model.compile(optimizer=_optimizers.get(comp["optimizer"]), loss=comp["loss"],
                           metrics=comp["metrics"])
         except _CONFIG_ERRORS as e:
             raise bad_compile(e) from e
@@ -692,3 +703,140 @@ def _restore_pickle_state(model, state):
     vars(model).update(vars(loaded))
     model.stop_on_nonfinite = stop
     vars(model).update(extra)
+
+
+# -- weights files ----------------------------------------------------------------------------
+# Sequential.save_weights / load_weights: the weights alone, in the same archive layout as a
+# model file (``__chainrule__`` JSON metadata, then ``param_000``, … in get_weights order), read
+# with the same checks. The metadata describes the layers (class, name, parameter names and
+# shapes), the dtype and the input shape, so loading checks the model it fills and can build an
+# unbuilt one.
+
+WEIGHTS_SUFFIX = ".weights.npz"
+_WEIGHTS_FORMAT = "chainrule.weights"
+_WEIGHTS_VERSION = 1
+_WEIGHTS_KEYS = {"format", "version", "dtype", "input_shape", "layers"}
+
+
+def _weights_path(path, what):
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"{what}: filepath must be a path (str or os.PathLike); received {path!r}") from None
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not path.endswith(WEIGHTS_SUFFIX):
+        raise ValueError(f"{what}: the filename must end in {WEIGHTS_SUFFIX!r} (Keras 3 uses '.weights.h5'; "
+                         f"chainrule's weights files are npz archives); received {path!r}")
+    return path
+
+
+def _layer_table(model):
+    return [{"class_name": type(l).__name__, "name": l.name,
+             "params": [[pname, [int(d) for d in shape]] for pname, shape, *_ in l.param_specs()]}
+            for l in model.layers]
+
+
+def save_weights(model, path, overwrite=True):
+    """Write ``model``'s weights to ``path`` (ending in ``.weights.npz``), atomically as
+    :func:`save_model` writes. ``overwrite=False`` raises FileExistsError when ``path``
+    exists. NaN or infinite weights raise ValueError (the loader refuses them)."""
+    path = _weights_path(path, "save_weights")
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"save_weights: overwrite must be True or False; received {overwrite!r}")
+    if not model.built:
+        raise ValueError("save_weights: the model is not built yet: nothing to save")
+    if not overwrite and os.path.lexists(path):
+        raise FileExistsError(errno.EEXIST, f"save_weights: {path!r} exists and overwrite=False", path)
+    from .models import _TRAINING_MARK_LOCK
+    with _TRAINING_MARK_LOCK:
+        model._check_not_training("save_weights")
+        weights = model.get_weights()
+        meta = {"format": _WEIGHTS_FORMAT, "version": _WEIGHTS_VERSION, "dtype": model.dtype,
+                "input_shape": list(model.input_shape), "layers": _layer_table(model)}
+    arrays = {"__chainrule__": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
+    names = [(l.name, p) for l in model.layers for p, *_ in l.param_specs()]
+    for i, w in enumerate(weights):
+        if not np.isfinite(w).all():
+            raise ValueError(f"save_weights: the {names[i][1]} of layer {names[i][0]!r} holds NaN or infinite "
+                             "values; a weights file holds finite values only")
+        arrays[f"param_{i:03d}"] = w
+    _write_atomically(path, lambda f: np.savez(f, **arrays))
+
+
+def _check_weights_metadata(meta, ar):
+    if meta.get("format") != _WEIGHTS_FORMAT:
+        raise ar.foreign(f"format {_short(meta.get('format'))}")
+    version = meta.get("version")
+    if not _is_int(version) or version < 1:
+        raise ar.damaged(f"the format version must be a positive integer; received {_short(version)}")
+    if version > _WEIGHTS_VERSION:
+        raise ModelFormatError(f"{ar.source} was written by a newer chainrule (weights format version {version}); "
+                               f"this one reads version {_WEIGHTS_VERSION}")
+    if set(meta) != _WEIGHTS_KEYS:
+        raise ar.damaged(f"the metadata must have the keys {sorted(_WEIGHTS_KEYS)}; it has {sorted(map(str, meta))}")
+    if meta["dtype"] not in ("float32", "float64"):
+        raise ar.damaged(f"'dtype' must be 'float32' or 'float64'; received {_short(meta['dtype'])}")
+    shape = meta["input_shape"]
+    if (not isinstance(shape, list) or not shape
+            or any(not _is_int(d) or not 1 <= d <= _layers.MAX_SIZE for d in shape)
+            or math.prod(shape) > _layers.MAX_SIZE):
+        raise ar.damaged(f"'input_shape' must be a non-empty list of positive sizes; received {_short(shape)}")
+    layers = meta["layers"]
+    if not isinstance(layers, list) or not layers:
+        raise ar.damaged(f"'layers' must be a non-empty list; received {_short(layers)}")
+    for i, l in enumerate(layers):
+        ok = (isinstance(l, dict) and set(l) == {"class_name", "name", "params"} and isinstance(l["class_name"], str)
+              and (l["name"] is None or isinstance(l["name"], str)) and isinstance(l["params"], list)
+              and all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], list)
+                      and all(_is_int(d) and 0 <= d <= _layers.MAX_SIZE for d in p[1]) for p in l["params"]))
+        if not ok:
+            raise ar.damaged(f"'layers'[{i}] must be an object with 'class_name', 'name' and 'params' "
+                             f"([[name, shape], ...]); received {_short(l)}")
+
+
+def load_weights(model, path):
+    """Read a file written by :func:`save_weights` into ``model`` (same layer classes and
+    parameter shapes, in order; layer names may differ). An unbuilt model is built for the
+    stored input shape first. Weights stored in float64 load into a float32 model and the other
+    way round (values beyond float32's range raise ValueError). A missing file raises
+    FileNotFoundError; a damaged, foreign or crafted one ModelFormatError; a file of another
+    architecture ValueError naming the first difference. Nothing is set unless all of it checks."""
+    path = _weights_path(path, "load_weights")
+    st = os.stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelFormatError(f"{path!r} is not a chainrule weights file (not a regular file)")
+    with open(path, "rb") as f:
+        ar = _Archive(repr(path), f, kind="weights")
+        meta = ar.metadata()
+        _check_weights_metadata(meta, ar)
+        if ar.slots:
+            raise ar.damaged(f"it holds {len(ar.slots)} optimizer state arrays; a weights file holds weights only")
+        stored = meta["layers"]
+        n_params = sum(len(l["params"]) for l in stored)
+        if len(ar.params) != n_params:
+            raise ar.damaged(f"it holds {len(ar.params)} weight arrays; its metadata lists {n_params}")
+        if not model.built:
+            try:
+                model.build(tuple(meta["input_shape"]))
+            except _CONFIG_ERRORS as e:
+                raise ValueError(f"load_weights: the model cannot be built for the stored input shape "
+                                 f"{tuple(meta['input_shape'])}: {_why(e)}") from e
+        mine = _layer_table(model)
+        if len(mine) != len(stored):
+            raise ValueError(f"load_weights: {path!r} holds the weights of {len(stored)} layers; model "
+                             f"{model.name!r} has {len(mine)}")
+        for i, (a, b) in enumerate(zip(mine, stored)):
+            if a["class_name"] != b["class_name"] or [p[1] for p in a["params"]] != [p[1] for p in b["params"]]:
+                raise ValueError(
+                    f"load_weights: layer {i} of model {model.name!r} ({a['class_name']} {a['name']!r}, parameters "
+                    f"{[tuple(p[1]) for p in a['params']]}) does not match the file's ({b['class_name']} "
+                    f"{b['name']!r}, parameters {[tuple(p[1]) for p in b['params']]})")
+        file_dtype = np.dtype(meta["dtype"])
+        weights = []
+        specs = [(l["name"], p[0], tuple(p[1])) for l in stored for p in l["params"]]
+        for i, (lname, pname, shape) in enumerate(specs):
+            weights.append(ar.float_array(ar.params[i], shape, file_dtype, f"the {pname} of layer {lname!r}"))
+    model._set_params(0, len(weights), weights, "load_weights")

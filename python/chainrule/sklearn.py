@@ -468,10 +468,14 @@ class _BaseMLP(BaseEstimator):
 
         control = _EpochControl(self, state, n, validation)
         epochs = 1 if incremental else self.max_iter
+        # scikit-learn's semantics, not Keras's: no remark on the input range (its users scale
+        # with a StandardScaler in a pipeline), and non-finite weights raise ValueError below
+        # instead of stopping fit at the last finite step.
+        model._input_range_checked = True
         with _threads(self.n_threads):
             model.fit(X, targets, epochs=epochs_done + epochs, initial_epoch=epochs_done,
                       batch_size=batch_size, verbose=0, shuffle=bool(self.shuffle), seed=seed,
-                      sample_weight=sw, callbacks=[control])
+                      sample_weight=sw, callbacks=[control], stop_on_nonfinite=False)
         for layer, stats in model.history.layer_stats.items():
             dst = gradient_stats.setdefault(layer, {})
             for k, v in stats.items():
