@@ -414,15 +414,7 @@ def _check_metadata(meta, ar, allow_unbuilt):
     """Types and values of every field saving.py writes; returns (config, compile or None).
     With ``allow_unbuilt``, the config of a model that is not built (``input_shape`` null,
     possibly no layers) is accepted too."""
-    fmt = meta.get("format")
-    if fmt != _FORMAT:
-        raise ar.foreign(f"format {_short(fmt)}")
-    version = meta.get("version")
-    if not _is_int(version) or version < 1:
-        raise ar.damaged(f"the format version must be a positive integer; received {_short(version)}")
-    if version > _FORMAT_VERSION:
-        raise ModelFormatError(f"{ar.source} was written by a newer chainrule (format version {version}); "
-                               f"this one reads version {_FORMAT_VERSION}")
+    _check_format(meta, ar, _FORMAT, _FORMAT_VERSION, "format")
     extra = set(meta) - _TOP_KEYS
     if extra:
         raise ar.damaged(f"unexpected metadata keys {sorted(extra)}")
@@ -764,15 +756,20 @@ def save_weights(model, path, overwrite=True):
     _write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
-def _check_weights_metadata(meta, ar):
-    if meta.get("format") != _WEIGHTS_FORMAT:
+def _check_format(meta, ar, fmt, current, what):
+    """The metadata's format name and version: ``fmt``, and a version this chainrule reads."""
+    if meta.get("format") != fmt:
         raise ar.foreign(f"format {_short(meta.get('format'))}")
     version = meta.get("version")
     if not _is_int(version) or version < 1:
         raise ar.damaged(f"the format version must be a positive integer; received {_short(version)}")
-    if version > _WEIGHTS_VERSION:
-        raise ModelFormatError(f"{ar.source} was written by a newer chainrule (weights format version {version}); "
-                               f"this one reads version {_WEIGHTS_VERSION}")
+    if version > current:
+        raise ModelFormatError(f"{ar.source} was written by a newer chainrule ({what} version {version}); "
+                               f"this one reads version {current}")
+
+
+def _check_weights_metadata(meta, ar):
+    _check_format(meta, ar, _WEIGHTS_FORMAT, _WEIGHTS_VERSION, "weights format")
     if set(meta) != _WEIGHTS_KEYS:
         raise ar.damaged(f"the metadata must have the keys {sorted(_WEIGHTS_KEYS)}; it has {sorted(map(str, meta))}")
     if meta["dtype"] not in ("float32", "float64"):
