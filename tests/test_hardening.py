@@ -390,7 +390,9 @@ INTERRUPT = """
     try:
         model.fit(x, y, epochs=1, batch_size=32, verbose=VERBOSE, seed=0, callbacks=[start])
         print("NOT INTERRUPTED after", time.perf_counter() - t0, "s; signal sent at",
-              sent.get("t", 0.0) - t0, "s; steps", model._core.step_count)
+              sent.get("t", 0.0) - t0, "s; steps", model._core.step_count, "; SIGINT handler",
+              signal.getsignal(signal.SIGINT), "; blocked", signal.pthread_sigmask(signal.SIG_BLOCK, []),
+              "; pending", signal.sigpending())
     except KeyboardInterrupt:
         lag = time.perf_counter() - sent["t"]
         steps = model._core.step_count
