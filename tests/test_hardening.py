@@ -371,6 +371,10 @@ def test_terminate_on_nan_stops_on_nonfinite_weights_and_restores_the_optimizer_
 
 INTERRUPT = """
     import os, signal, sys, threading, time, numpy as np, chainrule as cr
+    # Python's own Ctrl-C handler, whatever this process inherited: a process started with
+    # SIGINT ignored keeps it ignored (Python installs its handler only over the default),
+    # and the test runner's children were seen to start that way under load.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     cr.set_num_threads(1)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(20000, 784)).astype(np.float32)
