@@ -21,7 +21,6 @@ the sum over products of the largest thread's work (every region ends at a join)
 from __future__ import annotations
 
 import argparse
-import math
 
 MR, NR = 12, 32                  # the AVX-512 wide kernel's tile
 MIN_MACS_PER_THREAD = 1 << 19    # gemm.cpp kMinMacsPerThread

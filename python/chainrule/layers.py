@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
     from ._typing import Config, IntPair, ShapeLike
-    from .activations import Activation
+    from .activations import Activation as ActivationFn
     from .regularizers import Regularizer
 
     ParamSpec = tuple[str, tuple[int, ...], str, int, int]
@@ -103,7 +103,7 @@ class Layer:
     _stateful: tuple[str, ...] = ()
 
     # set by _configure_weights in the layers that have weights (Dense, Conv2D)
-    activation: Activation
+    activation: ActivationFn
     kernel_initializer: str
     bias_initializer: str
     kernel_regularizer: Regularizer | None
@@ -262,7 +262,7 @@ class Dense(Layer):
     and to Glorot (uniform) otherwise. ``input_dim=n`` is ``input_shape=(n,)``.
     """
 
-    def __init__(self, units: int, activation: str | Activation | Config | None = None,
+    def __init__(self, units: int, activation: str | ActivationFn | Config | None = None,
                  kernel_initializer: str | None = None, bias_initializer: str = "zeros",
                  kernel_regularizer: Regularizer | str | Config | None = None, name: str | None = None,
                  input_shape: ShapeLike | None = None, trainable: bool = True,
@@ -373,7 +373,7 @@ class Conv2D(Layer):
     """
 
     def __init__(self, filters: int, kernel_size: IntPair, strides: IntPair = 1, padding: str = "valid",
-                 activation: str | Activation | Config | None = None, kernel_initializer: str | None = None,
+                 activation: str | ActivationFn | Config | None = None, kernel_initializer: str | None = None,
                  bias_initializer: str = "zeros", kernel_regularizer: Regularizer | str | Config | None = None,
                  input_shape: ShapeLike | None = None, name: str | None = None,
                  trainable: bool = True) -> None:
