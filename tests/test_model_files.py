@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 import zipfile
+import warnings
 
 import numpy as np
 import pytest
@@ -637,3 +638,56 @@ def test_fuzz_crafted_metadata(tmp_path, saved):
     assert not wrong, {p: (r, bytes(np.load(p)["__chainrule__"]).decode()[:1000]) for p, r in list(wrong.items())[:3]}
     outcomes = list(results.values())
     assert outcomes.count("ModelFormatError") > len(outcomes) // 2  # the fuzzer does reach the checks
+
+
+
+def test_save_refuses_nonfinite_weights_and_keeps_the_old_file(tmp_path):
+    """A file the loader would refuse (NaN or infinite weights, here from a diverged fit) is
+    never written: save raises ValueError naming the tensor, and a file already at the path
+    stays as it was."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)) * 1e3
+    y = rng.normal(size=(64, 1)) * 1e3
+    model = cr.Sequential([cr.layers.Dense(8, activation="relu", input_shape=(4,)), cr.layers.Dense(1)],
+                          seed=0)
+    model.compile(optimizer=cr.optimizers.SGD(10.0), loss="mse")
+    path = tmp_path / "m.crm"
+    model.save(str(path))
+    before = path.read_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(x, y, epochs=3, batch_size=16, verbose=0, stop_on_nonfinite=False)
+    assert not all(np.isfinite(w).all() for w in model.get_weights())
+    with pytest.raises(ValueError, match=r"kernel of layer 'dense'\) holds NaN or infinite values"):
+        model.save(str(path))
+    assert path.read_bytes() == before
+    assert not (tmp_path / "other.crm").exists()
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        model.save(str(tmp_path / "other.crm"))
+    assert not (tmp_path / "other.crm").exists()
+
+
+def test_checkpoint_of_a_diverged_model_is_skipped_with_a_warning(tmp_path):
+    """ModelCheckpoint after an epoch that left NaN weights (stop_on_nonfinite=False): no
+    unreadable file, no exception ending the fit, a NonFiniteWarning, and the checkpoints of
+    the finite epochs stay loadable."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4))
+    y = rng.normal(size=(64, 1))
+    model = cr.Sequential([cr.layers.Dense(8, activation="relu", input_shape=(4,)), cr.layers.Dense(1)],
+                          seed=0)
+    model.compile(optimizer=cr.optimizers.SGD(0.01), loss="mse")
+    ckpt = cr.callbacks.ModelCheckpoint(str(tmp_path / "ckpt-{epoch}.crm"))
+    blow_up = cr.callbacks.LearningRateScheduler(lambda epoch, lr: 0.01 if epoch < 2 else 1e12)  # from epoch 3
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        h = model.fit(x, y, epochs=5, batch_size=16, verbose=0, stop_on_nonfinite=False, callbacks=[blow_up, ckpt])
+    assert len(h.history["loss"]) == 5
+    finite = [all(np.isfinite(w).all() for w in cr.load_model(str(tmp_path / f"ckpt-{e}.crm")).get_weights())
+              for e in range(1, 6) if (tmp_path / f"ckpt-{e}.crm").exists()]
+    assert finite and all(finite)
+    saved = sorted(p.name for p in tmp_path.iterdir())
+    assert "ckpt-1.crm" in saved and "ckpt-2.crm" in saved and len(saved) < 5, saved  # not all saved ...
+    msgs = [str(w.message) for w in rec if issubclass(w.category, cr.NonFiniteWarning)
+            and "ModelCheckpoint" in str(w.message)]
+    assert msgs and "not saved" in msgs[0], [str(w.message) for w in rec]  # ... and it said so

@@ -18,7 +18,10 @@ import numbers
 import os
 import string
 import sys
+import warnings
 from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
 
 from . import _checks
 
@@ -180,7 +183,9 @@ class ModelCheckpoint(_Monitor):
     """Save the model after each epoch (or only when ``monitor`` improves, with
     ``save_best_only``). ``filepath`` may contain ``{epoch}`` and metric names, e.g.
     ``"ckpt-{epoch:02d}-{val_loss:.3f}.crm"``. Files are written atomically
-    (temporary file + rename), so a crash never leaves a half-written checkpoint."""
+    (temporary file + rename), so a crash never leaves a half-written checkpoint. After an
+    epoch that left NaN or infinite weights (``fit(stop_on_nonfinite=False)``) nothing is
+    written (no model file can hold them) and a NonFiniteWarning says so."""
 
     def __init__(self, filepath: PathLike, monitor: str = "val_loss", save_best_only: bool = False,
                  mode: str = "auto", verbose: int = 0) -> None:
@@ -218,6 +223,13 @@ class ModelCheckpoint(_Monitor):
         except (KeyError, IndexError, AttributeError, ValueError, TypeError) as e:
             raise ValueError(f"ModelCheckpoint: cannot fill in filepath {self.filepath!r} from epoch and "
                              f"the logged metrics {sorted(logs)} ({type(e).__name__}: {e})") from None
+        if not all(np.isfinite(w).all() for w in self.model.get_weights()):
+            # A diverged model (fit(stop_on_nonfinite=False)): a file of it could not be loaded.
+            from .diagnostics import NonFiniteWarning
+            warnings.warn(f"ModelCheckpoint: epoch {epoch + 1} not saved to {path}: the weights hold NaN or "
+                          "infinite values (training diverged); the checkpoints already written are kept",
+                          NonFiniteWarning, stacklevel=2)
+            return
         self.model.save(path)
         if self.verbose:
             print(f"Epoch {epoch + 1}: saved the model to {path}")

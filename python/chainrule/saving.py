@@ -89,11 +89,14 @@ def save_model(model: Sequential, path: str | os.PathLike[str]) -> None:
     flushed to disk and renamed over ``path``, so a crash never leaves a partial file. A new
     file gets the permissions ``open()`` would give it (0o666 less the umask); a file that is
     replaced keeps its permissions. Saving a model that another thread is training (inside
-    ``fit``) raises RuntimeError; a callback of that ``fit`` may save it."""
+    ``fit``) raises RuntimeError; a callback of that ``fit`` may save it. Weights or optimizer
+    state holding NaN or infinite values (a diverged fit) raise ValueError and write nothing:
+    the loader would refuse such a file."""
     if not model._build_if_declared():
         raise ValueError("the model is not built yet: nothing to save")
     path = os.fspath(path)
     arrays = _model_arrays(model, "save")
+    _check_finite(model, arrays, "save")  # the loader refuses them: never write such a file
     _write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
@@ -108,6 +111,15 @@ def model_to_bytes(model):
 
 def _to_bytes(model, what):
     arrays = _model_arrays(model, what)
+    _check_finite(model, arrays, what)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _check_finite(model, arrays, what):
+    """ValueError naming the first weight tensor or optimizer state slot of ``arrays`` that
+    holds NaN or infinite values."""
     for key, arr in arrays.items():
         if key != "__chainrule__" and not np.isfinite(arr).all():
             if key.startswith("param_"):
@@ -118,9 +130,6 @@ def _to_bytes(model, what):
                 entry = f"optimizer state slot {int(key[10:])}"
             raise ValueError(f"{what}: model {model.name!r}: {entry} holds NaN or infinite values; a "
                              "serialized model holds finite values only (set finite weights first)")
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
 
 
 def _model_arrays(model, what):
