@@ -159,7 +159,8 @@ def scenario_callbacks(rank, outdir):
         on_epoch_end=lambda e, logs: setattr(model, "stop_training", True) if rank == 1 and e == 3 else None)
     checkpoint = cr.callbacks.ModelCheckpoint(os.path.join(outdir, f"ckpt-rank{rank}-{{epoch}}.crm"))
     csv_log = cr.callbacks.CSVLogger(os.path.join(outdir, f"log-rank{rank}.csv"))
-    h = model.fit(**kw, callbacks=[stop_on_rank1, checkpoint, csv_log], distributed=True)
+    printer = cr.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: print(f"CALLBACK PRINT {e}", flush=True))
+    h = model.fit(**kw, callbacks=[stop_on_rank1, checkpoint, csv_log, printer], distributed=True)
     model.save(os.path.join(outdir, f"final-rank{rank}.crm"))
     early = dense_model(cr.optimizers.SGD(0.5, momentum=0.9))  # too fast: val_loss turns up soon
     kw2 = dict(kw, verbose=0, epochs=30)
@@ -220,7 +221,8 @@ def scenario_long(rank, outdir):
         f.write(str(os.getpid()))
     x, y = data("dense", 4000, 10)
     model = dense_model(OPTIMIZERS["sgd_momentum"]())
-    started = cr.callbacks.LambdaCallback(on_train_begin=lambda logs: print("training", flush=True))
+    started = cr.callbacks.LambdaCallback(  # a file, not a print: only rank 0's output is shown
+        on_train_begin=lambda logs: open(os.path.join(outdir, f"started{rank}"), "w").close())
     model.fit(x, y, epochs=100000, batch_size=4, verbose=0, callbacks=[started], distributed=True)
 
 

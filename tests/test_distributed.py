@@ -164,6 +164,7 @@ def test_callbacks_stop_together_and_rank0_writes(mpi, tmp_path):
     assert np.array_equal(a0["final"], a1["final"])
     # progress output from rank 0 only (verbose=2: one line per epoch)
     assert r.stdout.count("Epoch 1/8") == 1, r.stdout
+    assert r.stdout.count("CALLBACK PRINT") == 4, r.stdout  # callbacks' prints: rank 0's only
     # ModelCheckpoint and save write on rank 0 only
     files = sorted(os.listdir(tmp_path))
     assert [f for f in files if f.startswith("ckpt-rank0")] == [f"ckpt-rank0-{e}.crm" for e in range(1, 5)]
@@ -275,16 +276,14 @@ def _start_long(tmp_path):
                             stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.monotonic() + TIMEOUT
-    seen = []
-    while time.monotonic() < deadline:  # both ranks print "training" from on_train_begin
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if sum(l.startswith("training") for l in seen) == 2:
+    started = [tmp_path / f"started{r}" for r in range(2)]  # written by on_train_begin on each rank
+    while time.monotonic() < deadline and proc.poll() is None:
+        if all(p.exists() for p in started):
             return proc, [int((tmp_path / f"pid{r}").read_text()) for r in range(2)]
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
-    pytest.fail("the long run did not start:\n" + "".join(seen))
+    out, _ = proc.communicate()
+    pytest.fail("the long run did not start:\n" + out)
 
 
 def _finish(proc):

@@ -12,6 +12,8 @@ rank stops them all at the same point.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import sys
 import time
@@ -590,10 +592,18 @@ def _batch_converter(model, what, class_weight, need_y, dataset=None):
 def _together(group, phase, fn):
     """``fn()``'s result as a list: [fn()] in a single process; in a distributed fit, every
     rank's, once all ranks have run it (``Group.exchange``, which raises on every rank when
-    it raised on one)."""
+    it raised on one). On the ranks other than 0, what ``fn`` prints (the callbacks' output)
+    is dropped: a job prints its progress once, from rank 0."""
     if group is None:
         return [fn()]
-    return group.exchange(phase, fn)
+    if group.rank == 0:
+        return group.exchange(phase, fn)
+
+    def quiet():
+        with contextlib.redirect_stdout(io.StringIO()):
+            return fn()
+
+    return group.exchange(phase, quiet)
 
 
 # Callbacks that write files: in a distributed fit, rank 0's only.
