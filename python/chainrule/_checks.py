@@ -41,12 +41,7 @@ def check_finite(name, arr, source=None):
     beyond the float32 range), and the message says so."""
     if not np.issubdtype(arr.dtype, np.floating) or arr.size == 0:
         return
-    flat = arr.reshape(-1) if arr.flags.c_contiguous else None
-    if flat is None:
-        ok = bool(np.isfinite(arr).all())
-    else:
-        step = 1 << 20
-        ok = all(np.isfinite(flat[i:i + step]).all() for i in range(0, flat.size, step))
+    ok = _all_finite(arr.reshape(-1)) if arr.flags.c_contiguous else bool(np.isfinite(arr).all())
     if not ok:
         bad = np.argwhere(~np.isfinite(arr))[0]
         where = tuple(int(i) for i in bad)
@@ -54,6 +49,19 @@ def check_finite(name, arr, source=None):
             raise ValueError(f"{name} holds values outside the {arr.dtype} range (first at index {where}: "
                              f"{source[where]!r}); scale the data or use a float64 model")
         raise ValueError(f"{name} contains NaN or infinite values (first at index {where}: {arr[where]!r})")
+
+
+# check_finite and ready_x test this many elements per step: bounded temporaries (1 MiB of
+# bools), and one step for any array up to a 1024-sample MNIST batch.
+_FINITE_STEP = 1 << 20
+
+
+def _all_finite(flat):
+    """Whether the 1-D float array ``flat`` holds no NaN or inf."""
+    if flat.size <= _FINITE_STEP:
+        return bool(np.isfinite(flat).all())
+    step = _FINITE_STEP
+    return all(np.isfinite(flat[i:i + step]).all() for i in range(0, flat.size, step))
 
 
 def as_finite(name, arr, dtype):
@@ -84,8 +92,28 @@ def prepare_x(name, x, sample_shape, dtype):
     """Check ``x`` against the per-sample shape and return a C-contiguous (n, features) array
     of ``dtype`` (the caller's array itself, or a view of it, when it already is one: a
     memory-mapped array of the right dtype is not copied)."""
+    ready = ready_x(x, sample_shape, dtype)
+    if ready is not None:  # the common case: nothing to convert
+        return ready
     out = as_finite(name, checked_samples(name, x, sample_shape), dtype)
     return out.reshape(out.shape[0], -1)
+
+
+def ready_x(x, sample_shape, dtype):
+    """What prepare_x returns for ``x`` when ``x`` needs no conversion, found with a few
+    attribute reads and one pass for NaN and inf: ``x`` (viewed as (n, features)) when it is
+    an ndarray, not a subclass, of exactly ``dtype`` (a numpy dtype or type), C-contiguous,
+    of shape (n,) + ``sample_shape`` (a tuple) with n >= 1, holding only finite values.
+    None for anything else: prepare_x then converts ``x`` or raises the error naming it."""
+    if type(x) is not np.ndarray or x.dtype != dtype or not x.flags.c_contiguous:
+        return None
+    shape = x.shape
+    if shape[1:] != sample_shape or not shape[0]:
+        return None
+    flat = x.reshape(-1)
+    if not _all_finite(flat):
+        return None
+    return x if len(shape) == 2 else flat.reshape(shape[0], -1)
 
 
 def copy_samples_into(name, samples, out):

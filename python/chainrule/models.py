@@ -12,7 +12,6 @@ import math
 import re
 import sys
 import threading
-import sys
 import time
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
@@ -640,9 +639,10 @@ class Sequential:
         or generator of batches (``x``, ``(x,)`` or ``(x, y, ...)``: the targets are ignored;
         one pass, or ``steps`` batches). ``verbose``: 0 silent (the default here; Keras's
         "auto" prints), 1 or "auto" a progress bar, 2 one line at the end."""
-        verbose = 1 if verbose == "auto" else _checks.verbosity("verbose", verbose)
-        t0 = time.perf_counter()
-        if _data.is_stream(x):
+        if type(verbose) is not int or not 0 <= verbose <= 2:  # an int 0-2 needs no check
+            verbose = 1 if verbose == "auto" else _checks.verbosity("verbose", verbose)
+        t0 = time.perf_counter() if verbose else 0.0
+        if type(x) is not np.ndarray and _data.is_stream(x):
             if batch_size is not None:
                 raise ValueError("predict: batch_size must not be given when x is a generator, iterable or "
                                  "Dataset: its batches have their own size")
@@ -663,9 +663,10 @@ class Sequential:
             if steps is not None:
                 raise ValueError("predict: steps applies to a generator, iterable or Dataset")
             batch_size = 256 if batch_size is None else _checks.positive_int("batch_size", batch_size)
-            x_arr = _checks.as_array("x", x)
-            self._ensure_built(x_arr)
-            X = _checks.prepare_x("x", x_arr, self._input_shape, self._np_dtype())
+            if self._core is None:
+                x = _checks.as_array("x", x)
+                self._ensure_built(x)
+            X = _checks.prepare_x("x", x, self._input_shape, self._np_dtype())
             n = X.shape[0]
             if verbose != 1:
                 out = self._core.predict(X, batch_size)
@@ -682,14 +683,18 @@ class Sequential:
             bar.finish({}, n_steps)
         elif verbose == 2:
             print(f"predict: {out.shape[0]} samples - {time.perf_counter() - t0:.2f}s", file=sys.stdout, flush=True)
-        return out.reshape((out.shape[0],) + tuple(self.output_shape))
+        shape = self._layers[-1].output_shape
+        return out if len(shape) == 1 else out.reshape((out.shape[0],) + tuple(shape))
 
     def predict_on_batch(self, x: ArrayLike) -> FloatArray:
         """The outputs for this batch, in one forward pass (Keras's predict_on_batch)."""
-        x_arr = _checks.as_array("x", x)
-        self._ensure_built(x_arr)
-        X = _checks.prepare_x("x", x_arr, self._input_shape, self._np_dtype())
-        return self._core.predict(X, X.shape[0]).reshape((X.shape[0],) + tuple(self.output_shape))
+        if self._core is None:
+            x = _checks.as_array("x", x)
+            self._ensure_built(x)
+        X = _checks.prepare_x("x", x, self._input_shape, self._np_dtype())
+        out = self._core.predict(X, X.shape[0])
+        shape = self._layers[-1].output_shape
+        return out if len(shape) == 1 else out.reshape((out.shape[0],) + tuple(shape))
 
     def __call__(self, x: Any, training: bool | None = False) -> FloatArray:
         """``model(x)``: the outputs for ``x`` as a numpy array, what :meth:`predict` returns
