@@ -246,3 +246,28 @@ def test_env_override_clamps_and_ignores_unknown():
     assert info["env_override"] == "definitely-not-a-target"
     if best == "avx512":
         assert _info_in_subprocess("avx2")["kernel"] == "avx2"
+
+
+# A few rows of a wide product (batch-1 inference) are computed from B in place, without
+# packing: the same bits as those rows inside a larger batch, and correct against float64.
+# Shapes: the MNIST MLP's first layer, several K blocks (K > kc), N not a multiple of the
+# 64-column chunk, a narrow-kernel N (24x16 tile), and a row count of every size up to 4.
+ROW_SHAPES = [(512, 784), (100, 1100), (40, 37), (200, 1537), (48, 300)]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("N,K", ROW_SHAPES)
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_a_few_rows_equal_the_same_rows_of_a_batch(variant, N, K, beta):
+    rng = np.random.default_rng(N * 7 + K)
+    A = rng.standard_normal((40, K)).astype(np.float32)
+    B = rng.standard_normal((K, N)).astype(np.float32)
+    C0 = rng.standard_normal((40, N)).astype(np.float32)
+    full = C0.copy()
+    _core._gemm(variant, False, False, A, B, full, 1.0, beta)
+    np.testing.assert_allclose(full, expected(A, B, C0, False, False, 1.0, beta), rtol=1e-4, atol=1e-3)
+    for m in (1, 2, 3, 4, 5):
+        for start in (0, 7, 35):
+            part = C0[start:start + m].copy()
+            _core._gemm(variant, False, False, np.ascontiguousarray(A[start:start + m]), B, part, 1.0, beta)
+            assert np.array_equal(part, full[start:start + m]), (variant, N, K, beta, m, start)

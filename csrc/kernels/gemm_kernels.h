@@ -5,6 +5,8 @@
 // Only fn is required of a target; the other entry points are optional fast paths (the
 // AVX-512 target has them all), each with a defined fallback in the driver.
 #pragma once
+#include <algorithm>
+#include <cmath>
 #include "common.h"
 #include "kernels/cpu.h"
 #include "kernels/dispatch.h"
@@ -39,6 +41,15 @@ using sgemm_pack_fn = void (*)(const float* src, i64 ld_p, i64 ld_r, i64 n_valid
 using sgemm_dot_fn = void (*)(i64 M, i64 N, i64 K, float alpha, const float* a, i64 lda,
                               const float* bt, i64 ld_bt, float beta, float* c, i64 ldc);
 
+// Row form for a few rows (M <= kRowsMaxM) of plain row-major A and B, with alpha == 1 and
+// beta 0 or 1: C (M x N) = A·B + beta*C straight from B, no packing. A batch of one sample
+// (inference) then reads each weight once, where the packed path first copies all of B.
+// Sums over K in blocks of kc, each element's products in order with FMA, as the
+// micro-kernels do: the same bits as the packed path.
+using sgemm_rows_fn = void (*)(i64 M, i64 N, i64 K, i64 kc, const float* a, i64 lda,
+                               const float* b, i64 ldb, float beta, float* c, i64 ldc);
+constexpr i64 kRowsMaxM = 4;
+
 struct SgemmKernel {
   const char* name;
   int mr, nr;          // register tile
@@ -54,6 +65,7 @@ struct SgemmKernel {
   sgemm_pack_fn pack_a;
   sgemm_pack_fn pack_b;  // same, for B panels (R = nr)
   sgemm_dot_fn fn_dot;   // optional: narrow N, plain A, long K (see sgemm_dot_fn)
+  sgemm_rows_fn fn_rows;  // optional: a few rows (see sgemm_rows_fn)
 };
 
 // cr::generic::sgemm_kernel, cr::avx2::sgemm_kernel, cr::avx512::sgemm_kernel.
@@ -70,6 +82,42 @@ inline void sgemm_store_edge(const float* tile, i64 nr, float* c, i64 ldc, float
       float v = alpha * tile[i * nr + j];
       c[i * ldc + j] = beta == 0.0f ? v : v + beta * c[i * ldc + j];
     }
+}
+
+// sgemm_rows_fn for a target whose micro-kernel accumulates with FMA (compiled in that
+// target's file, with its flags). 64 columns of C at a time: their sums stay in registers
+// (or L1) while the p loop walks down those columns of B.
+inline void sgemm_rows_fma(i64 M, i64 N, i64 K, i64 kc, const float* a, i64 lda, const float* b,
+                           i64 ldb, float beta, float* c, i64 ldc) {
+  constexpr i64 W = 64;
+  for (i64 i = 0; i < M; ++i) {
+    const float* ai = a + i * lda;
+    float* ci = c + i * ldc;
+    for (i64 j0 = 0; j0 < N; j0 += W) {
+      const i64 w = std::min(W, N - j0);
+      for (i64 pc = 0; pc < K; pc += kc) {
+        const i64 kb = std::min(kc, K - pc);
+        alignas(64) float acc[W] = {};
+        for (i64 p = pc; p < pc + kb; ++p) {
+          const float s = ai[p];
+          const float* bp = b + p * ldb + j0;
+          if (w == W) {
+#pragma omp simd
+            for (i64 j = 0; j < W; ++j) acc[j] = std::fma(s, bp[j], acc[j]);
+          } else {
+#pragma omp simd
+            for (i64 j = 0; j < w; ++j) acc[j] = std::fma(s, bp[j], acc[j]);
+          }
+        }
+        float* cj = ci + j0;
+        if (pc == 0 && beta == 0.0f) {
+          for (i64 j = 0; j < w; ++j) cj[j] = acc[j];
+        } else {  // beta == 1 (or a later K block): one rounding, as the micro-kernels' FMA
+          for (i64 j = 0; j < w; ++j) cj[j] = acc[j] + cj[j];
+        }
+      }
+    }
+  }
 }
 }  // namespace
 

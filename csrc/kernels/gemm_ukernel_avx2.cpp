@@ -60,7 +60,8 @@ void ukernel_avx2_6x16(i64 k, const float* a, const float* b, float* c, i64 ldc,
 
 // Only the plain packed kernel: the optional fast paths fall back to it.
 const SgemmKernel sgemm_kernel = {"avx2", MR, NR, 1536, 256, 480, ukernel_avx2_6x16,
-                                  nullptr, false, nullptr, nullptr, nullptr, nullptr};
+                                  nullptr, false, nullptr, nullptr, nullptr, nullptr,
+                                  sgemm_rows_fma};
 
 }  // namespace avx2
 }  // namespace cr

@@ -403,7 +403,7 @@ const SgemmKernel sgemm_kernel = {"avx512",       12, 32, 1536, 512, 480,
                                   ukernel_avx512_direct_a<12, 2>,
                                   true,           select_avx512,
                                   nullptr,        pack32_avx512,
-                                  nullptr};
+                                  nullptr,        sgemm_rows_fma};
 
 }  // namespace avx512
 }  // namespace cr
