@@ -41,12 +41,21 @@ def _lenet_gflop(n=60000):
     return n * (3 * (conv1 + conv2 + dense) - conv1) / 1e9
 
 
+def _cnn_gflop(n=60000):
+    """examples/mnist_cnn.py: conv16-5x5 > pool > conv32-5x5 > pool > dense128 > dropout > dense10."""
+    conv1 = 2 * 24 * 24 * 16 * 25
+    conv2 = 2 * 8 * 8 * 32 * (25 * 16)
+    dense = 2 * 512 * 128 + 2 * 128 * 10
+    return n * (3 * (conv1 + conv2 + dense) - conv1) / 1e9
+
+
 WORKLOADS = {
     "mlp128": ("mlp", 128, ["chainrule", "torch", "sklearn", "numpy"], _mlp_gflop((784, 512, 256, 10))),
     "mlp32": ("mlp", 32, ["chainrule", "torch", "numpy"], _mlp_gflop((784, 512, 256, 10))),
     "mlp512": ("mlp", 512, ["chainrule", "torch", "numpy"], _mlp_gflop((784, 512, 256, 10))),
     "small32": ("small", 32, ["chainrule", "torch", "sklearn", "numpy"], _mlp_gflop((784, 32, 10))),
     "lenet64": ("lenet", 64, ["chainrule", "torch"], _lenet_gflop()),
+    "cnn64": ("cnn", 64, ["chainrule", "torch"], _cnn_gflop()),
 }
 
 

@@ -4,7 +4,10 @@
 
 Prints one JSON line: per-epoch seconds (warm-up epochs excluded), peak RSS, and extras.
 Contenders: chainrule, torch, sklearn, numpy. Workloads: mlp (784-512-256-10), small
-(784-32-10), lenet (conv8-5x5 > pool > conv16-5x5 > pool > dense10), gemm.
+(784-32-10), lenet (conv8-5x5 > pool > conv16-5x5 > pool > dense10), cnn (the network of
+examples/mnist_cnn.py: conv16-5x5 > pool > conv32-5x5 > pool > dense128 > dropout 0.3 >
+dense10, He-normal weights for the ReLU layers, Glorot-uniform for the output, zero biases,
+SGD lr 0.03), gemm.
 Every training contender does the same work per epoch: a fresh random order, mini-batches
 (last one partial), forward, softmax cross-entropy, backward, SGD momentum 0.9 step, and the
 running loss and accuracy.
@@ -23,6 +26,7 @@ import time
 import numpy as np
 
 LR, MOMENTUM = 0.05, 0.9
+LR_FOR = {"cnn": 0.03}  # as examples/mnist_cnn.py; the other workloads use LR
 ARCH = {"mlp": (784, 512, 256, 10), "small": (784, 32, 10)}
 
 
@@ -69,11 +73,16 @@ def run_chainrule(workload, x, y, batch, epochs, warmup, threads):
         x = x.reshape(-1, 28, 28, 1)
         layers = [L.Conv2D(8, 5, activation="relu"), L.MaxPooling2D(2), L.Conv2D(16, 5, activation="relu"),
                   L.MaxPooling2D(2), L.Flatten(), L.Dense(10, activation="softmax")]
+    elif workload == "cnn":  # examples/mnist_cnn.py: (28, 28) images read as one channel
+        x = x.reshape(-1, 28, 28)
+        layers = [L.Conv2D(16, 5, activation="relu"), L.MaxPooling2D(2), L.Conv2D(32, 5, activation="relu"),
+                  L.MaxPooling2D(2), L.Flatten(), L.Dense(128, activation="relu"), L.Dropout(0.3),
+                  L.Dense(10, activation="softmax")]
     else:
         sizes = ARCH[workload]
         layers = [L.Dense(n, activation="relu") for n in sizes[1:-1]] + [L.Dense(sizes[-1], activation="softmax")]
     model = cr.Sequential(layers, seed=0)
-    model.compile(optimizer=cr.optimizers.SGD(LR, momentum=MOMENTUM),
+    model.compile(optimizer=cr.optimizers.SGD(LR_FOR.get(workload, LR), momentum=MOMENTUM),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.build(x.shape[1:])
     model._core.set_monitor(os.environ.get("CHAINRULE_BENCH_MONITOR", "1") == "1")
@@ -96,6 +105,21 @@ def run_torch(workload, x, y, batch, epochs, warmup, threads):
         x = x.reshape(-1, 1, 28, 28)
         model = nn.Sequential(nn.Conv2d(1, 8, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 5), nn.ReLU(),
                               nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 4 * 4, 10))
+    elif workload == "cnn":
+        x = x.reshape(-1, 1, 28, 28)
+        model = nn.Sequential(nn.Conv2d(1, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 5), nn.ReLU(),
+                              nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 4 * 4, 128), nn.ReLU(),
+                              nn.Dropout(0.3), nn.Linear(128, 10))
+        # chainrule's defaults, as the example uses them: He normal (fan_in) before a ReLU,
+        # Glorot uniform for the output layer, zero biases
+        with torch.no_grad():
+            for m in model:
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    if m is model[-1]:
+                        nn.init.xavier_uniform_(m.weight)
+                    else:
+                        nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                    nn.init.zeros_(m.bias)
     else:
         sizes = ARCH[workload]
         mods = []
@@ -103,7 +127,7 @@ def run_torch(workload, x, y, batch, epochs, warmup, threads):
             mods += [nn.Linear(a, b), nn.ReLU()]
         model = nn.Sequential(*mods, nn.Linear(sizes[-2], sizes[-1]))
     X, Y = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
-    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    opt = torch.optim.SGD(model.parameters(), lr=LR_FOR.get(workload, LR), momentum=MOMENTUM)
     loss_fn = nn.CrossEntropyLoss()
     n = X.shape[0]
     times = []
@@ -247,7 +271,7 @@ def run_gemm(contender, threads):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("contender", choices=["chainrule", "torch", "sklearn", "numpy"])
-    p.add_argument("workload", choices=["mlp", "small", "lenet", "gemm"])
+    p.add_argument("workload", choices=["mlp", "small", "lenet", "cnn", "gemm"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--epochs", type=int, default=1)
