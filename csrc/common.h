@@ -1,6 +1,7 @@
 // Shared basics of the C++ core: index type, argument errors, aligned buffers, OpenMP shims.
 // No Python here: the core is usable (and testable) without the bindings.
 #pragma once
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -15,6 +16,10 @@
 #if defined(__SSE__) || defined(__x86_64__)
 #include <xmmintrin.h>
 #define CR_HAVE_MXCSR 1
+#endif
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#define CR_HAVE_ATFORK 1
 #endif
 
 namespace cr {
@@ -84,11 +89,15 @@ inline int max_threads() {
 // values toward zero (momentum of weights whose inputs are always 0 decays geometrically);
 // once they turn denormal every operation on them costs ~100 cycles. Values below 1.2e-38
 // (float) change nothing visible.
-// The calling thread gets its previous mode back at the end. The OpenMP worker threads are
-// flushed with one parallel region on entry (none when the team is this thread alone) and
-// stay flushed: threads created later inherit the flushed mode of the thread that creates
-// them, and restoring the workers would cost a second region per call, which on a busy
-// machine waits for every worker to be scheduled (milliseconds per call).
+// The calling thread gets its previous mode back at the end. The OpenMP worker threads stay
+// flushed once set: threads created later inherit the flushed mode of the thread that creates
+// them (inside a guard), and restoring the workers would cost a second region per call, which
+// on a busy machine waits for every worker to be scheduled (milliseconds per call). So a
+// calling thread's worker pool (libgomp keeps one per calling thread, and its threads for
+// the process's life) is flushed with one parallel region the first time, and again only
+// when a larger team than any flushed before is asked for, or after a fork. Later calls open
+// no region for it: a call that runs no parallel work (a one-sample predict) does not wake
+// the sleeping workers just to set their mode.
 class DenormalsFlushed {
  public:
   DenormalsFlushed() {
@@ -96,9 +105,18 @@ class DenormalsFlushed {
     saved_ = _mm_getcsr();
     _mm_setcsr(saved_ | 0x8040u);
 #ifdef _OPENMP
-    if (omp_get_max_threads() > 1) {
+    const int want = omp_get_max_threads();
+    FlushedPool& pool = flushed_pool();
+    const unsigned gen = fork_generation().load(std::memory_order_relaxed);
+    if (want > 1 && (pool.generation != gen || pool.team < want)) {
+      int team = 1;
 #pragma omp parallel
-      _mm_setcsr(_mm_getcsr() | 0x8040u);
+      {
+        _mm_setcsr(_mm_getcsr() | 0x8040u);
+#pragma omp single
+        team = omp_get_num_threads();  // OpenMP may grant fewer threads than asked
+      }
+      pool = {gen, team};
     }
 #endif
 #endif
@@ -112,6 +130,26 @@ class DenormalsFlushed {
   DenormalsFlushed& operator=(const DenormalsFlushed&) = delete;
 
  private:
+  struct FlushedPool {
+    unsigned generation;
+    int team;  // the largest team of this thread's pool flushed so far
+  };
+  static FlushedPool& flushed_pool() {
+    thread_local FlushedPool pool{0, 1};
+    return pool;
+  }
+  // Bumped in a forked child (libgomp starts a new pool there): every pool counts as
+  // unflushed again.
+  static std::atomic<unsigned>& fork_generation() {
+    static std::atomic<unsigned> generation{[] {
+#ifdef CR_HAVE_ATFORK
+      pthread_atfork(nullptr, nullptr, [] { fork_generation().fetch_add(1, std::memory_order_relaxed); });
+#endif
+      return 1u;
+    }()};
+    return generation;
+  }
+
   unsigned int saved_ = 0;
 };
 

@@ -85,3 +85,45 @@ def test_joblib_workers_thread_limit_is_respected():
     for limit, threads in out:
         assert limit is not None  # loky limits the threads of its workers' native libraries
         assert threads == int(limit)
+
+
+WORKERS_FLUSHED = r"""
+import numpy as np, chainrule as cr
+# Dense(512) without bias or activation on 1e-20 inputs with 1e-20 weights: every product is
+# 1e-40, a float32 denormal, which flush-to-zero makes 0; without it each output is ~1e-38.
+m = cr.Sequential([cr.layers.Dense(512)], seed=0)
+m.build((784,))
+m.set_weights([np.full((784, 512), 1e-20, np.float32), np.zeros(512, np.float32)])
+x = np.full((64, 784), 1e-20, np.float32)   # 64 x 512 x 784: the GEMM is split over the threads
+def flushed():
+    return bool((m.predict(x, batch_size=64) == 0).all())
+cr.set_num_threads(1)
+ok = [flushed()]          # one thread: the caller alone
+cr.set_num_threads(2)
+# The worker threads start outside any training or prediction call (the GEMM test hook
+# opens a 2-thread region without flushing): they begin unflushed, as when other OpenMP
+# code in the process started them.
+from chainrule import _core
+a = np.ones((256, 256), np.float32)
+_core._gemm(cr.cpu_info()["kernel"], False, False, a, a, np.zeros((256, 256), np.float32), 1.0, 0.0)
+ok.append(flushed())      # a larger team than flushed so far: its workers are flushed first
+ok.append(flushed())      # and stay so (no region opened for them this time)
+cr.set_num_threads(1)
+ok.append(flushed())
+cr.set_num_threads(2)
+ok.append(flushed())      # the same pool again
+print("FLUSHED", ok)
+"""
+
+
+def test_worker_threads_are_flushed_whatever_the_team_history():
+    """The core flushes denormals on every thread that computes for it: after the team grows,
+    and on later calls (when the guard opens no region for the workers). Outputs of products
+    that are all float32 denormals must be 0."""
+    if not cr.cpu_info()["openmp"]:
+        pytest.skip("no OpenMP")
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    r = subprocess.run([sys.executable, "-c", WORKERS_FLUSHED], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "FLUSHED [True, True, True, True, True]" in r.stdout, r.stdout
