@@ -11,7 +11,10 @@ The phases are the calling thread's wall time (csrc/profile.h): at 2 threads, ge
 that thread's own packing and gemm_compute includes waiting for the other thread's tiles.
 
     flock /tmp/bench.lock python bench/step_profile.py [--rounds 5] [--threads 1 2]
-                                                       [--models small mlp]
+                                                       [--models small mlp] [--no-monitor]
+
+--no-monitor turns the gradient monitor off (it is on by default in fit): its phase, and the
+per-tensor sums the optimizer step reduces for it, go away.
 """
 
 import argparse
@@ -35,13 +38,14 @@ def mnist_dir():
     return os.environ.get("CHAINRULE_MNIST_DIR") or os.path.join(here, "..", "..", "shared", "data", "mnist")
 
 
-def build(hidden):
+def build(hidden, monitor):
     L = cr.layers
     m = cr.Sequential([L.Dense(h, activation="relu") for h in hidden] + [L.Dense(10, activation="softmax")],
                       seed=0)
     m.compile(optimizer=cr.optimizers.SGD(0.05, momentum=0.9), loss="sparse_categorical_crossentropy",
               metrics=["accuracy"])
     m.build((784,))
+    m._core.set_monitor(monitor)
     return m
 
 
@@ -60,10 +64,10 @@ def timed_epoch(m, x, y, batch, profile):
     return marks[1] - marks[0], core.profile() if profile else None
 
 
-def run(name, x, y, threads, rounds):
+def run(name, x, y, threads, rounds, monitor):
     hidden, batch = MODELS[name]
     cr.set_num_threads(threads)
-    m = build(hidden)
+    m = build(hidden, monitor)
     timed_epoch(m, x, y, batch, False)  # warm-up: buffers, packing buffers, page faults
     off, on, profiles = [], [], []
     for _ in range(rounds):
@@ -74,8 +78,8 @@ def run(name, x, y, threads, rounds):
     steps = sum(p["steps"] for p in profiles)
     total = sum(p["total"] for p in profiles)
     arch = "-".join(str(n) for n in (784, *hidden, 10))
-    print(f"\n{arch}, batch {batch}, {threads} thread(s): {profiles[0]['steps']} steps per epoch, "
-          f"{rounds} epochs each way")
+    print(f"\n{arch}, batch {batch}, {threads} thread(s), monitor {'on' if monitor else 'off'}: "
+          f"{profiles[0]['steps']} steps per epoch, {rounds} epochs each way")
     print(f"  {'phase':<22}{'us/step':>10}{'share':>9}")
     for k in PHASES:
         s = sum(p[k] for p in profiles)
@@ -95,6 +99,7 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["small", "mlp"])
+    p.add_argument("--no-monitor", action="store_true", help="turn the gradient monitor off")
     a = p.parse_args()
     (x, y), _ = cr.datasets.load_mnist(mnist_dir(), normalize=True)
     x = np.ascontiguousarray(x.reshape(len(x), -1))
@@ -106,7 +111,7 @@ def main():
     print(f"kernel {cr.cpu_info()['kernel']}, loadavg {load}")
     for name in a.models:
         for t in a.threads:
-            run(name, x, y, t, a.rounds)
+            run(name, x, y, t, a.rounds, not a.no_monitor)
     sys.stdout.flush()
 
 
