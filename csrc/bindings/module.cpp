@@ -8,6 +8,7 @@
 #include <mutex>
 #include <string>
 
+#include "profile.h"
 #include "trainer/layer_factory.h"
 #include "trainer/network.h"
 
@@ -619,4 +620,22 @@ PYBIND11_MODULE(_core, m) {
   bind_network<float>(m, "Network32");
   bind_network<double>(m, "Network64");
   bind_kernels(m);
+  m.def("set_profile", &cr::profile::set_enabled, py::arg("on"),
+        "Turn the step profile (time per phase of training) on or off; off by default. "
+        "Takes effect at the next training call.");
+  m.def("profile_enabled", &cr::profile::enabled, "Whether the step profile is on.");
+  m.def("profile",
+        [] {
+          const cr::profile::Totals t = cr::profile::totals();  // a short lock, GIL held
+          py::dict d;
+          for (int k = 0; k < cr::profile::kPhaseCount; ++k)
+            d[cr::profile::kPhaseNames[k]] = double(t.ns[k]) * 1e-9;
+          d["total"] = double(t.total_ns) * 1e-9;
+          d["steps"] = t.steps;
+          return d;
+        },
+        "The step profile so far: seconds per phase (they add up to 'total', the wall time "
+        "of the training calls recorded) and the number of steps, over every training call "
+        "made with the profile on since the last reset_profile().");
+  m.def("reset_profile", &cr::profile::reset, "Clear the step profile's totals.");
 }

@@ -11,6 +11,7 @@
 
 #include "kernels/cpu.h"
 #include "kernels/gemm_kernels.h"
+#include "profile.h"
 
 namespace cr {
 
@@ -138,8 +139,12 @@ float* thread_buffer(int which, i64 n) {
   return b.data();
 }
 
+// Every packing of the driver goes through these two (and the dot form's transpose of B):
+// the step profile's gemm_pack phase is timed here, on the thread that runs the training
+// call (profile.h: what a multi-threaded product counts).
 void pack_a_panels(const SgemmKernel& kern, const float* src, i64 ld_p, i64 ld_i, i64 m,
                    i64 k, float* dst) {
+  const profile::PhaseScope timed(profile::Phase::GemmPack);
   if (kern.pack_a)
     kern.pack_a(src, ld_p, ld_i, m, k, dst);
   else
@@ -148,6 +153,7 @@ void pack_a_panels(const SgemmKernel& kern, const float* src, i64 ld_p, i64 ld_i
 
 void pack_b_panels(const SgemmKernel& kern, const float* src, i64 ld_p, i64 ld_j, i64 n,
                    i64 k, float* dst) {
+  const profile::PhaseScope timed(profile::Phase::GemmPack);
   if (kern.pack_b)
     kern.pack_b(src, ld_p, ld_j, n, k, dst);
   else
@@ -207,13 +213,16 @@ void sgemm_serial(const SgemmKernel& kern, bool ta, bool tb, i64 M, i64 N, i64 K
   if (kern.fn_dot && N <= 12 && a_ld_p == 1 && K >= kDotMinK && M >= kDotMinM) {
     const i64 ld_bt = round_up(K, 16), rows = round_up(N, 2);
     float* bt = thread_buffer(1, rows * ld_bt);
-    for (i64 j = 0; j < rows; ++j) {
-      float* d = bt + j * ld_bt;
-      if (j < N)
-        for (i64 p = 0; p < K; ++p) d[p] = B[p * b_ld_p + j * b_ld_j];
-      else
-        for (i64 p = 0; p < K; ++p) d[p] = 0.0f;
-      for (i64 p = K; p < ld_bt; ++p) d[p] = 0.0f;
+    {
+      const profile::PhaseScope timed(profile::Phase::GemmPack);
+      for (i64 j = 0; j < rows; ++j) {
+        float* d = bt + j * ld_bt;
+        if (j < N)
+          for (i64 p = 0; p < K; ++p) d[p] = B[p * b_ld_p + j * b_ld_j];
+        else
+          for (i64 p = 0; p < K; ++p) d[p] = 0.0f;
+        for (i64 p = K; p < ld_bt; ++p) d[p] = 0.0f;
+      }
     }
     kern.fn_dot(M, N, K, alpha, A, lda, bt, ld_bt, beta, C, ldc);
     return apply_epilogue(ep, C, ldc, M, N, j0);  // N <= 12: the whole C is a few KB
@@ -270,6 +279,8 @@ void sgemm_with_kernel(const SgemmKernel& wide, bool ta, bool tb, i64 M, i64 N, 
                        float alpha, const float* A, i64 lda, const float* B, i64 ldb,
                        float beta, float* C, i64 ldc, const GemmEpilogue* ep) {
   if (M <= 0 || N <= 0) return;
+  // The whole call, fork/join included, less the packing inside it (profile.h).
+  const profile::PhaseScope timed(profile::Phase::GemmCompute);
   if (K <= 0 || alpha == 0.0f) {
     scale_c(M, N, beta, C, ldc);
     return apply_epilogue(ep, C, ldc, M, N, 0);
@@ -397,6 +408,7 @@ static void gemm_simple(bool ta, bool tb, i64 M, i64 N, i64 K, T alpha, const T*
 
 void dgemm(bool ta, bool tb, i64 M, i64 N, i64 K, double alpha, const double* A, i64 lda,
            const double* B, i64 ldb, double beta, double* C, i64 ldc) {
+  const profile::PhaseScope timed(profile::Phase::GemmCompute);
   gemm_simple(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 

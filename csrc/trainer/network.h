@@ -5,7 +5,8 @@
 // monitor (monitor.h) and stop-on-NaN's snapshot (nan_guard.h) are its parts. Buffers are
 // sized once per call for the largest batch; the batch loop allocates nothing. An epoch can
 // also be fed one batch per call (data streamed from the caller), and the loss and some
-// metrics can be computed outside the core (hooks).
+// metrics can be computed outside the core (hooks). The training calls record the step
+// profile (profile.h) when it is on.
 #pragma once
 #include <algorithm>
 #include <chrono>
@@ -24,6 +25,7 @@
 #include "losses/loss.h"
 #include "metrics/metrics.h"
 #include "optim/optimizer.h"
+#include "profile.h"
 #include "trainer/data_parallel.h"
 #include "trainer/monitor.h"
 #include "trainer/nan_guard.h"
@@ -254,9 +256,8 @@ class Network {
                          std::uint64_t seed, const ProgressFn& progress = nullptr,
                          i64 progress_every = 0, const PollFn& poll = nullptr) {
     BatchCall call(*this, N, batch, NeedsCompile::Yes);
-    order_.resize(N);
-    std::iota(order_.begin(), order_.end(), i64(0));
-    if (shuffle) shuffle_indices(order_.data(), N, seed);
+    const profile::Recording recording;
+    order_epoch(N, shuffle, seed);
     begin_epoch();
     Poller poller(poll);
     const i64 total_steps = (N + batch - 1) / batch;
@@ -283,7 +284,10 @@ class Network {
   // running_stats) may train or evaluate the network.
   void begin_epoch() {
     if (!compiled_) fail("the model must be compiled (loss and optimizer set) before training or evaluation");
-    monitor_.begin_epoch(layers_);
+    {
+      const profile::PhaseScope timed(profile::Phase::Monitor);
+      monitor_.begin_epoch(layers_);
+    }
     epoch_ = EpochStats{};
     epoch_.metrics.assign(num_metrics(), 0.0);
   }
@@ -300,6 +304,7 @@ class Network {
       largest = std::max(largest, sizes[k]);
     }
     BatchCall call(*this, total, largest, NeedsCompile::Yes);
+    const profile::Recording recording;
     const i64 in = in_size(), tc = target_cols();
     Poller poller(poll);
     i64 start = 0;
@@ -322,7 +327,10 @@ class Network {
     return st;
   }
   EpochStats end_epoch() {
-    monitor_.end_epoch(epoch_.steps, step_sums_, layers_);
+    {
+      const profile::PhaseScope timed(profile::Phase::Monitor);
+      monitor_.end_epoch(epoch_.steps, step_sums_, layers_);
+    }
     EpochStats st = running_stats();
     st.learning_rate = last_lr_;
     st.nonfinite_param = params_.first_nonfinite();
@@ -347,9 +355,8 @@ class Network {
     if (!dp.reducer) fail("data-parallel training needs a reducer");
     const StepPlan plan(dp, N, batch);
     BatchCall call(*this, N, plan.max_part(), NeedsCompile::Yes);
-    order_.resize(N);
-    std::iota(order_.begin(), order_.end(), i64(0));
-    if (shuffle) shuffle_indices(order_.data(), N, seed);
+    const profile::Recording recording;
+    order_epoch(N, shuffle, seed);
     plan_buckets();
     begin_epoch();
     step_totals_.assign(2 + size_t(num_metrics()), 0.0);  // loss, metrics, stop requests
@@ -383,6 +390,7 @@ class Network {
       }
     }
     if (monitor_.active()) {  // a unit is alive when it fired on any process's rows
+      const profile::PhaseScope timed(profile::Phase::Monitor);
       std::vector<i64> tickets;
       monitor_.for_each_unit_maximum([&](T* a, i64 n) { tickets.push_back(dp.reducer->start_max(a, n)); });
       for (i64 t : tickets) dp.reducer->wait(t);
@@ -393,6 +401,7 @@ class Network {
   // One optimizer step on exactly this batch (Keras train_on_batch).
   EpochStats train_batch(const T* X, const T* Y, const T* SW, i64 B) {
     BatchCall call(*this, B, B, NeedsCompile::Yes);
+    const profile::Recording recording;
     LossStats ls;
     const bool stepped = train_step(X, Y, SW, B, ls);
     EpochStats st = batch_stats(ls, B);
@@ -664,10 +673,19 @@ class Network {
     return ok;
   }
 
+  // The epoch's order of the rows: 0..N-1, shuffled with seed when asked.
+  void order_epoch(i64 N, bool shuffle, std::uint64_t seed) {
+    const profile::PhaseScope timed(profile::Phase::Gather);
+    order_.resize(N);
+    std::iota(order_.begin(), order_.end(), i64(0));
+    if (shuffle) shuffle_indices(order_.data(), N, seed);
+  }
+
   // Point xb/yb/wb at the rows of this batch: the user's arrays directly when in order,
   // otherwise the rows gathered into the preallocated batch buffers.
   void gather(const T* X, const T* Y, const T* SW, i64 start, i64 B, bool shuffled,
               const T*& xb, const T*& yb, const T*& wb) {
+    const profile::PhaseScope timed(profile::Phase::Gather);
     const i64 in = in_size(), tc = target_cols();
     if (!shuffled) {
       xb = X + start * in;
@@ -694,10 +712,15 @@ class Network {
   T* forward(const T* x, i64 B, bool training) {
     const T* in = x;
     for (size_t l = 0; l < layers_.size(); ++l) {
-      layers_[l]->forward(in, acts_[l].data(), B, training);
+      {
+        const profile::PhaseScope timed(profile::Phase::ForwardElementwise);  // less its GEMMs
+        layers_[l]->forward(in, acts_[l].data(), B, training);
+      }
       in = acts_[l].data();
-      if (training && monitor_.tracks_units(l))
+      if (training && monitor_.tracks_units(l)) {
+        const profile::PhaseScope timed(profile::Phase::Monitor);
         monitor_.mark_alive(l, acts_[l].data(), B * layers_[l]->out_size());
+      }
     }
     return acts_.back().data();
   }
@@ -708,6 +731,7 @@ class Network {
   LossStats forward_loss(const T* x, const T* y, const T* w, i64 B, i64 batch_total = 0) {
     const i64 C = out_size();
     T* out = forward(x, B, true);
+    const profile::PhaseScope timed(profile::Phase::Loss);
     std::memcpy(probs_.data(), out, sizeof(T) * B * C);
     const LossStats ls = compute_loss(probs_.data(), y, w, B, gbuf_[0].data(), batch_total);
     measure(probs_.data(), y, B);
@@ -731,7 +755,10 @@ class Network {
     for (i64 l = i64(layers_.size()) - 1; l >= 0; --l) {
       const T* lin = l == 0 ? x : acts_[l - 1].data();
       T* dx = l == 0 ? nullptr : gbuf_[1 - which].data();
-      layers_[l]->backward(lin, acts_[l].data(), dcur, dx, B);
+      {
+        const profile::PhaseScope timed(profile::Phase::BackwardElementwise);  // less its GEMMs
+        layers_[l]->backward(lin, acts_[l].data(), dcur, dx, B);
+      }
       after_layer(size_t(l));
       dcur = dx;
       which = 1 - which;
@@ -749,6 +776,7 @@ class Network {
   double backward_and_step(const T* x, i64 B) {
     double pen = 0.0;
     backward_layers(x, B, [&](size_t l) {
+      const profile::PhaseScope timed(profile::Phase::Optimizer);
       const SegmentRange r = params_.layer_segments(l);
       pen += params_.add_penalty_gradients(r);
       step_consuming_grads(r, 1.0);
@@ -763,7 +791,9 @@ class Network {
     step_trainable(r, last_lr_, step_, gscale, params_.params(), params_.grads(), opt_state_,
                    step_sums_.data(), monitor_.active() || nan_guard_.enabled(),
                    [&](SegmentRange run) {
-                     if (monitor_.active()) monitor_.add_step(step_sums_, run);
+                     if (!monitor_.active()) return;
+                     const profile::PhaseScope timed(profile::Phase::Monitor);
+                     monitor_.add_step(step_sums_, run);
                    });
   }
 
@@ -802,6 +832,7 @@ class Network {
   // of stop_on_nan with no change of the weights from outside since. With snapshots every
   // N > 1 steps, to the last snapshot's: a finite state at most N steps back.
   bool train_step(const T* x, const T* y, const T* w, i64 B, LossStats& ls) {
+    profile::count_step();
     ls = forward_loss(x, y, w, B);
     if (nan_guard_.enabled() && !std::isfinite(ls.loss_sum)) {
       // The last step's weights give a non-finite loss: put back those before it.
@@ -817,6 +848,7 @@ class Network {
       pen = backward_and_step(x, B);
     } else {
       backward(x, B);
+      const profile::PhaseScope timed(profile::Phase::Optimizer);
       const SegmentRange all = params_.all_segments();
       pen = params_.add_penalty_gradients(all);
       const double norm = std::sqrt(params_.grad_sum_squares());
@@ -880,6 +912,7 @@ class Network {
   // process, as it is made from the same sums.
   bool train_step_parallel(const T* x, const T* y, const T* w, i64 B, i64 Bglobal, Reducer& red,
                            bool& stop, LossStats& ls) {
+    profile::count_step();
     LossStats local;
     if (B > 0) local = forward_loss(x, y, w, B, Bglobal);  // the metric sums in batch_metrics_
     else std::fill(batch_metrics_.begin(), batch_metrics_.end(), 0.0);
@@ -915,6 +948,7 @@ class Network {
         red.wait(buckets_[next_step].ticket);
         settle_totals();
         if (!finite) continue;
+        const profile::PhaseScope timed(profile::Phase::Optimizer);
         const SegmentRange r = buckets_[next_step].segs;
         pen += params_.add_penalty_gradients(r);
         step_consuming_grads(r, 1.0);
@@ -938,6 +972,7 @@ class Network {
       for (const Bucket& b : buckets_) red.wait(b.ticket);
       settle_totals();
       if (finite) {
+        const profile::PhaseScope timed(profile::Phase::Optimizer);
         const SegmentRange all = params_.all_segments();
         pen = params_.add_penalty_gradients(all);
         const double norm = std::sqrt(params_.grad_sum_squares());
