@@ -366,7 +366,7 @@ void pack32_avx512(const float* src, i64 ld_p, i64 ld_r, i64 n_valid, i64 k, flo
   static const SgemmKernel col##NR = {"avx512", 32, NR, 256, 512, 4096,                \
                                       ukernel_avx512_col<NR>,                          \
                                       ukernel_avx512_col_direct_a<NR>, false, nullptr,   \
-                                      pack32_avx512, nullptr, sgemm_dot_avx512};
+                                      pack32_avx512, nullptr, sgemm_dot_avx512, nullptr};
 CR_COL_KERNEL(2)
 CR_COL_KERNEL(4)
 CR_COL_KERNEL(6)
@@ -379,13 +379,13 @@ CR_COL_KERNEL(12)
 // waste most of a 32-wide tile: they get a 24x16 tile instead.
 static const SgemmKernel narrow = {"avx512", 24, 16, 144, 384, 480, ukernel_avx512<24, 1>,
                                    ukernel_avx512_direct_a<24, 1>, true, nullptr, nullptr,
-                                   nullptr, nullptr};
+                                   nullptr, nullptr, nullptr};
 
 // 8x32: for a single B panel (N <= 32) whose M is a multiple of 8 but not of 12 (batch 32),
 // where the 12-row tile would compute a third of a panel of padding.
 static const SgemmKernel wide8 = {"avx512", 8, 32, 1536, 512, 480, ukernel_avx512<8, 2>,
                                   ukernel_avx512_direct_a<8, 2>, true, nullptr, nullptr,
-                                  pack32_avx512, nullptr};
+                                  pack32_avx512, nullptr, nullptr};
 
 // N <= 12: the column kernel with NR = N rounded up to even; up to 16 (or any N that a
 // 32-wide tile would mostly pad): 24x16 rows; else the 12x32 kernel (8x32 when that fits

@@ -34,7 +34,7 @@ void ukernel_generic_4x8(i64 k, const float* a, const float* b, float* c, i64 ld
 
 // Only the plain packed kernel: the optional fast paths fall back to it.
 const SgemmKernel sgemm_kernel = {"generic", MR, NR, 128, 256, 2048, ukernel_generic_4x8,
-                                  nullptr, false, nullptr, nullptr, nullptr, nullptr};
+                                  nullptr, false, nullptr, nullptr, nullptr, nullptr, nullptr};
 
 }  // namespace generic
 }  // namespace cr
