@@ -109,6 +109,7 @@ class DenormalsFlushed {
     FlushedPool& pool = flushed_pool();
     const unsigned gen = fork_generation().load(std::memory_order_relaxed);
     if (want > 1 && (pool.generation != gen || pool.team < want)) {
+      threads_started().store(true, std::memory_order_relaxed);
       int team = 1;
 #pragma omp parallel
       {
@@ -138,17 +139,40 @@ class DenormalsFlushed {
     thread_local FlushedPool pool{0, 1};
     return pool;
   }
-  // Bumped in a forked child (libgomp starts a new pool there): every pool counts as
-  // unflushed again.
+  // Bumped in a forked child: every pool counts as unflushed again. And a child forked after
+  // the core has run a team of threads stays on one thread (serial_after_fork): GCC's
+  // OpenMP runtime cannot start a team in such a child (its first parallel region hangs).
   static std::atomic<unsigned>& fork_generation() {
     static std::atomic<unsigned> generation{[] {
 #ifdef CR_HAVE_ATFORK
-      pthread_atfork(nullptr, nullptr, [] { fork_generation().fetch_add(1, std::memory_order_relaxed); });
+      pthread_atfork(nullptr, nullptr, [] {
+        fork_generation().fetch_add(1, std::memory_order_relaxed);
+        if (threads_started().load(std::memory_order_relaxed)) {
+          serial_after_fork().store(true, std::memory_order_relaxed);
+#ifdef _OPENMP
+          omp_set_num_threads(1);
+#endif
+        }
+      });
 #endif
       return 1u;
     }()};
     return generation;
   }
+
+ public:
+  // Whether this process has run a team of several threads through this guard.
+  static std::atomic<bool>& threads_started() {
+    static std::atomic<bool> started{false};
+    return started;
+  }
+  // Whether this process is a child forked after threads_started: one thread only.
+  static std::atomic<bool>& serial_after_fork() {
+    static std::atomic<bool> serial{false};
+    return serial;
+  }
+
+ private:
 
   unsigned int saved_ = 0;
 };

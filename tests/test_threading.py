@@ -127,3 +127,49 @@ def test_worker_threads_are_flushed_whatever_the_team_history():
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert "FLUSHED [True, True, True, True, True]" in r.stdout, r.stdout
+
+
+FORKED = r"""
+import os, warnings, numpy as np, chainrule as cr
+cr.set_num_threads(2)
+x = np.ones((64, 784), np.float32)
+y = np.arange(64) % 10
+m = cr.Sequential([cr.layers.Dense(512, activation="relu"), cr.layers.Dense(10, activation="softmax")], seed=0)
+m.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+m.build((784,))
+
+def child_work():
+    m.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    return m.predict(x).shape == (64, 10)
+
+pid = os.fork()          # before any parallel work: the child keeps its threads
+if pid == 0:
+    os._exit(0 if cr.get_num_threads() == 2 and child_work() else 3)
+_, st = os.waitpid(pid, 0)
+early = os.WEXITSTATUS(st)
+m.predict(x)             # a team of 2 threads runs here
+pid = os.fork()          # after it: GCC's OpenMP cannot start threads in the child
+if pid == 0:
+    ok = cr.get_num_threads() == 1 and child_work()
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        cr.set_num_threads(2)
+    ok = ok and cr.get_num_threads() == 1 and child_work()
+    ok = ok and any(issubclass(w.category, RuntimeWarning) and "forked" in str(w.message) for w in rec)
+    os._exit(0 if ok else 4)
+_, st = os.waitpid(pid, 0)
+print("FORKED", early, os.WEXITSTATUS(st), cr.get_num_threads())
+"""
+
+
+def test_a_child_forked_after_threads_ran_works_on_one_thread():
+    """os.fork after the core has run a team of threads: the child's first parallel region
+    used to hang (GCC's OpenMP runtime cannot start threads there). It now trains and
+    predicts on one thread, and a request for more threads warns; a child forked before any
+    parallel work keeps its threads, and the parent is unaffected."""
+    if not cr.cpu_info()["openmp"]:
+        pytest.skip("no OpenMP")
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    r = subprocess.run([sys.executable, "-c", FORKED], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "FORKED 0 0 2" in r.stdout, r.stdout + r.stderr

@@ -134,13 +134,15 @@ bool openmp_available() {
 
 // The same bound as chainrule.system.MAX_THREADS: 4x the logical CPUs, at least 64. OpenMP
 // aborts the process when it cannot create the threads asked for.
-void set_num_threads(int n) {
+int set_num_threads(int n) {
   const int cpus = int(std::max(1u, std::thread::hardware_concurrency()));
   const int most = std::max(4 * cpus, 64);
   if (n < 1 || n > most) fail("set_num_threads expects n in [1, ", most, "]; received n=", n);
+  if (DenormalsFlushed::serial_after_fork().load(std::memory_order_relaxed)) n = 1;
 #ifdef _OPENMP
   omp_set_num_threads(n);
 #endif
+  return max_threads();
 }
 
 int get_num_threads() { return max_threads(); }

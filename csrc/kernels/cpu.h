@@ -30,7 +30,9 @@ const std::string& cpu_target_env();
 
 // Threads: wrap omp_set_num_threads / omp_get_max_threads; 1 and a no-op without OpenMP.
 bool openmp_available();
-void set_num_threads(int n);  // throws std::invalid_argument when n < 1
+// Returns the count in effect: 1 in a child forked after the core ran a team of threads
+// (DenormalsFlushed::serial_after_fork), whatever n is.
+int set_num_threads(int n);  // throws std::invalid_argument when n < 1
 int get_num_threads();
 
 }  // namespace cr

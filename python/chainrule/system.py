@@ -3,6 +3,7 @@ threads its parallel regions use. Thin wrappers over chainrule._core."""
 
 import numbers
 import os
+import warnings
 from typing import Any
 
 
@@ -60,13 +61,24 @@ def set_num_threads(n: int) -> None:
     ``n`` must be an integer (not a bool) in [1, MAX_THREADS], where MAX_THREADS is
     ``max(4 * os.cpu_count(), 64)``; anything else raises TypeError (not an integer) or
     ValueError (out of range) naming the value.
+
+    A process forked (``os.fork``, multiprocessing's "fork" start method) after the core
+    has run on several threads runs on one thread: GCC's OpenMP runtime cannot start threads
+    in such a child (its first parallel region would hang). There a request for more
+    threads gives a RuntimeWarning and one thread; start such processes with the "spawn" or
+    "forkserver" method, or fork before training, to use several.
     """
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
         raise TypeError(f"set_num_threads expects an integer n in [1, {MAX_THREADS}]; received n={n!r}")
     if not 1 <= n <= MAX_THREADS:
         raise ValueError(f"set_num_threads expects n in [1, {MAX_THREADS}] (MAX_THREADS = "
                          f"max(4 x {os.cpu_count()} CPUs, 64)); received n={n!r}")
-    _core.set_num_threads(int(n))
+    got = _core.set_num_threads(int(n))
+    if got < n:
+        warnings.warn(f"set_num_threads({n}): this process was forked after chainrule had run on several "
+                      "threads, and GCC's OpenMP runtime cannot start threads in such a child (it would hang): "
+                      "it runs on 1 thread. Start it with multiprocessing's 'spawn' or 'forkserver' method, or "
+                      "fork before training, to use more.", RuntimeWarning, stacklevel=2)
 
 
 def get_num_threads() -> int:
