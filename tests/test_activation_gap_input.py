@@ -207,6 +207,9 @@ def test_a_keras_style_cnn_with_the_new_layers_trains():
                        Activation("relu"), MaxPooling2D(2), Conv2D(8, 3, padding="same"), Activation("relu"),
                        GlobalAveragePooling2D(), Dense(2), Activation("softmax")], seed=1)
     m.compile(optimizer=cr.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    h = m.fit(x, y, epochs=30, batch_size=16, verbose=0, seed=0)
-    assert h.history["loss"][-1] < h.history["loss"][0] / 2
+    # 60 epochs: after 30 the training loss is the same on every kernel target (0.181), but the
+    # accuracy with the moving statistics was 0.875 with the generic kernels and 0.95 with
+    # the SIMD ones; after 60 it is 1.0 on all three
+    h = m.fit(x, y, epochs=60, batch_size=16, verbose=0, seed=0)
+    assert h.history["loss"][-1] < h.history["loss"][0] / 4
     assert m.evaluate(x, y)[1] > 0.9
