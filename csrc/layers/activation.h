@@ -36,8 +36,7 @@ class Activation final : public Layer<T> {
     const T alpha = this->alpha_;
     dispatch_act(this->act_, [&](auto op) {
       using Op = decltype(op);
-      const i64 rows_per_block = Op::row_coupled ? std::max<i64>(1, kActBlock / C_) : 0;
-      const i64 block = Op::row_coupled ? rows_per_block * C_ : kActBlock;
+      const i64 block = block_size<Op>();
       const i64 nblk = (n + block - 1) / block;
 #pragma omp parallel for schedule(static) if (n > act_parallel_min<Op>())
       for (i64 k = 0; k < nblk; ++k) {
@@ -58,8 +57,7 @@ class Activation final : public Layer<T> {
     const T alpha = this->alpha_;
     dispatch_act(this->act_, [&](auto op) {
       using Op = decltype(op);
-      const i64 rows_per_block = Op::row_coupled ? std::max<i64>(1, kActBlock / C_) : 0;
-      const i64 block = Op::row_coupled ? rows_per_block * C_ : kActBlock;
+      const i64 block = block_size<Op>();
       const i64 nblk = (n + block - 1) / block;
 #pragma omp parallel for schedule(static) if (n > kParallelElems)
       for (i64 k = 0; k < nblk; ++k) {
@@ -75,6 +73,13 @@ class Activation final : public Layer<T> {
   }
 
  private:
+  // Values per block of forward and backward: kActBlock, or whole rows of C_ for an
+  // activation that couples a row (softmax).
+  template <typename Op>
+  i64 block_size() const {
+    return Op::row_coupled ? std::max<i64>(1, kActBlock / C_) * C_ : kActBlock;
+  }
+
   i64 C_ = 1;
 };
 
