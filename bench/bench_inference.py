@@ -296,38 +296,29 @@ def summarize(raw, contenders):
 def print_table(summary, contenders):
     short = {"chainrule": "chainrule", "torch_no_grad": "torch(no_grad)",
              "torch_inference_mode": "torch(inf_mode)", "onnxruntime": "onnxruntime"}
-    print()
-    print("batch 1 latency, us per call: median [min]; ratio = X / chainrule (> 1: chainrule faster)")
-    print(f"{'net@threads':<12}" + "".join(f"{short[c]:>24}" for c in contenders))
-    for key, s in summary.items():
-        row = f"{key:<12}"
-        for c in contenders:
-            e = s.get(c)
-            if e is None:
-                row += f"{'-':>24}"
-                continue
-            cell = f"{e['batch1_median_us']:.1f} [{e['batch1_min_us']:.1f}]"
-            if c != "chainrule" and "latency_ratio_median" in e:
-                cell += f" {e['latency_ratio_median']:.2f}x"
-            row += f"{cell:>24}"
-        print(row)
-    print()
-    print(f"batch {BIG:,} throughput, samples/s: median [best]; ratio = chainrule / X (> 1: chainrule faster)")
-    print(f"{'net@threads':<12}" + "".join(f"{short[c]:>26}" for c in contenders))
-    for key, s in summary.items():
-        if "big_median_sps" not in s.get("chainrule", {}):
-            continue
-        row = f"{key:<12}"
-        for c in contenders:
-            e = s.get(c)
-            if e is None:
-                row += f"{'-':>26}"
-                continue
-            cell = f"{e['big_median_sps']:,.0f} [{e['big_best_sps']:,.0f}]"
-            if c != "chainrule":
-                cell += f" {e['throughput_ratio_median']:.2f}x"
-            row += f"{cell:>26}"
-        print(row)
+    def table(title, width, keys, cell):
+        print()
+        print(title)
+        print(f"{'net@threads':<12}" + "".join(f"{short[c]:>{width}}" for c in contenders))
+        for key in keys:
+            row = f"{key:<12}"
+            for c in contenders:
+                e = summary[key].get(c)
+                row += f"{'-' if e is None else cell(c, e):>{width}}"
+            print(row)
+
+    def latency(c, e):
+        cell = f"{e['batch1_median_us']:.1f} [{e['batch1_min_us']:.1f}]"
+        return cell + (f" {e['latency_ratio_median']:.2f}x" if c != "chainrule" and "latency_ratio_median" in e else "")
+
+    def throughput(c, e):
+        cell = f"{e['big_median_sps']:,.0f} [{e['big_best_sps']:,.0f}]"
+        return cell + (f" {e['throughput_ratio_median']:.2f}x" if c != "chainrule" else "")
+
+    table("batch 1 latency, us per call: median [min]; ratio = X / chainrule (> 1: chainrule faster)", 24,
+          list(summary), latency)
+    table(f"batch {BIG:,} throughput, samples/s: median [best]; ratio = chainrule / X (> 1: chainrule faster)", 26,
+          [k for k, s in summary.items() if "big_median_sps" in s.get("chainrule", {})], throughput)
     print()
     for key, s in summary.items():
         e = s.get("chainrule", {})
