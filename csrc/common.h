@@ -77,11 +77,25 @@ using avec = std::vector<T, AlignedAllocator<T>>;
 // costs more than the work (the small-network regime).
 constexpr i64 kParallelElems = 1 << 15;
 
+// Products (GEMM, direct convolution) go parallel only with at least this many multiply-adds
+// per thread: below it a fork/join, or waking a sleeping worker, costs more than it saves.
+// Tiny products (the small-network regime, a one-sample predict) stay on the calling thread.
+constexpr i64 kMinMacsPerThread = i64(1) << 19;
+
 inline int max_threads() {
 #ifdef _OPENMP
   return omp_get_max_threads();
 #else
   return 1;
+#endif
+}
+
+// The calling thread's number in its OpenMP team (0 outside a parallel region).
+inline int thread_index() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
 #endif
 }
 

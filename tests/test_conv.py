@@ -193,6 +193,11 @@ C1_SIMD_CASES = [
     ((13, 7, 1), 8, (4, 4), (3, 2), "relu"),
     ((6, 14, 1), 24, (2, 10), (1, 1), "relu"),
     ((5, 5, 1), 8, (5, 5), (1, 1), "tanh"),       # one output pixel; tanh: portable epilogue
+    # Stride 1 with a 3/5/7-wide kernel takes the sweep form (AVX2: up to 5, AVX-512: up to
+    # 7), and with AVX-512 16 channels per register where Cout allows (24 = 16 + 8).
+    ((12, 30, 1), 16, (3, 3), (1, 1), "relu"),    # OW 28: two 12-pixel blocks + a tail of 4
+    ((11, 40, 1), 24, (2, 7), (1, 1), None),      # 7 wide; 16 + 8 channels
+    ((28, 28, 1), 32, (5, 5), (1, 1), "relu"),    # the example CNN's shape, 2 x 16 channels
 ]
 
 _C1_SIMD_SCRIPT = r"""
@@ -255,6 +260,75 @@ def test_conv2d_one_channel_simd_kernels_match_naive_twin(target):
             want = np.tanh(want)
         assert rel_err(np.array(r["y"]).reshape(want.shape), want) < 1e-5, (shape, kernel)
         assert max(r["grad_err"]) < 1e-5, (shape, kernel, r["grad_err"])
+
+
+_C1_BITS_SCRIPT = r"""
+import sys
+import numpy as np
+import chainrule as cr
+from chainrule import system
+from chainrule.layers import Conv2D
+rng = np.random.default_rng(3)
+outs = []
+for shape, filters, kernel, strides in [((28, 28, 1), 16, 5, 1), ((12, 30, 1), 16, 3, 1),
+                                        ((11, 40, 1), 24, 7, 1), ((9, 20, 1), 8, 6, 1),
+                                        ((13, 29, 1), 32, 5, 2), ((28, 28, 1), 40, 5, 1)]:
+    m = cr.Sequential([Conv2D(filters, kernel, strides=strides, activation="relu")],
+                      dtype="float32", seed=1)
+    m.build(shape)
+    w = m.get_weights()
+    w[1] = rng.normal(size=w[1].shape).astype(np.float32)
+    m.set_weights(w)
+    outs.append(m.predict(rng.normal(size=(3,) + shape).astype(np.float32)))
+np.savez(sys.argv[1], *outs)
+print(system.cpu_info()["kernel"])
+"""
+
+
+def test_conv2d_one_channel_kernels_same_bits_on_avx2_and_avx512(tmp_path):
+    # The AVX-512 kernels run 16 channels per register and sweep stride-1 rows up to 7 taps
+    # wide; the AVX2 ones 8 channels and sweep up to 5 taps. Each output's multiply-adds come
+    # in the same order in every form, so the two targets give the same bits.
+    outs = {}
+    for target in ("avx2", "avx512"):
+        env = dict(os.environ, CHAINRULE_CPU_TARGET=target)
+        env.pop("CHAINRULE_CONV_NAIVE", None)
+        path = tmp_path / f"{target}.npz"
+        proc = subprocess.run([sys.executable, "-c", _C1_BITS_SCRIPT, str(path)], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        if proc.stdout.strip().splitlines()[-1] != target:
+            pytest.skip(f"this CPU does not run the {target} kernels")
+        outs[target] = np.load(path)
+    for k in outs["avx2"].files:
+        np.testing.assert_array_equal(outs["avx2"][k], outs["avx512"][k])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_conv2d_inference_chunks_match_oracle_and_single_samples(threads, dtype):
+    # predict runs im2col + GEMM on L2-sized chunks of samples (18 per chunk here in float64,
+    # 37 in float32), in parallel when there are enough chunks: a batch of 80 is several
+    # chunks with a short last one. Every sample equals the oracle and, bit for bit, the same
+    # sample predicted alone.
+    rng = np.random.default_rng(7)
+    m = compiled([Conv2D(5, 3, padding="same", activation="relu"), Flatten()], (8, 8, 3), dtype=dtype)
+    w = m.get_weights()
+    w[1] = rng.normal(size=w[1].shape).astype(dtype)
+    m.set_weights(w)
+    x = rng.normal(size=(80, 8, 8, 3)).astype(dtype)
+    before = cr.get_num_threads()
+    cr.set_num_threads(threads)
+    try:
+        got = m.predict(x, batch_size=80)
+        one = np.concatenate([m.predict(x[i:i + 1]) for i in range(len(x))])
+    finally:
+        cr.set_num_threads(before)
+    want = np.maximum(conv2d_ref(x.astype(np.float64), w[0].astype(np.float64),
+                                 w[1].astype(np.float64), (1, 1), "same"), 0).reshape(80, -1)
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    np.testing.assert_array_equal(got, one)
 
 
 # Conv2D's paths for every activation in the core's table: the im2col GEMM, pointwise (no

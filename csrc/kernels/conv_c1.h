@@ -156,7 +156,7 @@ inline bool conv2d_forward_c1_simd(const ConvShape& s, const float* x, const flo
   const ConvKernels& k = conv_kernels_for_cpu();
   const i64 rows = B * s.OH();
   const i64 macs = rows * s.OW() * s.Cout * s.ah.window * s.aw.window;
-  const int nt = macs > 4 * kParallelElems ? max_threads() : 1;
+  const int nt = int(std::clamp<i64>(macs / kMinMacsPerThread, 1, max_threads()));
 #pragma omp parallel num_threads(nt)
   {
 #ifdef _OPENMP

@@ -17,10 +17,6 @@ namespace cr {
 
 namespace {
 
-// Below this many multiply-adds per thread a fork/join costs more than it saves: tiny
-// products (the small-network regime) never leave the calling thread.
-constexpr i64 kMinMacsPerThread = i64(1) << 19;
-
 // The dot-product form pays ~45 shuffles per output row group at the end and a transpose
 // of B up front: worth it only once K and M are long enough (measured: at M = 32 the
 // column kernel wins, at M = 128 the dot form by ~30%).
