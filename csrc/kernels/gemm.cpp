@@ -286,7 +286,7 @@ void sgemm_with_kernel(const SgemmKernel& wide, bool ta, bool tb, i64 M, i64 N, 
   // A few rows of a wide product (a batch of one sample): B read in place, not packed. The
   // same K blocks (kern.kc) and rounding as the packed path, so a row's result does not
   // depend on the batch it comes in.
-  if (M <= kRowsMaxM && !ta && !tb && N > kern.nr && wide.fn_rows && alpha == 1.0f &&
+  if (M <= kRowsMaxM && !ta && !tb && wide.fn_rows && alpha == 1.0f &&
       (beta == 0.0f || beta == 1.0f)) {
     wide.fn_rows(M, N, K, ceil_div(K, ceil_div(K, kern.kc)), A, lda, B, ldb, beta, C, ldc);
     return apply_epilogue(ep, C, ldc, M, N, 0);

@@ -7,6 +7,7 @@
 #pragma once
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include "common.h"
 #include "kernels/cpu.h"
 #include "kernels/dispatch.h"
@@ -85,36 +86,62 @@ inline void sgemm_store_edge(const float* tile, i64 nr, float* c, i64 ldc, float
 }
 
 // sgemm_rows_fn for a target whose micro-kernel accumulates with FMA (compiled in that
-// target's file, with its flags). 64 columns of C at a time: their sums stay in registers
-// (or L1) while the p loop walks down those columns of B.
+// target's file, with its flags; V is the target's widest float vector as a GCC vector type).
+// Blocks of 8 vectors of columns of C (128 columns with AVX-512, 64 with AVX2) keep their
+// sums in registers while the p loop walks down those columns of B; the columns past the
+// last whole block take a loop with the sums in L1. Multiply-adds are contracted to FMA
+// (GNU mode, -ffp-contract=fast), as std::fma is in the tail: tests compare the bits with the
+// packed path.
+template <typename V>
 inline void sgemm_rows_fma(i64 M, i64 N, i64 K, i64 kc, const float* a, i64 lda, const float* b,
                            i64 ldb, float beta, float* c, i64 ldc) {
-  constexpr i64 W = 64;
+  constexpr int NV = 8;
+  constexpr i64 L = i64(sizeof(V) / sizeof(float)), W = NV * L;
+  auto load = [](const float* p) {
+    V v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  };
   for (i64 i = 0; i < M; ++i) {
     const float* ai = a + i * lda;
     float* ci = c + i * ldc;
-    for (i64 j0 = 0; j0 < N; j0 += W) {
-      const i64 w = std::min(W, N - j0);
+    i64 j0 = 0;
+    for (; j0 + W <= N; j0 += W) {
       for (i64 pc = 0; pc < K; pc += kc) {
         const i64 kb = std::min(kc, K - pc);
-        alignas(64) float acc[W] = {};
+        V acc[NV] = {};
         for (i64 p = pc; p < pc + kb; ++p) {
           const float s = ai[p];
           const float* bp = b + p * ldb + j0;
-          if (w == W) {
-#pragma omp simd
-            for (i64 j = 0; j < W; ++j) acc[j] = std::fma(s, bp[j], acc[j]);
-          } else {
-#pragma omp simd
-            for (i64 j = 0; j < w; ++j) acc[j] = std::fma(s, bp[j], acc[j]);
-          }
+#pragma GCC unroll 8
+          for (int q = 0; q < NV; ++q) acc[q] += s * load(bp + q * L);
         }
         float* cj = ci + j0;
-        if (pc == 0 && beta == 0.0f) {
-          for (i64 j = 0; j < w; ++j) cj[j] = acc[j];
-        } else {  // beta == 1 (or a later K block): one rounding, as the micro-kernels' FMA
-          for (i64 j = 0; j < w; ++j) cj[j] = acc[j] + cj[j];
+        const bool first = pc == 0 && beta == 0.0f;
+#pragma GCC unroll 8
+        for (int q = 0; q < NV; ++q) {
+          // beta == 1 (or a later K block): one rounding, as the micro-kernels' FMA
+          const V out = first ? acc[q] : acc[q] + load(cj + q * L);
+          std::memcpy(cj + q * L, &out, sizeof out);
         }
+      }
+    }
+    if (j0 == N) continue;
+    const i64 w = N - j0;  // < W
+    for (i64 pc = 0; pc < K; pc += kc) {
+      const i64 kb = std::min(kc, K - pc);
+      alignas(64) float acc[W] = {};
+      for (i64 p = pc; p < pc + kb; ++p) {
+        const float s = ai[p];
+        const float* bp = b + p * ldb + j0;
+#pragma omp simd
+        for (i64 j = 0; j < w; ++j) acc[j] = std::fma(s, bp[j], acc[j]);
+      }
+      float* cj = ci + j0;
+      if (pc == 0 && beta == 0.0f) {
+        for (i64 j = 0; j < w; ++j) cj[j] = acc[j];
+      } else {
+        for (i64 j = 0; j < w; ++j) cj[j] = acc[j] + cj[j];
       }
     }
   }

@@ -10,6 +10,10 @@ namespace cr {
 namespace avx2 {
 
 namespace {
+
+// The widest float vector of this target, for sgemm_rows_fma.
+typedef float Vec8 __attribute__((vector_size(32)));
+
 constexpr int MR = 6, NR = 16;
 
 void ukernel_avx2_6x16(i64 k, const float* a, const float* b, float* c, i64 ldc, float alpha,
@@ -61,7 +65,7 @@ void ukernel_avx2_6x16(i64 k, const float* a, const float* b, float* c, i64 ldc,
 // Only the plain packed kernel: the optional fast paths fall back to it.
 const SgemmKernel sgemm_kernel = {"avx2", MR, NR, 1536, 256, 480, ukernel_avx2_6x16,
                                   nullptr, false, nullptr, nullptr, nullptr, nullptr,
-                                  sgemm_rows_fma};
+                                  sgemm_rows_fma<Vec8>};
 
 }  // namespace avx2
 }  // namespace cr

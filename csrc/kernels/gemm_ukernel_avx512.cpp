@@ -21,6 +21,9 @@ namespace avx512 {
 
 namespace {
 
+// The widest float vector of this target, for sgemm_rows_fma.
+typedef float Vec16 __attribute__((vector_size(64)));
+
 // MR rows x NV*16 columns; acc[i][v] holds row i, columns 16v..16v+15.
 template <int MR, int NV>
 void ukernel_avx512(i64 k, const float* a, const float* b, float* c, i64 ldc, float alpha,
@@ -403,7 +406,7 @@ const SgemmKernel sgemm_kernel = {"avx512",       12, 32, 1536, 512, 480,
                                   ukernel_avx512_direct_a<12, 2>,
                                   true,           select_avx512,
                                   nullptr,        pack32_avx512,
-                                  nullptr,        sgemm_rows_fma};
+                                  nullptr,        sgemm_rows_fma<Vec16>};
 
 }  // namespace avx512
 }  // namespace cr
