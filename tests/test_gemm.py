@@ -274,3 +274,25 @@ def test_a_few_rows_equal_the_same_rows_of_a_batch(variant, N, K, beta):
             part = C0[start:start + m].copy()
             _core._gemm(variant, False, False, np.ascontiguousarray(A[start:start + m]), B, part, 1.0, beta)
             assert np.array_equal(part, full[start:start + m]), (variant, N, K, beta, m, start)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_few_rows_split_over_threads_give_the_same_bits(variant):
+    # Above a size the rows path splits the columns over the threads (in blocks of 128):
+    # each column's sums are the same operations on any thread count, and equal to those
+    # rows inside a batch. N = 1000: 8 blocks, the last one short.
+    rng = np.random.default_rng(5)
+    A = rng.standard_normal((40, 784)).astype(np.float32)
+    B = rng.standard_normal((784, 1000)).astype(np.float32)
+    full = np.zeros((40, 1000), np.float32)
+    _core._gemm(variant, False, False, A, B, full)
+    old = system.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            system.set_num_threads(threads)
+            for m in (1, 4):
+                part = np.zeros((m, 1000), np.float32)
+                _core._gemm(variant, False, False, np.ascontiguousarray(A[3:3 + m]), B, part)
+                assert np.array_equal(part, full[3:3 + m]), (variant, threads, m)
+    finally:
+        system.set_num_threads(old)

@@ -23,6 +23,35 @@ namespace {
 constexpr i64 kDotMinK = 128;
 constexpr i64 kDotMinM = 64;
 
+// The rows path reads each weight once and does one multiply-add per weight per row: it is
+// bound by reading B (from L2 when B fits there), not by arithmetic. So it goes parallel at a
+// lower product size than the blocked path: each thread then reads only its own columns of
+// B, the same ones on every call (a fixed split), which stay in that core's cache.
+constexpr i64 kRowsMinMacsPerThread = i64(1) << 17;
+constexpr i64 kRowsColumnGrain = 128;  // columns per split unit: whole register blocks
+
+void sgemm_rows(sgemm_rows_fn rows, i64 M, i64 N, i64 K, i64 kc, const float* A, i64 lda,
+                const float* B, i64 ldb, float beta, float* C, i64 ldc) {
+  int nt = 1;
+#ifdef _OPENMP
+  const i64 macs = M * N * K, units = (N + kRowsColumnGrain - 1) / kRowsColumnGrain;
+  if (macs >= 2 * kRowsMinMacsPerThread && units >= 2 && !omp_in_parallel())
+    nt = int(std::min<i64>({i64(omp_get_max_threads()), macs / kRowsMinMacsPerThread, units}));
+  if (nt > 1) {
+#pragma omp parallel num_threads(nt)
+    {
+      const int t = omp_get_thread_num(), nth = omp_get_num_threads();
+      const i64 j0 = std::min(N, units * t / nth * kRowsColumnGrain);
+      const i64 j1 = std::min(N, units * (t + 1) / nth * kRowsColumnGrain);
+      if (j1 > j0) rows(M, j1 - j0, K, kc, A, lda, B + j0, ldb, beta, C + j0, ldc);
+    }
+    return;
+  }
+#endif
+  rows(M, N, K, kc, A, lda, B, ldb, beta, C, ldc);
+}
+
+
 i64 ceil_div(i64 a, i64 b) { return (a + b - 1) / b; }
 i64 round_up(i64 a, i64 b) { return ceil_div(a, b) * b; }
 
@@ -288,7 +317,8 @@ void sgemm_with_kernel(const SgemmKernel& wide, bool ta, bool tb, i64 M, i64 N, 
   // depend on the batch it comes in.
   if (M <= kRowsMaxM && !ta && !tb && wide.fn_rows && alpha == 1.0f &&
       (beta == 0.0f || beta == 1.0f)) {
-    wide.fn_rows(M, N, K, ceil_div(K, ceil_div(K, kern.kc)), A, lda, B, ldb, beta, C, ldc);
+    sgemm_rows(wide.fn_rows, M, N, K, ceil_div(K, ceil_div(K, kern.kc)), A, lda, B, ldb, beta,
+               C, ldc);
     return apply_epilogue(ep, C, ldc, M, N, 0);
   }
 
