@@ -82,6 +82,16 @@ constexpr i64 kParallelElems = 1 << 15;
 // Tiny products (the small-network regime, a one-sample predict) stay on the calling thread.
 constexpr i64 kMinMacsPerThread = i64(1) << 19;
 
+// Whether n values hold no NaN or inf: w * 0 is NaN exactly for NaN and inf, so one
+// vectorizable pass with no branches (the input check of predict, the weights after a step).
+template <typename T>
+bool all_finite(const T* w, i64 n) {
+  T acc = T(0);
+#pragma omp simd reduction(+ : acc)
+  for (i64 i = 0; i < n; ++i) acc += w[i] * T(0);
+  return acc == T(0);
+}
+
 inline int max_threads() {
 #ifdef _OPENMP
   return omp_get_max_threads();

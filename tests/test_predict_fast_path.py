@@ -86,6 +86,37 @@ def test_ready_x_finds_a_nan_in_the_last_chunk():
     assert _checks.ready_x(x, (1000,), np.float32) is None
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 784, (1 << 16) - 1, (1 << 16) + 5])
+def test_core_finiteness_scan_agrees_with_numpy(dtype, n):
+    # The scan the fast path (and check_finite) runs in the core: every position, NaN and
+    # both infinities, below and above the size at which it releases the GIL; the largest
+    # finite value and denormals are finite.
+    from chainrule import _core
+    x = np.linspace(-1.0, 1.0, n).astype(dtype)
+    x[::7] = np.finfo(dtype).max
+    x[1::7] = np.finfo(dtype).tiny / 4  # a denormal
+    assert _core.all_finite(x) and np.isfinite(x).all()
+    for pos in {0, n // 2, n - 1}:
+        for bad in (np.nan, np.inf, -np.inf):
+            y = x.copy()
+            y[pos] = bad
+            assert not _core.all_finite(y), (n, pos, bad)
+            assert _checks.ready_x(y.reshape(1, -1), (n,), dtype) is None
+
+
+def test_finiteness_scan_refuses_other_layouts_and_types():
+    # The core takes only C-contiguous float32/float64; _checks routes the rest to numpy.
+    from chainrule import _core
+    with pytest.raises(TypeError):
+        _core.all_finite(np.ones(8, np.float32)[::2])
+    with pytest.raises(TypeError):
+        _core.all_finite(np.ones(8, np.float16))
+    assert not _checks._all_finite(np.array([1, np.nan], np.float16))
+    assert not _checks._all_finite(np.array([1, np.inf], ">f4"))
+    assert _checks._all_finite(np.array([1, 2], ">f8"))
+
+
 # -- same outputs as the general path and as numpy ------------------------------------------------
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)

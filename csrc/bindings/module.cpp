@@ -33,6 +33,15 @@ template <typename T>
 using Arr = py::array_t<T, py::array::c_style>;
 
 template <typename T>
+bool all_finite_nogil(const Arr<T>& a) {
+  const T* p = a.data();
+  const i64 n = a.size();
+  if (n < (i64(1) << 16)) return cr::all_finite(p, n);
+  py::gil_scoped_release nogil;
+  return cr::all_finite(p, n);
+}
+
+template <typename T>
 struct Checked {
   const T* x = nullptr;
   const T* y = nullptr;
@@ -620,6 +629,11 @@ PYBIND11_MODULE(_core, m) {
   bind_network<float>(m, "Network32");
   bind_network<double>(m, "Network64");
   bind_kernels(m);
+  // The finiteness check of the arrays the package hands to the core (its _checks module):
+  // one pass, no temporary; large arrays without the GIL.
+  m.def("all_finite", [](const Arr<float>& a) { return all_finite_nogil(a); }, py::arg("a").noconvert());
+  m.def("all_finite", [](const Arr<double>& a) { return all_finite_nogil(a); }, py::arg("a").noconvert(),
+        "Whether a C-contiguous float32 or float64 array holds no NaN or inf.");
   m.def("set_profile", &cr::profile::set_enabled, py::arg("on"),
         "Turn the step profile (time per phase of training) on or off; off by default. "
         "Takes effect at the next training call.");

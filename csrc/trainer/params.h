@@ -190,12 +190,6 @@ class ParamStore {
         return false;
     return true;
   }
-  static bool all_finite(const T* w, i64 n) {
-    T acc = T(0);  // w * 0 is NaN exactly for NaN and inf: one vectorizable pass, no branches
-#pragma omp simd reduction(+ : acc)
-    for (i64 i = 0; i < n; ++i) acc += w[i] * T(0);
-    return acc == T(0);
-  }
 
  private:
   // Segment k's penalty gradient added to its gradient; returns its penalty.
