@@ -87,11 +87,13 @@ inline void sgemm_store_edge(const float* tile, i64 nr, float* c, i64 ldc, float
 
 // sgemm_rows_fn for a target whose micro-kernel accumulates with FMA (compiled in that
 // target's file, with its flags; V is the target's widest float vector as a GCC vector type).
-// Blocks of 8 vectors of columns of C (128 columns with AVX-512, 64 with AVX2) keep their
-// sums in registers while the p loop walks down those columns of B; the columns past the
-// last whole block take a loop with the sums in L1. Multiply-adds are contracted to FMA
-// (GNU mode, -ffp-contract=fast), as std::fma is in the tail: tests compare the bits with the
-// packed path.
+// Blocks of 8 vectors of columns of C (128 columns with AVX-512, 64 with AVX2) are summed in
+// registers; the columns past the last whole block take a loop with the sums in L1. Each
+// element's products are added in p order, so the bits equal the packed path's. Multiply-adds
+// are contracted to FMA (GNU mode, -ffp-contract=fast), as std::fma is in the tail: tests
+// compare the bits with the packed path. Measured at M = 1, 1 thread, against walking each
+// block down all K rows: 784x512 24 vs 26-29 us, 512x1024 45 vs 57 us, 2048x2048 (from
+// memory) 0.69 vs 1.03 ms, the rest within noise.
 template <typename V>
 inline void sgemm_rows_fma(i64 M, i64 N, i64 K, i64 kc, const float* a, i64 lda, const float* b,
                            i64 ldb, float beta, float* c, i64 ldc) {
@@ -105,27 +107,43 @@ inline void sgemm_rows_fma(i64 M, i64 N, i64 K, i64 kc, const float* a, i64 lda,
   for (i64 i = 0; i < M; ++i) {
     const float* ai = a + i * lda;
     float* ci = c + i * ldc;
-    i64 j0 = 0;
-    for (; j0 + W <= N; j0 += W) {
+    // Whole blocks, up to kSpan columns at a time. The p loop goes in steps of kRowStep
+    // rows; within a step every block of the span is visited, its sums loaded from `part`
+    // into registers and stored back. B is then read kRowStep whole row segments at a time
+    // (up to 4 KB each, contiguous), which the hardware prefetchers follow, where one block
+    // down all K rows would read 512 bytes per row at the row stride.
+    constexpr i64 kSpan = 1024, kRowStep = 32;
+    const i64 n_whole = N / W * W;
+    for (i64 js = 0; js < n_whole; js += kSpan) {
+      const i64 span = std::min(kSpan, n_whole - js);
       for (i64 pc = 0; pc < K; pc += kc) {
         const i64 kb = std::min(kc, K - pc);
-        V acc[NV] = {};
-        for (i64 p = pc; p < pc + kb; ++p) {
-          const float s = ai[p];
-          const float* bp = b + p * ldb + j0;
+        alignas(64) float part[kSpan];
+        std::memset(part, 0, sizeof(float) * span);
+        for (i64 p0 = pc; p0 < pc + kb; p0 += kRowStep) {
+          const i64 p1 = std::min(p0 + kRowStep, pc + kb);
+          for (i64 j0 = js; j0 < js + span; j0 += W) {
+            float* pj = part + (j0 - js);
+            V acc[NV];
 #pragma GCC unroll 8
-          for (int q = 0; q < NV; ++q) acc[q] += s * load(bp + q * L);
+            for (int q = 0; q < NV; ++q) acc[q] = load(pj + q * L);
+            for (i64 p = p0; p < p1; ++p) {
+              const float s = ai[p];
+              const float* bp = b + p * ldb + j0;
+#pragma GCC unroll 8
+              for (int q = 0; q < NV; ++q) acc[q] += s * load(bp + q * L);
+            }
+#pragma GCC unroll 8
+            for (int q = 0; q < NV; ++q) std::memcpy(pj + q * L, &acc[q], sizeof acc[q]);
+          }
         }
-        float* cj = ci + j0;
+        float* cj = ci + js;
         const bool first = pc == 0 && beta == 0.0f;
-#pragma GCC unroll 8
-        for (int q = 0; q < NV; ++q) {
-          // beta == 1 (or a later K block): one rounding, as the micro-kernels' FMA
-          const V out = first ? acc[q] : acc[q] + load(cj + q * L);
-          std::memcpy(cj + q * L, &out, sizeof out);
-        }
+        // beta == 1 (or a later K block): one rounding, as the micro-kernels' FMA
+        for (i64 j = 0; j < span; ++j) cj[j] = first ? part[j] : part[j] + cj[j];
       }
     }
+    const i64 j0 = n_whole;
     if (j0 == N) continue;
     const i64 w = N - j0;  // < W
     for (i64 pc = 0; pc < K; pc += kc) {
