@@ -154,7 +154,10 @@ def main():
     if "chainrule" in ok:
         out = subprocess.run([sys.executable, "-c", "import chainrule, json; print(json.dumps(chainrule.cpu_info()))"],
                              capture_output=True, text=True)
-        report["machine"]["chainrule_cpu_info"] = json.loads(out.stdout) if out.returncode == 0 else None
+        report["machine"]["chainrule_cpu_info"] = info = json.loads(out.stdout) if out.returncode == 0 else None
+        if info:
+            log(f"CPU: {info['brand']} ({info['vendor']} family {info['family']} model {info['model']}), "
+                f"kernel {info['kernel']}")
     if "torch" in ok:
         out = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True)
         report["machine"]["torch"] = out.stdout.strip()

@@ -108,7 +108,9 @@ def main():
             load = f.read().strip()
     except OSError:
         load = "n/a"
-    print(f"kernel {cr.cpu_info()['kernel']}, loadavg {load}")
+    info = cr.cpu_info()
+    print(f"CPU: {info['brand']} ({info['vendor']} family {info['family']} model {info['model']}), "
+          f"kernel {info['kernel']}, loadavg {load}")
     for name in a.models:
         for t in a.threads:
             run(name, x, y, t, a.rounds, not a.no_monitor)

@@ -216,6 +216,29 @@ def test_cpu_info_contents():
         assert info["env_override"] is None
 
 
+def test_cpu_identity_matches_proc_cpuinfo():
+    # The CPU's identity as the core reads it from cpuid, against the kernel's own reading
+    # of the same registers (Linux /proc/cpuinfo, first processor).
+    info = system.cpu_info()
+    for key, kind in (("vendor", str), ("brand", str), ("family", int), ("model", int),
+                      ("stepping", int)):
+        assert isinstance(info[key], kind), key
+    if not info["x86"] or not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("needs x86 Linux (/proc/cpuinfo)")
+    fields = {}
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if not line.strip():
+                break  # the first processor only
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    assert info["vendor"] == fields["vendor_id"]
+    assert info["family"] == int(fields["cpu family"])
+    assert info["model"] == int(fields["model"])
+    assert info["stepping"] == int(fields["stepping"])
+    assert " ".join(info["brand"].split()) == " ".join(fields["model name"].split())
+
+
 def _info_in_subprocess(value):
     env = dict(os.environ, CHAINRULE_CPU_TARGET=value)
     code = ("import json, numpy as np; from chainrule import system, _core; "

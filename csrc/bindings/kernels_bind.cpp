@@ -99,6 +99,11 @@ py::dict cpu_info() {
   features["os_avx512"] = f.os_avx512;
   py::dict d;
   d["x86"] = f.x86;
+  d["vendor"] = f.vendor;
+  d["brand"] = f.brand;
+  d["family"] = f.family;
+  d["model"] = f.model;
+  d["stepping"] = f.stepping;
   d["features"] = features;
   d["kernel"] = cr::cpu_target_name(cr::cpu_target());
   d["best_kernel"] = cr::cpu_target_name(cr::cpu_best_target());
@@ -114,7 +119,8 @@ py::dict cpu_info() {
 
 void bind_kernels(py::module_& m) {
   m.def("cpu_info", &cpu_info,
-        "CPU features seen (cpuid + OS support), the sgemm kernel chosen, the "
+        "The CPU (cpuid vendor, brand, family, model, stepping), its features (cpuid + OS "
+        "support), the sgemm kernel chosen, the "
         "CHAINRULE_CPU_TARGET override if set, OpenMP availability and thread count.");
   m.def("set_num_threads", &cr::set_num_threads, py::arg("n"),
         "Threads used by the C++ core's parallel regions (n >= 1).");

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
+#include <cstring>
 
 #include "common.h"
 #ifdef CR_X86
@@ -28,7 +29,35 @@ static CpuFeatures detect() {
 #ifdef CR_X86
   f.x86 = true;
   unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return f;
+  {
+    char v[13] = {};
+    std::memcpy(v, &ebx, 4);
+    std::memcpy(v + 4, &edx, 4);
+    std::memcpy(v + 8, &ecx, 4);
+    f.vendor = v;
+  }
+  if (__get_cpuid_max(0x80000000u, nullptr) >= 0x80000004u) {
+    char b[49] = {};
+    for (unsigned int i = 0; i < 3; ++i) {
+      __get_cpuid(0x80000002u + i, &eax, &ebx, &ecx, &edx);
+      std::memcpy(b + 16 * i, &eax, 4);
+      std::memcpy(b + 16 * i + 4, &ebx, 4);
+      std::memcpy(b + 16 * i + 8, &ecx, 4);
+      std::memcpy(b + 16 * i + 12, &edx, 4);
+    }
+    std::string brand(b);
+    const size_t first = brand.find_first_not_of(' '), last = brand.find_last_not_of(' ');
+    f.brand = first == std::string::npos ? "" : brand.substr(first, last - first + 1);
+  }
   if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return f;
+  {
+    const int base_family = int((eax >> 8) & 0xf), base_model = int((eax >> 4) & 0xf);
+    f.family = base_family == 0xf ? base_family + int((eax >> 20) & 0xff) : base_family;
+    f.model = base_family == 0x6 || base_family == 0xf ? base_model + (int((eax >> 16) & 0xf) << 4)
+                                                       : base_model;
+    f.stepping = int(eax & 0xf);
+  }
   f.sse4_2 = ecx & (1u << 20);
   bool osxsave = ecx & (1u << 27);
   bool cpu_avx = ecx & (1u << 28);

@@ -17,6 +17,12 @@ struct CpuFeatures {
   bool sse4_2 = false, avx = false, avx2 = false, fma = false, f16c = false;
   bool avx512f = false, avx512bw = false, avx512dq = false, avx512vl = false;
   bool os_avx = false, os_avx512 = false;  // XCR0 enables ymm / zmm+opmask state
+  // Which CPU: cpuid's vendor string ("GenuineIntel", "AuthenticAMD"), display family and
+  // model (base + extended fields, as Linux's /proc/cpuinfo shows them) and brand string.
+  // Reported with benchmark results (a VM's lscpu may show only a generic model name); no
+  // kernel choice depends on them.
+  std::string vendor, brand;
+  int family = 0, model = 0, stepping = 0;
 };
 
 const CpuFeatures& cpu_features();             // detected once

@@ -47,7 +47,11 @@ def cpu_info() -> dict[str, Any]:
     avx512dq, avx512vl, os_avx, os_avx512 -- already combined with OS support), ``kernel``
     (the sgemm micro-kernel in use: "avx512", "avx2" or "generic"), ``best_kernel`` (what the
     CPU could run), ``env_override`` (the CHAINRULE_CPU_TARGET value, or None), ``variants``
-    (sgemm variants runnable here, "ref" included), ``openmp`` (bool), ``max_threads``, ``x86``.
+    (sgemm variants runnable here, "ref" included), ``openmp`` (bool), ``max_threads``, ``x86``,
+    and which CPU this is, from cpuid: ``vendor`` ("GenuineIntel", "AuthenticAMD"), ``brand``
+    (the processor's name string), ``family``, ``model`` and ``stepping`` (as /proc/cpuinfo
+    shows them: AMD Zen 4 is family 25, Intel Sapphire Rapids family 6 model 143). Empty and
+    0 off x86. No kernel choice depends on them; benchmarks print them with their results.
 
     The kernel is chosen once per process; set CHAINRULE_CPU_TARGET=avx2 or generic before
     importing chainrule to force a lower one (a higher one than the CPU runs is ignored).
