@@ -275,10 +275,11 @@ def test_env_override_clamps_and_ignores_unknown():
 # packing: the same bits as those rows inside a larger batch, and correct against float64.
 # Shapes: the MNIST MLP's first layer, several K blocks (K > kc), N not a multiple of the
 # 64-column chunk, a narrow-kernel N (24x16 tile), N at or below the register tile's width
-# (the 10-class output layer: the column kernel in a batch), and a row count of every size
-# up to 4.
+# (the 10-class output layer: the column kernel in a batch), N exactly one register tile wide
+# with K above the tile's K block (the batch path reads B in place and does not split K),
+# and a row count of every size up to 4.
 ROW_SHAPES = [(512, 784), (100, 1100), (40, 37), (200, 1537), (48, 300), (10, 256), (10, 1100),
-              (7, 33), (16, 300), (130, 64)]
+              (7, 33), (16, 300), (130, 64), (32, 676), (16, 676)]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -321,8 +321,11 @@ void sgemm_with_kernel(const SgemmKernel& wide, bool ta, bool tb, i64 M, i64 N, 
   // depend on the batch it comes in.
   if (M <= kRowsMaxM && !ta && !tb && wide.fn_rows && alpha == 1.0f &&
       (beta == 0.0f || beta == 1.0f)) {
-    sgemm_rows(wide.fn_rows, M, N, K, ceil_div(K, ceil_div(K, kern.kc)), A, lda, B, ldb, beta,
-               C, ldc);
+    // The K blocks the packed path would use: one panel wide, it reads B (and A, where the
+    // kernel can) in place and then does not split K (sgemm_serial_one_panel).
+    const bool whole_k = N == kern.nr && kern.fn_direct_a && (kern.direct_a_any_stride || lda == 1);
+    sgemm_rows(wide.fn_rows, M, N, K, whole_k ? K : ceil_div(K, ceil_div(K, kern.kc)), A, lda, B,
+               ldb, beta, C, ldc);
     return apply_epilogue(ep, C, ldc, M, N, 0);
   }
 
