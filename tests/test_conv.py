@@ -331,6 +331,44 @@ def test_conv2d_inference_chunks_match_oracle_and_single_samples(threads, dtype)
     np.testing.assert_array_equal(got, one)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_predict_in_cache_sized_passes_equals_sample_by_sample(dtype):
+    # A conv net whose first layer writes 230 KB per sample: predict runs a batch in passes
+    # of 64 samples (fewer than fit in L2, but not below 64), the last one short. Every row
+    # equals the same sample predicted alone, bit for bit (the 3-unit head has 32 inputs,
+    # below the dot-form GEMM's K: the same kernel at any row count), and the float64 oracle.
+    rng = np.random.default_rng(11)
+    layers = [Conv2D(64, 3, activation="relu"), MaxPooling2D(2), Conv2D(4, 3, activation="relu"),
+              Flatten(), Dense(32, activation="tanh"), Dense(3)]
+    m = compiled(layers, (32, 32, 1), dtype=dtype)
+    x = rng.normal(size=(150, 32, 32, 1)).astype(dtype)
+    got = m.predict(x, batch_size=150)
+    for bs in (1, 64, 100, 1000):
+        np.testing.assert_array_equal(m.predict(x, batch_size=bs), got)
+    one = np.concatenate([m.predict(x[i:i + 1]) for i in range(0, 150, 7)])
+    np.testing.assert_array_equal(got[::7], one)
+    w = [a.astype(np.float64) for a in m.get_weights()]
+    h = np.maximum(conv2d_ref(x.astype(np.float64), w[0], w[1], (1, 1), "valid"), 0)
+    h = pool_ref(h, (2, 2), (2, 2), "valid", "max")
+    h = np.maximum(conv2d_ref(h, w[2], w[3], (1, 1), "valid"), 0)
+    want = np.tanh(h.reshape(150, -1) @ w[4] + w[5]) @ w[6] + w[7]
+    tol = 1e-10 if dtype == "float64" else 2e-4
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+def test_cpu_info_reports_the_l2_size_the_system_gives():
+    # Against glibc's getconf, where there is one (the same sysconf value, read by another
+    # program); 1 MiB where the system does not say.
+    info = cr.cpu_info()
+    assert isinstance(info["l2_bytes"], int) and info["l2_bytes"] > 0
+    try:
+        out = subprocess.run(["getconf", "LEVEL2_CACHE_SIZE"], capture_output=True, text=True, timeout=30)
+        l2 = int(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip().isdigit() else 0
+    except OSError:
+        pytest.skip("no getconf here")
+    assert info["l2_bytes"] == (l2 if l2 > 0 else 1 << 20)
+
+
 # Conv2D's paths for every activation in the core's table: the im2col GEMM, pointwise (no
 # im2col), the one-channel direct loops (with and without its SIMD kernels: Cout % 8 == 0 and
 # no padding) and the naive twin; then bias + activation on each output row.

@@ -104,6 +104,7 @@ py::dict cpu_info() {
   d["family"] = f.family;
   d["model"] = f.model;
   d["stepping"] = f.stepping;
+  d["l2_bytes"] = cr::l2_cache_bytes();
   d["features"] = features;
   d["kernel"] = cr::cpu_target_name(cr::cpu_target());
   d["best_kernel"] = cr::cpu_target_name(cr::cpu_best_target());

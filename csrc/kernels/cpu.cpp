@@ -8,6 +8,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include <unistd.h>
+
 #include "common.h"
 #ifdef CR_X86
 #include <cpuid.h>
@@ -83,6 +85,17 @@ static CpuFeatures detect() {
   }
 #endif
   return f;
+}
+
+long long l2_cache_bytes() {
+  static const long long bytes = [] {
+#if defined(__linux__) && defined(_SC_LEVEL2_CACHE_SIZE)
+    const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    if (v > 0) return static_cast<long long>(v);
+#endif
+    return 1LL << 20;
+  }();
+  return bytes;
 }
 
 const CpuFeatures& cpu_features() {

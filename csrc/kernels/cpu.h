@@ -34,6 +34,10 @@ bool cpu_target_from_name(const std::string& name, CpuTarget* out);  // false if
 // Raw value of CHAINRULE_CPU_TARGET when the choice was made ("" if unset).
 const std::string& cpu_target_env();
 
+// One core's L2 cache in bytes (Linux: sysconf, which reads cpuid on x86); 1 MiB where the
+// system does not say. Sizes the blocks that should stay in L2 (predict's rows per pass).
+long long l2_cache_bytes();
+
 // Threads: wrap omp_set_num_threads / omp_get_max_threads; 1 and a no-op without OpenMP.
 bool openmp_available();
 // Returns the count in effect: 1 in a child forked after the core ran a team of threads

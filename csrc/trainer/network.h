@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common.h"
+#include "kernels/cpu.h"
 #include "kernels/rng.h"
 #include "layers/layer.h"
 #include "losses/loss.h"
@@ -538,15 +539,36 @@ class Network {
     return st;
   }
 
+  // Samples per forward pass of predict: the batch, or fewer when one pass's widest layer
+  // (its input plus its output) would not fit in 3/4 of a core's L2, but not below 64. Then
+  // each layer's output is still in L2 when the next layer reads it: a conv net's first
+  // layer writes 36 KB per MNIST sample, so a 256-sample batch sent 9.4 MB to L3 and back.
+  // Measured on the example CNN (2 MiB L2), samples/s at 256 rows per pass against 64: 40,400
+  // against 46,200 at 1 thread, 75,000 against 87,000 at 2. The MNIST MLP (5 KB per sample)
+  // keeps 256. Each row's result does not depend on the other rows of its pass; the pass's
+  // size only picks among GEMM kernels (for N <= 12, the dot form from 64 rows), so the
+  // floor keeps every whole pass of a batch of >= 64 on the kernel the batch would get,
+  // and the size does not depend on the thread count.
+  static constexpr i64 kPredictMinRows = 64;
+  i64 predict_rows(i64 batch) const {
+    i64 widest = 1;
+    for (const auto& l : layers_) widest = std::max(widest, l->in_size() + l->out_size());
+    const i64 fit = i64(l2_cache_bytes()) * 3 / 4 / (i64(sizeof(T)) * widest);
+    return std::min(batch, std::max(kPredictMinRows, fit));
+  }
+
   // out: (N, out_size) — the model's outputs, final activation included.
   // Returns false when the poll function stopped it (out is then incomplete).
+  // Runs at most predict_rows(batch) samples per forward pass.
   bool predict(const T* X, i64 N, i64 batch, T* out, const PollFn& poll = nullptr) {
-    BatchCall call(*this, N, batch, NeedsCompile::No);
+    if (batch < 1) fail("batch_size must be >= 1; received ", batch);
+    const i64 rows = predict_rows(batch);
+    BatchCall call(*this, N, rows, NeedsCompile::No);
     Poller poller(poll);
     const i64 C = out_size();
-    for (i64 start = 0; start < N; start += batch) {
+    for (i64 start = 0; start < N; start += rows) {
       if (poller.stop()) return false;
-      const i64 B = std::min(batch, N - start);
+      const i64 B = std::min(rows, N - start);
       T* o = forward(X + start * in_size(), B, false);
       T* dst = out + start * C;
       std::memcpy(dst, o, sizeof(T) * B * C);

@@ -52,6 +52,8 @@ def cpu_info() -> dict[str, Any]:
     (the processor's name string), ``family``, ``model`` and ``stepping`` (as /proc/cpuinfo
     shows them: AMD Zen 4 is family 25, Intel Sapphire Rapids family 6 model 143). Empty and
     0 off x86. No kernel choice depends on them; benchmarks print them with their results.
+    ``l2_bytes``: one core's L2 cache as the system reports it (1 MiB when it does not), which
+    sizes predict's passes.
 
     The kernel is chosen once per process; set CHAINRULE_CPU_TARGET=avx2 or generic before
     importing chainrule to force a lower one (a higher one than the CPU runs is ignored).
