@@ -131,6 +131,8 @@ def main():
     p.add_argument("--rounds", type=int, default=3, help="processes per contender (interleaved)")
     p.add_argument("--epochs", type=int, default=1, help="timed epochs per process")
     p.add_argument("--warmup", type=int, default=1, help="untimed epochs per process first")
+    p.add_argument("--contenders", default=None,
+                   help="comma list: run only these of chainrule, torch, sklearn, numpy (default: all installed)")
     p.add_argument("--no-gemm", action="store_true")
     p.add_argument("--quick", action="store_true", help="mlp128 and small32 only, 3 rounds")
     p.add_argument("--out", default=os.path.join(HERE, "results.json"))
@@ -145,7 +147,11 @@ def main():
             p.error(f"unknown workload {w!r}; choose from {list(WORKLOADS)}")
     threads = sorted({int(t) for t in a.threads.split(",")})
     log = lambda m: print(m, file=sys.stderr, flush=True)
-    ok = [c for c in ("chainrule", "torch", "sklearn", "numpy", "baseline") if available(c)]
+    wanted = None if a.contenders is None else {c for c in a.contenders.split(",") if c}
+    if wanted is not None and not wanted <= {"chainrule", "torch", "sklearn", "numpy", "baseline"}:
+        p.error(f"unknown contender in --contenders {a.contenders!r}")
+    ok = [c for c in ("chainrule", "torch", "sklearn", "numpy", "baseline")
+          if (wanted is None or c in wanted) and available(c)]
     log(f"contenders available: {ok}")
 
     report = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
