@@ -356,6 +356,33 @@ def test_predict_in_cache_sized_passes_equals_sample_by_sample(dtype):
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
 
 
+_BIG_COL_SCRIPT = r"""
+import resource, sys
+import numpy as np
+import chainrule as cr
+from chainrule.layers import Conv2D
+cr.set_num_threads(8)
+m = cr.Sequential([Conv2D(16, 5)], dtype="float32", seed=0)
+m.build((132, 132, 16))
+x = np.random.default_rng(0).normal(size=(1, 132, 132, 16)).astype(np.float32)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+y = m.predict(x)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) / 1024.0)
+"""
+
+
+def test_inference_col_buffer_is_not_multiplied_by_threads_for_big_samples():
+    # One 132x132x16 sample with a 5x5 kernel has a 26 MB col matrix. Inference keeps one col
+    # slice per thread only while the slices together stay under the training bound (64 MB):
+    # at 8 threads that is 2 slices, not 8 (210 MB). Peak RSS growth of the first predict.
+    proc = subprocess.run([sys.executable, "-c", _BIG_COL_SCRIPT], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, OMP_NUM_THREADS="8"))
+    assert proc.returncode == 0, proc.stderr
+    grown_mb = float(proc.stdout.strip().splitlines()[-1])
+    assert grown_mb < 120, grown_mb
+
+
 def test_cpu_info_reports_the_l2_size_the_system_gives():
     # Against glibc's getconf, where there is one (the same sysconf value, read by another
     # program); 1 MiB where the system does not say.

@@ -85,7 +85,7 @@ class Conv2D final : public Layer<T> {
     }
     const i64 per_sample = s_.OH() * s_.OW() * s_.K();
     const i64 need = std::max(std::min(batch, chunk_) * per_sample,
-                              std::min(batch, infer_chunk_) * per_sample * max_threads());
+                              std::min(batch, infer_chunk_) * per_sample * infer_slices(batch));
     if (i64(col_.size()) < need) col_.assign(need, T(0));
   }
 
@@ -191,11 +191,21 @@ class Conv2D final : public Layer<T> {
       fail("Conv2D: batch of ", B, " exceeds the reserved capacity (reserve() was not called)");
   }
 
+  // Per-thread col slices for the inference forward: one per thread, but together no more
+  // than the training bound (kColBytes). A sample whose col matrix alone is large (a big
+  // image) gets one slice and the GEMM's own threads, not one copy per thread.
+  i64 infer_slices(i64 batch) const {
+    const i64 slice_bytes = i64(sizeof(T)) * std::min(batch, infer_chunk_) * s_.OH() * s_.OW() * s_.K();
+    return std::clamp<i64>(kColBytes / slice_bytes, 1, max_threads());
+  }
+
   // Forward without training: L2-sized chunks of samples (infer_chunk_), each im2col'd into
   // its thread's slice of col_ and multiplied at once. With at least as many chunks as
-  // threads the chunks run in parallel and each GEMM on its own thread; otherwise chunk by
-  // chunk with the GEMM's own threads. A row's result does not depend on which rows share
-  // its GEMM (the K blocks depend on K only), so this equals the training forward bit for bit.
+  // threads (and slices) the chunks run in parallel, each GEMM on its own thread; otherwise
+  // chunk by chunk with the GEMM's own threads. Each row's result does not depend on which
+  // rows share its GEMM, except where the GEMM picks its kernel by row count (outputs of
+  // <= 12 channels with K >= 128: the dot form from 64 rows); there the bits can differ
+  // from the training forward's batch-wide GEMM.
   void forward_inference(const T* x, T* y, i64 B) {
     const i64 P = s_.OH() * s_.OW(), K = s_.K(), Co = s_.Cout;
     const i64 nb_max = std::min(B, infer_chunk_);
