@@ -4,6 +4,7 @@
     python bench/run.py --quick         # MLP batch 128 + small MLP + GEMM, fewer rounds
     python bench/run.py --workloads mlp128,lenet --threads 1,2 --rounds 5
     python bench/run.py --quick --baseline /tmp/venv-old/bin/python   # this tree vs another build
+    python bench/run.py --workloads small32 --isa avx2   # every contender held to AVX2 + FMA
 
 Every measurement runs in its own process (bench/worker.py); contenders are interleaved
 (A B C A B C …, rotating the order each round) because timings on shared machines drift;
@@ -59,6 +60,15 @@ WORKLOADS = {
 }
 
 
+# --isa avx2: every contender held to AVX2 + FMA, as on a CPU without AVX-512 (chainrule's
+# kernel dispatch, PyTorch's ATen kernels and oneDNN, MKL, and numpy's OpenBLAS).
+ISA_ENV = {
+    "avx2": {"CHAINRULE_CPU_TARGET": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+             "DNNL_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "OPENBLAS_CORETYPE": "Haswell"},
+}
+ISA = None
+
+
 def child_env(threads):
     env = dict(os.environ)
     for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -66,6 +76,8 @@ def child_env(threads):
     # Some machines set these to work around old OpenBLAS bugs; they slow a current numpy.
     env.pop("OPENBLAS_CORETYPE", None)
     env.pop("OPENBLAS_L2_SIZE", None)
+    if ISA:
+        env.update(ISA_ENV[ISA])
     return env
 
 
@@ -133,14 +145,17 @@ def main():
     p.add_argument("--warmup", type=int, default=1, help="untimed epochs per process first")
     p.add_argument("--contenders", default=None,
                    help="comma list: run only these of chainrule, torch, sklearn, numpy (default: all installed)")
+    p.add_argument("--isa", choices=sorted(ISA_ENV), default=None,
+                   help="hold every contender to this instruction set (avx2: a CPU without AVX-512)")
     p.add_argument("--no-gemm", action="store_true")
     p.add_argument("--quick", action="store_true", help="mlp128 and small32 only, 3 rounds")
     p.add_argument("--out", default=os.path.join(HERE, "results.json"))
     p.add_argument("--baseline", default=None,
                    help="Python of another chainrule install: its chainrule runs as contender 'baseline'")
     a = p.parse_args()
-    global BASELINE_PYTHON
+    global BASELINE_PYTHON, ISA
     BASELINE_PYTHON = a.baseline
+    ISA = a.isa
     names = ["mlp128", "small32"] if a.quick else [w for w in a.workloads.split(",") if w]
     for w in names:
         if w not in WORKLOADS:
@@ -157,9 +172,10 @@ def main():
     report = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "cpu_count": os.cpu_count(), "python": platform.python_version()},
               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "training": [], "gemm": {}, "import": {}}
+    report["machine"]["isa"] = ISA
     if "chainrule" in ok:
         out = subprocess.run([sys.executable, "-c", "import chainrule, json; print(json.dumps(chainrule.cpu_info()))"],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, env=child_env(1))
         report["machine"]["chainrule_cpu_info"] = info = json.loads(out.stdout) if out.returncode == 0 else None
         if info:
             log(f"CPU: {info['brand']} ({info['vendor']} family {info['family']} model {info['model']}), "
