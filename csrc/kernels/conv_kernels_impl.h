@@ -41,6 +41,15 @@ inline void storev(float* p, V v) {
   __builtin_memcpy(p, &v, sizeof v);
 }
 
+// The forward kernels' epilogue: P pixels' sums (bias included), ReLU'd if relu, stored Co
+// floats apart.
+template <int P, typename V>
+inline void store_pixels(const V* acc, bool relu, float* y, i64 Co) {
+  const V zero = {};
+#pragma GCC unroll 32
+  for (int p = 0; p < P; ++p) storev(y + p * Co, relu ? (acc[p] > zero ? acc[p] : zero) : acc[p]);
+}
+
 // P consecutive output pixels x the lanes of V (8 or 16 channels):
 // y[p] = bias + Σ_taps x(tap, p) · w(tap).
 // xr: the input at the block's first window's top-left; w: the kernel at channel c0;
@@ -62,9 +71,7 @@ inline void c1_forward_block(const ConvC1Geometry& g, const float* xr, const flo
       for (int p = 0; p < P; ++p) acc[p] += xk[p * SW + kw] * wv;
     }
   }
-  const V zero = {};
-#pragma GCC unroll 16
-  for (int p = 0; p < P; ++p) storev(y + p * Co, relu ? (acc[p] > zero ? acc[p] : zero) : acc[p]);
+  store_pixels<P>(acc, relu, y, Co);
 }
 
 template <typename V>
@@ -103,9 +110,7 @@ inline void c1_forward_sweep(const ConvC1Geometry& g, const float* xr, const flo
       }
     }
   }
-  const V zero = {};
-#pragma GCC unroll 32
-  for (int p = 0; p < P; ++p) storev(y + p * Co, relu ? (acc[p] > zero ? acc[p] : zero) : acc[p]);
+  store_pixels<P>(acc, relu, y, Co);
 }
 
 // Whole blocks of P pixels of one output row with c1_forward_sweep; returns the first pixel

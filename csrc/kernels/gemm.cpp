@@ -55,7 +55,6 @@ void sgemm_rows(sgemm_rows_fn rows, i64 M, i64 N, i64 K, i64 kc, const float* A,
   rows(M, N, K, kc, A, lda, B, ldb, beta, C, ldc);
 }
 
-
 i64 ceil_div(i64 a, i64 b) { return (a + b - 1) / b; }
 i64 round_up(i64 a, i64 b) { return ceil_div(a, b) * b; }
 
@@ -316,9 +315,9 @@ void sgemm_with_kernel(const SgemmKernel& wide, bool ta, bool tb, i64 M, i64 N, 
   }
   // The target may have a kernel whose tile fits this M x N better (N = 10, M = 32).
   const SgemmKernel& kern = wide.select ? *wide.select(&wide, M, N) : wide;
-  // A few rows of a wide product (a batch of one sample): B read in place, not packed. The
-  // same K blocks (kern.kc) and rounding as the packed path, so a row's result does not
-  // depend on the batch it comes in.
+  // A few rows (a batch of one sample): B read in place, not packed. The same K blocks and
+  // rounding as the packed path, so a row's result does not depend on the batch it comes in,
+  // except where a batch of 64 rows or more takes the dot form (N <= 12, K >= 128).
   if (M <= kRowsMaxM && !ta && !tb && wide.fn_rows && alpha == 1.0f &&
       (beta == 0.0f || beta == 1.0f)) {
     // The K blocks the packed path would use: one panel wide, it reads B (and A, where the
