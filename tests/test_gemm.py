@@ -102,6 +102,30 @@ def test_beta_zero_ignores_nan_in_c(variant):
                                            rtol=1e-4, atol=1e-5 * np.sqrt(K) * 8)
 
 
+# The packed path copies A into register-tile panels from either layout: a plain A (each
+# row's run contiguous in K: a transposing copy) or a transposed one (each K step's rows
+# contiguous). Whichever packer runs, the panels, and so the bits, must be the same.
+# Shapes: the 12x32 tile (N > 32) with ragged panels and K % 8 != 0, the 24x16 tile (N = 40),
+# K = 13 (under one 8-step), K above the K block, N <= 32 with M a multiple of 8 (8x32).
+LAYOUT_SHAPES = [(97, 131, 389), (130, 40, 70), (64, 530, 13), (40, 520, 800), (300, 48, 33),
+                 (24, 64, 8), (7, 100, 9), (256, 512, 784), (64, 32, 100)]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_layouts_give_the_same_bits(variant):
+    rng = np.random.default_rng(11)
+    for M, N, K in LAYOUT_SHAPES:
+        A = rng.standard_normal((M, K)).astype(np.float32)
+        B = rng.standard_normal((K, N)).astype(np.float32)
+        plain = np.zeros((M, N), np.float32)
+        transposed = np.zeros((M, N), np.float32)
+        _core._gemm(variant, False, False, A, B, plain, 1.0, 0.0)
+        _core._gemm(variant, True, False, np.ascontiguousarray(A.T), B, transposed, 1.0, 0.0)
+        np.testing.assert_allclose(plain, expected(A, B, plain, False, False, 1.0, 0.0),
+                                   rtol=1e-4, atol=1e-5 * np.sqrt(K) * 8)
+        assert np.array_equal(plain, transposed), (variant, M, N, K)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_large_k_and_multithreaded_split(variant):
     """Big enough to take the OpenMP path (when threads > 1) and several K blocks."""

@@ -4,12 +4,16 @@
 // CPU and OS support AVX2.
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include "kernels/gemm_kernels.h"
 
 namespace cr {
 namespace avx2 {
 
 namespace {
+
+#include "kernels/pack_transpose.h"
 
 // The widest float vector of this target, for sgemm_rows_fma.
 typedef float Vec8 __attribute__((vector_size(32)));
@@ -62,9 +66,10 @@ void ukernel_avx2_6x16(i64 k, const float* a, const float* b, float* c, i64 ldc,
 }
 }  // namespace
 
-// Only the plain packed kernel: the optional fast paths fall back to it.
+// The plain packed kernel with the transposing A packer: the other optional fast paths fall
+// back to it.
 const SgemmKernel sgemm_kernel = {"avx2", MR, NR, 1536, 256, 480, ukernel_avx2_6x16,
-                                  nullptr, false, nullptr, nullptr, nullptr, nullptr,
+                                  nullptr, false, nullptr, pack_rows<MR>, nullptr, nullptr,
                                   sgemm_rows_fma<Vec8>};
 
 }  // namespace avx2

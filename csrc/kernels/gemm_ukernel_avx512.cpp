@@ -21,6 +21,8 @@ namespace avx512 {
 
 namespace {
 
+#include "kernels/pack_transpose.h"
+
 // The widest float vector of this target, for sgemm_rows_fma.
 typedef float Vec16 __attribute__((vector_size(64)));
 
@@ -316,26 +318,6 @@ void sgemm_dot_avx512(i64 M, i64 N, i64 K, float alpha, const float* a, i64 lda,
   }
 }
 
-// 8 source runs (rows r, contiguous in p) x 8 steps of p -> 8 vectors, one per p, holding
-// the 8 rows: the classic 8x8 transpose. Loads pair rows r and r+4 into one ymm so that
-// the remaining shuffles are in-lane (two shuffle ports instead of one).
-inline void transpose8x8_store(const float* s, i64 ld_r, float* d, i64 ld_d) {
-  auto rows = [&](int r, int p) {
-    return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(s + r * ld_r + p)),
-                                _mm_loadu_ps(s + (r + 4) * ld_r + p), 1);
-  };
-  for (int h = 0; h < 2; ++h) {  // p 0..3, then p 4..7
-    const __m256 r0 = rows(0, 4 * h), r1 = rows(1, 4 * h), r2 = rows(2, 4 * h),
-                 r3 = rows(3, 4 * h);
-    const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
-    const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-    _mm256_storeu_ps(d + (4 * h + 0) * ld_d, _mm256_shuffle_ps(t0, t2, 0x44));
-    _mm256_storeu_ps(d + (4 * h + 1) * ld_d, _mm256_shuffle_ps(t0, t2, 0xEE));
-    _mm256_storeu_ps(d + (4 * h + 2) * ld_d, _mm256_shuffle_ps(t1, t3, 0x44));
-    _mm256_storeu_ps(d + (4 * h + 3) * ld_d, _mm256_shuffle_ps(t1, t3, 0xEE));
-  }
-}
-
 // Packing of 32-wide panels whose source runs are contiguous in p (plain A for the column
 // kernels, B with trans_b for the 12x32 kernel): a transpose, 8x8 blocks in registers.
 // Ragged panels and the last k % 8 steps go scalar. Same contract as the portable packer:
@@ -381,14 +363,14 @@ CR_COL_KERNEL(12)
 // Narrow products (N <= 16 or so: the 10-class output layer, small convolutions) would
 // waste most of a 32-wide tile: they get a 24x16 tile instead.
 static const SgemmKernel narrow = {"avx512", 24, 16, 144, 384, 480, ukernel_avx512<24, 1>,
-                                   ukernel_avx512_direct_a<24, 1>, true, nullptr, nullptr,
-                                   nullptr, nullptr, nullptr};
+                                   ukernel_avx512_direct_a<24, 1>, true, nullptr,
+                                   pack_rows<24>, nullptr, nullptr, nullptr};
 
 // 8x32: for a single B panel (N <= 32) whose M is a multiple of 8 but not of 12 (batch 32),
 // where the 12-row tile would compute a third of a panel of padding.
 static const SgemmKernel wide8 = {"avx512", 8, 32, 1536, 512, 480, ukernel_avx512<8, 2>,
-                                  ukernel_avx512_direct_a<8, 2>, true, nullptr, nullptr,
-                                  pack32_avx512, nullptr, nullptr};
+                                  ukernel_avx512_direct_a<8, 2>, true, nullptr,
+                                  pack_rows<8>, pack32_avx512, nullptr, nullptr};
 
 // N <= 12: the column kernel with NR = N rounded up to even; up to 16 (or any N that a
 // 32-wide tile would mostly pad): 24x16 rows; else the 12x32 kernel (8x32 when that fits
@@ -405,7 +387,7 @@ const SgemmKernel sgemm_kernel = {"avx512",       12, 32, 1536, 512, 480,
                                   ukernel_avx512<12, 2>,
                                   ukernel_avx512_direct_a<12, 2>,
                                   true,           select_avx512,
-                                  nullptr,        pack32_avx512,
+                                  pack_rows<12>, pack32_avx512,
                                   nullptr,        sgemm_rows_fma<Vec16>};
 
 }  // namespace avx512
