@@ -232,7 +232,8 @@ void sgemm_serial_one_panel(const SgemmKernel& kern, i64 M, i64 N, i64 K, float 
 // C = alpha*op(A)op(B) + beta*C on one thread. M, N, K >= 1, alpha != 0.
 void sgemm_serial(const SgemmKernel& kern, bool ta, bool tb, i64 M, i64 N, i64 K, float alpha,
                   const float* A, i64 lda, const float* B, i64 ldb, float beta, float* C,
-                  i64 ldc, const GemmEpilogue* ep = nullptr, i64 j0 = 0) {
+                  i64 ldc, const GemmEpilogue* ep = nullptr, i64 j0 = 0,
+                  const float* packed_b = nullptr, i64 packed_np = 0) {
   const i64 MR = kern.mr, NR = kern.nr;
   // op(A)(i, p) = A[i*lda + p] or A[p*lda + i]; op(B)(p, j) = B[p*ldb + j] or B[j*ldb + p].
   const i64 a_ld_p = ta ? lda : 1, a_ld_i = ta ? 1 : lda;
@@ -263,7 +264,9 @@ void sgemm_serial(const SgemmKernel& kern, bool ta, bool tb, i64 M, i64 N, i64 K
   const i64 mc = round_up(ceil_div(M, ceil_div(M, kern.mc)), MR);
   const i64 nc = round_up(ceil_div(N, ceil_div(N, kern.nc)), NR);
   float* a_pack = thread_buffer(0, mc * kc);
-  float* b_pack = thread_buffer(1, nc * kc);
+  // packed_b (sgemm_pack_b): all of op(B), K block after K block, each packed_np columns
+  // wide (the whole product's N, rounded up to NR); this sub-product starts at column j0.
+  float* b_pack = packed_b ? nullptr : thread_buffer(1, nc * kc);
 
   for (i64 ic = 0; ic < M; ic += mc) {
     const i64 mb = std::min(mc, M - ic);
@@ -274,14 +277,16 @@ void sgemm_serial(const SgemmKernel& kern, bool ta, bool tb, i64 M, i64 N, i64 K
       pack_a_panels(kern, A + ic * a_ld_i + pc * a_ld_p, a_ld_p, a_ld_i, mb, kb, a_pack);
       for (i64 jc = 0; jc < N; jc += nc) {
         const i64 nb = std::min(nc, N - jc);
-        pack_b_panels(kern, B + pc * b_ld_p + jc * b_ld_j, b_ld_p, b_ld_j, nb, kb, b_pack);
+        const float* bp = packed_b ? packed_b + pc * packed_np + (j0 + jc) * kb : b_pack;
+        if (!packed_b)
+          pack_b_panels(kern, B + pc * b_ld_p + jc * b_ld_j, b_ld_p, b_ld_j, nb, kb, b_pack);
         // A micro-panel (MR x kb) stays in L1 while the B block streams from L2.
         for (i64 ir = 0; ir < mb; ir += MR) {
           const float* ap = a_pack + ir * kb;
           float* c = C + (ic + ir) * ldc + jc;
           for (i64 jr = 0; jr < nb; jr += NR) {
             const i64 mr = std::min(MR, mb - ir), nr = std::min(NR, nb - jr);
-            kern.fn(kb, ap, b_pack + jr * kb, c + jr, ldc, alpha, beta_k, mr, nr);
+            kern.fn(kb, ap, bp + jr * kb, c + jr, ldc, alpha, beta_k, mr, nr);
             if (last) apply_epilogue(ep, c + jr, ldc, mr, nr, j0 + jc + jr);
           }
         }
@@ -305,7 +310,8 @@ void scale_c(i64 M, i64 N, float beta, float* C, i64 ldc) {
 
 void sgemm_with_kernel(const SgemmKernel& wide, bool ta, bool tb, i64 M, i64 N, i64 K,
                        float alpha, const float* A, i64 lda, const float* B, i64 ldb,
-                       float beta, float* C, i64 ldc, const GemmEpilogue* ep) {
+                       float beta, float* C, i64 ldc, const GemmEpilogue* ep,
+                       const PackedB* packed) {
   if (M <= 0 || N <= 0) return;
   // The whole call, fork/join included, less the packing inside it (profile.h).
   const profile::PhaseScope timed(profile::Phase::GemmCompute);
@@ -329,6 +335,10 @@ void sgemm_with_kernel(const SgemmKernel& wide, bool ta, bool tb, i64 M, i64 N, 
   }
 
   const i64 MR = kern.mr, NR = kern.nr;
+  // Panels packed beforehand for exactly this B and kernel: read in place by the blocked path
+  // (the dot form and the one-panel path of a thread's narrow share ignore them).
+  const float* packed_b = packed_panels(packed, &kern, tb, N, K, B, ldb);
+  const i64 packed_np = round_up(N, NR);
   int nt = 1;
 #ifdef _OPENMP
   if (M * N * K >= 2 * kMinMacsPerThread && !omp_in_parallel())
@@ -338,7 +348,9 @@ void sgemm_with_kernel(const SgemmKernel& wide, bool ta, bool tb, i64 M, i64 N, 
   // Split C into a tm x tn grid of independent sub-products (each thread packs its own
   // panels: no barriers, no shared buffers). Use as many threads as the tiles allow, and
   // among those grids the one with the smallest per-thread tile plus the packing each
-  // thread repeats (its A rows and B columns, K deep: rows + cols per unit of K).
+  // thread repeats (its A rows and B columns, K deep: rows + cols per unit of K; rows only
+  // when B is packed beforehand).
+  const double b_pack_weight = packed_b ? 0.0 : 16.0;
   int best_tm = 1, best_tn = 1;
   if (nt > 1) {
     double best = -1.0;
@@ -349,14 +361,15 @@ void sgemm_with_kernel(const SgemmKernel& wide, bool ta, bool tb, i64 M, i64 N, 
         if (tm > blocks_m || tn > blocks_n) continue;
         const double rows = double(ceil_div(blocks_m, tm) * MR);
         const double cols = double(ceil_div(blocks_n, tn) * NR);
-        const double cost = rows * cols + 16.0 * (rows + cols);
+        const double cost = rows * cols + 16.0 * rows + b_pack_weight * cols;
         if (best < 0 || cost < best * 0.999) best = cost, best_tm = tm, best_tn = tn;
       }
     }
     nt = best_tm * best_tn;
   }
   if (nt <= 1)
-    return sgemm_serial(kern, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ep, 0);
+    return sgemm_serial(kern, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ep, 0,
+                        packed_b, packed_np);
 
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
@@ -374,7 +387,7 @@ void sgemm_with_kernel(const SgemmKernel& wide, bool ta, bool tb, i64 M, i64 N, 
         const float* a = A + (ta ? i0 : i0 * lda);
         const float* b = B + (tb ? j0 * ldb : j0);
         sgemm_serial(kern, ta, tb, i1 - i0, j1 - j0, K, alpha, a, lda, b, ldb, beta,
-                     C + i0 * ldc + j0, ldc, ep, j0);
+                     C + i0 * ldc + j0, ldc, ep, j0, packed_b, packed_np);
       }
     }
   }
@@ -398,20 +411,52 @@ void sgemm_variant(CpuTarget t, bool ta, bool tb, i64 M, i64 N, i64 K, float alp
                    i64 ldc) {
   const SgemmKernel* k = sgemm_kernel_for(t);
   if (!k) fail("sgemm: kernel variant '", cpu_target_name(t), "' cannot run on this CPU");
-  sgemm_with_kernel(*k, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, nullptr);
+  sgemm_with_kernel(*k, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, nullptr, nullptr);
 }
 
 void sgemm(bool ta, bool tb, i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda,
            const float* B, i64 ldb, float beta, float* C, i64 ldc) {
   sgemm_with_kernel(sgemm_kernel_for_cpu(), ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C,
-                    ldc, nullptr);
+                    ldc, nullptr, nullptr);
 }
 
 void sgemm_bias_act(bool ta, bool tb, i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda,
-                    const float* B, i64 ldb, float* C, i64 ldc, const GemmEpilogue& ep) {
+                    const float* B, i64 ldb, float* C, i64 ldc, const GemmEpilogue& ep,
+                    const PackedB* packed) {
   check_epilogue(ep);
   sgemm_with_kernel(sgemm_kernel_for_cpu(), ta, tb, M, N, K, alpha, A, lda, B, ldb, 0.0f, C,
-                    ldc, &ep);
+                    ldc, &ep, packed);
+}
+
+// The panels of every K block, as sgemm_serial's blocked path packs them, each block
+// round_up(N, NR) columns wide; the kernel is the one a product of many rows selects.
+void sgemm_pack_b(bool tb, i64 N, i64 K, const float* B, i64 ldb, PackedB& out) {
+  out.kernel_ = nullptr;
+  if (N <= 0 || K <= 0) return;
+  const SgemmKernel& wide = sgemm_kernel_for_cpu();
+  constexpr i64 kManyRows = i64(1) << 20;
+  const SgemmKernel& kern = wide.select ? *wide.select(&wide, kManyRows, N) : wide;
+  if (N <= kern.nr || (kern.fn_dot && N <= 12)) return;  // never packed whole there
+  const i64 kc = ceil_div(K, ceil_div(K, kern.kc)), np = round_up(N, kern.nr);
+  out.panels_.resize(std::size_t(np * K));
+  const i64 b_ld_p = tb ? 1 : ldb, b_ld_j = tb ? ldb : 1;
+  for (i64 pc = 0; pc < K; pc += kc)
+    pack_b_panels(kern, B + pc * b_ld_p, b_ld_p, b_ld_j, N, std::min(kc, K - pc),
+                  out.panels_.data() + pc * np);
+  out.kernel_ = &kern;
+  out.source_ = B;
+  out.trans_b_ = tb;
+  out.N_ = N;
+  out.K_ = K;
+  out.ldb_ = ldb;
+}
+
+const float* packed_panels(const PackedB* packed, const void* kern, bool tb, i64 N, i64 K,
+                           const float* B, i64 ldb) {
+  if (!packed || packed->kernel_ != kern || packed->source_ != B || packed->trans_b_ != tb ||
+      packed->N_ != N || packed->K_ != K || packed->ldb_ != ldb)
+    return nullptr;
+  return packed->panels_.data();
 }
 
 // float64: the simple loop-ordered kernel (row-parallel), kept for gradient checks.

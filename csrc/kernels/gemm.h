@@ -19,10 +19,36 @@ struct GemmEpilogue {
   int act = 0;  // Act::Linear
   float alpha = 0.0f;
 };
-// sgemm with beta = 0 followed by the epilogue: C = act(alpha·op(A)·op(B) + bias).
+// op(B) packed once for many products with the same B (a layer's weights over the passes of
+// one predict call): the panels that the blocked path packs on every call otherwise, made
+// once. A product handed it reads them only if they are for its B, shape and kernel and it
+// takes the blocked path; any other product ignores them. The owner keeps them in step with
+// B: sgemm_pack_b after B changes, or release() first.
+class PackedB {
+ public:
+  bool packed() const { return kernel_ != nullptr; }
+  // Forget the panels (B is about to change); the memory is kept for the next packing.
+  void release() { kernel_ = nullptr; }
+
+ private:
+  friend void sgemm_pack_b(bool, i64, i64, const float*, i64, PackedB&);
+  friend const float* packed_panels(const PackedB*, const void*, bool, i64, i64, const float*, i64);
+  const void* kernel_ = nullptr;  // the SgemmKernel packed for (nullptr: none)
+  const float* source_ = nullptr;
+  bool trans_b_ = false;
+  i64 N_ = 0, K_ = 0, ldb_ = 0;
+  avec<float> panels_;
+};
+// Pack op(B) (K, N) for products of many rows (M above a few) with this process's kernel;
+// leaves `out` unpacked where such products would not pack B (N within one register tile,
+// or narrow N taking the dot form).
+void sgemm_pack_b(bool trans_b, i64 N, i64 K, const float* B, i64 ldb, PackedB& out);
+
+// sgemm with beta = 0 followed by the epilogue: C = act(alpha·op(A)·op(B) + bias). packed:
+// op(B) packed beforehand (sgemm_pack_b), or null.
 void sgemm_bias_act(bool trans_a, bool trans_b, i64 M, i64 N, i64 K, float alpha,
                     const float* A, i64 lda, const float* B, i64 ldb, float* C, i64 ldc,
-                    const GemmEpilogue& ep);
+                    const GemmEpilogue& ep, const PackedB* packed = nullptr);
 
 // float64 (gradient checks, reference training): correct first, reasonably fast.
 void dgemm(bool trans_a, bool trans_b, i64 M, i64 N, i64 K, double alpha, const double* A,

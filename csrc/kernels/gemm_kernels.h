@@ -173,7 +173,13 @@ const SgemmKernel* sgemm_kernel_for(CpuTarget t);
 // The portable driver around one kernel (blocking from `kern`); benchmarks pass tuned copies.
 void sgemm_with_kernel(const SgemmKernel& kern, bool trans_a, bool trans_b, i64 M, i64 N, i64 K,
                        float alpha, const float* A, i64 lda, const float* B, i64 ldb,
-                       float beta, float* C, i64 ldc, const GemmEpilogue* ep = nullptr);
+                       float beta, float* C, i64 ldc, const GemmEpilogue* ep = nullptr,
+                       const PackedB* packed = nullptr);
+
+// The panels of `packed` if they were packed (sgemm_pack_b) from this B for this kernel and
+// shape, else null: then the product packs B itself.
+const float* packed_panels(const PackedB* packed, const void* kern, bool trans_b, i64 N, i64 K,
+                           const float* B, i64 ldb);
 
 // sgemm forced onto one target's micro-kernel (test hook and benchmarks). Throws
 // std::invalid_argument if that target cannot run here.

@@ -31,13 +31,22 @@ class Dense final : public Layer<T> {
     db_ = grads + this->in_ * this->out_;
   }
 
+  // The kernel packed once for the GEMM of every pass (float32; a narrow layer is left
+  // unpacked, and a product of a few rows ignores the panels).
+  void begin_inference(i64) override {
+    if constexpr (std::is_same_v<T, float>)
+      sgemm_pack_b(false, this->out_, this->in_, W_, this->out_, packed_);
+  }
+  void end_inference() override { packed_.release(); }
+
   // x: (B, in), y: (B, out)
-  void forward(const T* x, T* y, i64 B, bool) override {
+  void forward(const T* x, T* y, i64 B, bool training) override {
     const i64 in = this->in_, out = this->out_;
     if constexpr (std::is_same_v<T, float>) {
       if (!act_row_coupled(this->act_)) {  // bias + activation on each tile as the GEMM finishes it
         sgemm_bias_act(false, false, B, out, in, 1.0f, x, in, W_, out, y, out,
-                       GemmEpilogue{b_, int(this->act_), this->alpha_});
+                       GemmEpilogue{b_, int(this->act_), this->alpha_},
+                       training ? nullptr : &packed_);
         return;
       }
     }
@@ -59,6 +68,7 @@ class Dense final : public Layer<T> {
   }
 
  private:
+  PackedB packed_;  // W packed for the passes of one inference call, or nothing
   T* W_ = nullptr;
   T* b_ = nullptr;
   T* dW_ = nullptr;

@@ -47,6 +47,13 @@ class Layer {
   virtual std::uint64_t rng_state() const { return 0; }
   virtual void set_rng_state(std::uint64_t) {}
 
+  // Around the passes of one inference call (predict, evaluate), in which the parameters do
+  // not change: a layer may prepare its weights once for all the passes (Dense packs its
+  // kernel for the GEMM). rows: the most rows of a pass. end_inference drops what
+  // begin_inference made, before the parameters can change again.
+  virtual void begin_inference(i64 rows) {}
+  virtual void end_inference() {}
+
   // x: (B, in) -> y: (B, out). Caches what backward needs (usually just y, kept by caller).
   virtual void forward(const T* x, T* y, i64 B, bool training) = 0;
   // x, y: this layer's input and output from the forward pass. dy: (B, out) gradient w.r.t.

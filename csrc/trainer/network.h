@@ -514,6 +514,7 @@ class Network {
   EpochStats evaluate(const T* X, const T* Y, const T* SW, i64 N, i64 batch,
                       const PollFn& poll = nullptr) {
     BatchCall call(*this, N, batch, NeedsCompile::Yes);
+    InferencePasses passes(*this, N, batch);
     const i64 tc = target_cols();
     EpochStats st;
     st.metrics.assign(num_metrics(), 0.0);
@@ -564,6 +565,7 @@ class Network {
     if (batch < 1) fail("batch_size must be >= 1; received ", batch);
     const i64 rows = predict_rows(batch);
     BatchCall call(*this, N, rows, NeedsCompile::No);
+    InferencePasses passes(*this, N, rows);
     Poller poller(poll);
     const i64 C = out_size();
     for (i64 start = 0; start < N; start += rows) {
@@ -596,6 +598,34 @@ class Network {
 
    private:
     std::optional<DenormalsFlushed> ftz_;
+  };
+
+  // The layers prepared once for all the passes of an inference call over N rows, `rows` at
+  // a time (Layer::begin_inference: Dense packs its kernel), and put back when the call ends,
+  // however it ends. Only for two or more passes of many rows each: one pass packs its
+  // weights anyway, and a pass of a few rows reads them in place.
+  class InferencePasses {
+   public:
+    InferencePasses(Network& net, i64 N, i64 rows) : net_(net) {
+      if (N <= rows || rows < kPredictMinRows) return;
+      active_ = true;
+      try {
+        for (auto& l : net_.layers_) l->begin_inference(rows);
+      } catch (...) {  // out of memory: no layer keeps panels it could later read stale
+        for (auto& l : net_.layers_) l->end_inference();
+        throw;
+      }
+    }
+    ~InferencePasses() {
+      if (active_)
+        for (auto& l : net_.layers_) l->end_inference();
+    }
+    InferencePasses(const InferencePasses&) = delete;
+    InferencePasses& operator=(const InferencePasses&) = delete;
+
+   private:
+    Network& net_;
+    bool active_ = false;
   };
 
   static std::vector<std::unique_ptr<Layer<T>>> checked_chain(std::vector<std::unique_ptr<Layer<T>>> layers) {
