@@ -344,3 +344,34 @@ def test_a_few_rows_split_over_threads_give_the_same_bits(variant):
                 assert np.array_equal(part, full[3:3 + m]), (variant, threads, m)
     finally:
         system.set_num_threads(old)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("K", [300, 600, 784, 1100])
+def test_a_few_rows_split_over_k_give_the_same_bits(variant, K):
+    # With K in exactly two K blocks (784 and 600 with the AVX-512 blocking, 300 with AVX2's)
+    # the rows path also splits K over the threads: the last block's sums are added to C
+    # after the others, the same addition as on one thread. Other K: columns only. Both
+    # beta = 0 and beta = 1 (C accumulated), 1 to 4 rows, 2 to 4 threads (4: two column
+    # groups per K half).
+    rng = np.random.default_rng(K)
+    N = 700
+    A = rng.standard_normal((40, K)).astype(np.float32)
+    B = rng.standard_normal((K, N)).astype(np.float32)
+    C0 = rng.standard_normal((40, N)).astype(np.float32)
+    old = system.get_num_threads()
+    try:
+        for beta in (0.0, 1.0):
+            system.set_num_threads(1)
+            full = C0.copy()
+            _core._gemm(variant, False, False, A, B, full, 1.0, beta)
+            np.testing.assert_allclose(full, expected(A, B, C0, False, False, 1.0, beta), rtol=1e-4,
+                                       atol=1e-3)
+            for threads in (1, 2, 3, 4):
+                system.set_num_threads(threads)
+                for m in (1, 2, 3, 4):
+                    part = C0[5:5 + m].copy()
+                    _core._gemm(variant, False, False, np.ascontiguousarray(A[5:5 + m]), B, part, 1.0, beta)
+                    assert np.array_equal(part, full[5:5 + m]), (variant, K, beta, threads, m)
+    finally:
+        system.set_num_threads(old)
