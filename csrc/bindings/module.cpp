@@ -4,9 +4,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <cmath>
+#include <cstring>
 #include <mutex>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "profile.h"
 #include "trainer/layer_factory.h"
@@ -397,6 +401,8 @@ void bind_network(py::module_& m, const char* name) {
       .def("set_layer_trainable", locked_call(&Net::set_layer_trainable), py::arg("layer"), py::arg("trainable"))
       .def("set_stop_on_nan", locked_call(&Net::set_stop_on_nan), py::arg("on"), py::arg("every") = 1)
       .def("set_monitor", locked_call(&Net::set_monitor))
+      .def("set_gather_ahead", locked_call(&Net::set_gather_ahead))
+      .def("step_single_threaded", locked_call(&Net::step_single_threaded), py::arg("batch"))
       .def("set_lr_scale", locked_call(&Net::set_lr_scale))
       .def("set_step_count", locked_call(&Net::set_step_count))
       .def_property_readonly("step_count", locked_call(&Net::step_count))
@@ -606,6 +612,66 @@ void bind_network(py::module_& m, const char* name) {
            py::arg("x").noconvert(), py::arg("batch_size") = 256);
 }
 
+// Test hook of gather_ahead.h: gathers X[order], Y[order] (SW[order]) batch by batch through
+// a GatherAhead as train_epoch does, the caller busy for step_us between batches in place of
+// a step. Returns (x, y, w or None, rows the helper copied).
+py::tuple gather_ahead_hook(const Arr<float>& X, const Arr<float>& Y, const py::object& sw,
+                            const py::array_t<long long, py::array::c_style>& order, i64 batch,
+                            double step_us) {
+  if (X.ndim() != 2 || Y.ndim() != 2 || X.shape(0) != Y.shape(0))
+    cr::fail("_gather_ahead expects X (N, in) and Y (N, tc); received shapes ", shape_str(X),
+             " and ", shape_str(Y));
+  const i64 N = X.shape(0), in = X.shape(1), tc = Y.shape(1);
+  std::optional<Arr<float>> SW;
+  if (!sw.is_none()) {
+    SW = sw.cast<Arr<float>>();
+    if (SW->ndim() != 1 || SW->shape(0) != N)
+      cr::fail("_gather_ahead expects sample weights of shape (", N, ",); received ", shape_str(*SW));
+  }
+  if (order.ndim() != 1 || order.shape(0) != N)
+    cr::fail("_gather_ahead expects order of shape (", N, ",); received ", shape_str(order));
+  std::vector<i64> idx(order.data(), order.data() + N);
+  for (i64 i : idx)
+    if (i < 0 || i >= N) cr::fail("_gather_ahead: order holds ", i, ", outside [0, ", N, ")");
+  if (batch < 1) cr::fail("_gather_ahead expects batch >= 1; received ", batch);
+  if (!(step_us >= 0.0 && step_us <= 1e5)) cr::fail("_gather_ahead expects step_us in [0, 1e5]; received ", step_us);
+  Arr<float> xo({N, in}), yo({N, tc}), wo({N});
+  using Ahead = cr::GatherAhead<float>;
+  std::vector<cr::avec<float>> bx(Ahead::kSlots), by(Ahead::kSlots), bw(Ahead::kSlots);
+  for (int s = 0; s < Ahead::kSlots; ++s) {
+    bx[s].assign(batch * in, 0.f);
+    by[s].assign(batch * tc, 0.f);
+    bw[s].assign(batch, 0.f);
+  }
+  i64 helper_rows = 0;
+  {
+    py::gil_scoped_release nogil;
+    Ahead ahead(X.data(), Y.data(), SW ? SW->data() : nullptr, in, tc);
+    auto post = [&](i64 j) {
+      const i64 first = j * batch;
+      const int s = int(j % Ahead::kSlots);
+      if (first < N)
+        ahead.post(std::uint64_t(j), idx.data() + first, std::min(batch, N - first),
+                   {bx[s].data(), by[s].data(), bw[s].data()});
+    };
+    for (i64 j = 0; j < Ahead::kAhead; ++j) post(j);
+    for (i64 k = 0, start = 0; start < N; ++k, start += batch) {
+      ahead.collect(std::uint64_t(k));
+      const int s = int(k % Ahead::kSlots);
+      const i64 B = std::min(batch, N - start);
+      std::memcpy(xo.mutable_data() + start * in, bx[s].data(), sizeof(float) * B * in);
+      std::memcpy(yo.mutable_data() + start * tc, by[s].data(), sizeof(float) * B * tc);
+      std::memcpy(wo.mutable_data() + start, bw[s].data(), sizeof(float) * B);
+      post(k + Ahead::kAhead);
+      const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double, std::micro>(step_us);
+      while (std::chrono::steady_clock::now() < until) {
+      }
+    }
+    helper_rows = ahead.helper_rows();
+  }
+  return py::make_tuple(xo, yo, SW ? py::object(wo) : py::object(py::none()), helper_rows);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -652,4 +718,8 @@ PYBIND11_MODULE(_core, m) {
         "of the training calls recorded) and the number of steps, over every training call "
         "made with the profile on since the last reset_profile().");
   m.def("reset_profile", &cr::profile::reset, "Clear the step profile's totals.");
+  m.def("_gather_ahead", &gather_ahead_hook, py::arg("x").noconvert(), py::arg("y").noconvert(),
+        py::arg("sample_weight"), py::arg("order"), py::arg("batch"), py::arg("step_us"),
+        "Test hook: gather rows in the given order batch by batch through the helper thread of "
+        "a training epoch; returns (x, y, w, rows the helper copied).");
 }

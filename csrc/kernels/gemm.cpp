@@ -498,10 +498,12 @@ const float* packed_panels(const PackedB* packed, const void* kern, bool tb, i64
 }
 
 // float64: the simple loop-ordered kernel (row-parallel), kept for gradient checks.
+constexpr i64 kSimpleParallelMacs = i64(1) << 18;
+
 template <typename T>
 static void gemm_simple(bool ta, bool tb, i64 M, i64 N, i64 K, T alpha, const T* A, i64 lda,
                         const T* B, i64 ldb, T beta, T* C, i64 ldc) {
-#pragma omp parallel for schedule(static) if (M * N * K > (1 << 18))
+#pragma omp parallel for schedule(static) if (M * N * K > kSimpleParallelMacs)
   for (i64 i = 0; i < M; ++i) {
     T* c = C + i * ldc;
     if (beta == T(0)) {
@@ -525,6 +527,19 @@ void dgemm(bool ta, bool tb, i64 M, i64 N, i64 K, double alpha, const double* A,
            const double* B, i64 ldb, double beta, double* C, i64 ldc) {
   const profile::PhaseScope timed(profile::Phase::GemmCompute);
   gemm_simple(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+// The rows path (a few rows, untransposed) splits from 2 * kRowsMinMacsPerThread, the
+// blocked path from 2 * kMinMacsPerThread; a few transposed rows take the blocked path, so
+// the rows path's lower bound is the safe one for them too.
+template <>
+bool gemm_single_threaded<float>(i64 M, i64 N, i64 K) {
+  const i64 macs = M * N * K;
+  return macs < (M <= kRowsMaxM ? 2 * kRowsMinMacsPerThread : 2 * kMinMacsPerThread);
+}
+template <>
+bool gemm_single_threaded<double>(i64 M, i64 N, i64 K) {
+  return M * N * K <= kSimpleParallelMacs;
 }
 
 }  // namespace cr

@@ -50,6 +50,11 @@ void sgemm_bias_act(bool trans_a, bool trans_b, i64 M, i64 N, i64 K, float alpha
                     const float* A, i64 lda, const float* B, i64 ldb, float* C, i64 ldc,
                     const GemmEpilogue& ep, const PackedB* packed = nullptr);
 
+// Whether a product of this shape runs on the calling thread alone, however many threads
+// are allowed (below the sizes at which sgemm or dgemm go parallel).
+template <typename T>
+bool gemm_single_threaded(i64 M, i64 N, i64 K);
+
 // float64 (gradient checks, reference training): correct first, reasonably fast.
 void dgemm(bool trans_a, bool trans_b, i64 M, i64 N, i64 K, double alpha, const double* A,
            i64 lda, const double* B, i64 ldb, double beta, double* C, i64 ldc);

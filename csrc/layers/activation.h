@@ -29,6 +29,8 @@ class Activation final : public Layer<T> {
   i64 units() const override { return C_; }
   bool has_activation() const override { return true; }
 
+  bool step_single_threaded(i64 B) const override { return B * this->in_ <= kParallelElems / 4; }
+
   // x, y: (B·size / C, C) rows. Block by block: the copy and the in-place activation of a
   // block both run in cache, so memory sees one read of x and one write of y.
   void forward(const T* x, T* y, i64 B, bool) override {

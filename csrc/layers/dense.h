@@ -39,6 +39,15 @@ class Dense final : public Layer<T> {
   }
   void end_inference() override { packed_.release(); }
 
+  // The products: y = x·W (B, out, in), dW += xᵀ·dz (in, out, B), dx = dz·Wᵀ (B, in, out);
+  // the activation's element-wise loops over B·out values (from kParallelElems / 4 for the
+  // expensive ones).
+  bool step_single_threaded(i64 B) const override {
+    const i64 in = this->in_, out = this->out_;
+    return gemm_single_threaded<T>(B, out, in) && gemm_single_threaded<T>(in, out, B) &&
+           gemm_single_threaded<T>(B, in, out) && B * out <= kParallelElems / 4;
+  }
+
   // x: (B, in), y: (B, out)
   void forward(const T* x, T* y, i64 B, bool training) override {
     const i64 in = this->in_, out = this->out_;

@@ -30,6 +30,8 @@ class Dropout final : public Layer<T> {
     if (i64(mask_.size()) < batch * this->in_) mask_.assign(batch * this->in_, T(0));
   }
 
+  bool step_single_threaded(i64) const override { return true; }  // serial loops only
+
   // x, y: (B, size). mask: (B, size) holds 0 or 1/(1-rate). Drawn serially: one stream,
   // the same masks for a given seed whatever the thread count.
   void forward(const T* x, T* y, i64 B, bool training) override {

@@ -54,6 +54,12 @@ class Layer {
   virtual void begin_inference(i64 rows) {}
   virtual void end_inference() {}
 
+  // Whether a training step's forward and backward passes over B rows run on the calling
+  // thread alone at any thread count: every product and element-wise loop below the sizes
+  // at which they go parallel. False where unknown (the Network then starts no helper thread
+  // beside the step: gather_ahead.h).
+  virtual bool step_single_threaded(i64 B) const { return false; }
+
   // x: (B, in) -> y: (B, out). Caches what backward needs (usually just y, kept by caller).
   virtual void forward(const T* x, T* y, i64 B, bool training) = 0;
   // x, y: this layer's input and output from the forward pass. dy: (B, out) gradient w.r.t.

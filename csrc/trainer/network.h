@@ -17,6 +17,7 @@
 #include <mutex>
 #include <numeric>
 #include <optional>
+#include <system_error>
 #include <vector>
 
 #include "common.h"
@@ -28,6 +29,7 @@
 #include "optim/optimizer.h"
 #include "profile.h"
 #include "trainer/data_parallel.h"
+#include "trainer/gather_ahead.h"
 #include "trainer/monitor.h"
 #include "trainer/nan_guard.h"
 #include "trainer/params.h"
@@ -239,6 +241,22 @@ class Network {
   // optimizer state of the last finite step.
   // every: steps between snapshots (1: a stop restores the last finite step exactly).
   void set_stop_on_nan(bool on, i64 every = 1) { nan_guard_.set_enabled(on, every); }
+  // Shuffled epochs on 2+ threads whose steps run on one thread gather the next batches on
+  // a helper thread during the current step (gather_ahead.h): on by default; the bits are
+  // the same either way.
+  void set_gather_ahead(bool on) { gather_ahead_ = on; }
+  // Whether a training step of B rows runs on the calling thread alone at any thread count:
+  // every layer's passes, the loss and metrics over B x outputs, and the optimizer step, the
+  // penalties and the clipping norm over the parameter block (each parallel only above
+  // kParallelElems values). Where it does, a helper thread gathering ahead takes no CPU from
+  // the step's own threads.
+  bool step_single_threaded(i64 B) const {
+    if (num_params() > kParallelElems || B * out_size() > kParallelElems) return false;
+    for (const auto& l : layers_)
+      if (!l->step_single_threaded(B)) return false;
+    return true;
+  }
+
   // Per-layer monitoring (gradient norms, update ratios, dead units): on by default.
   void set_monitor(bool on) { monitor_.set_enabled(on); }
   const std::vector<ParamHealth>& param_health() const { return monitor_.health(); }
@@ -262,14 +280,41 @@ class Network {
     begin_epoch();
     Poller poller(poll);
     const i64 total_steps = (N + batch - 1) / batch;
-    for (i64 start = 0; start < N; start += batch) {
+    std::optional<GatherAhead<T>> ahead;
+    if (shuffle && gather_ahead_ && total_steps > GatherAhead<T>::kAhead && max_threads() >= 2 &&
+        step_single_threaded(std::min(batch, N))) {
+      try {
+        ahead.emplace(X, Y, SW, in_size(), target_cols());
+      } catch (const std::system_error&) {  // no thread to be had: gather on this one
+      }
+    }
+    for (i64 start = 0, k = 0; start < N; start += batch, ++k) {
       if (poller.stop()) {
         epoch_.interrupted = true;
         break;
       }
       const i64 B = std::min(batch, N - start);
       const T *xb, *yb, *wb;
-      gather(X, Y, SW, start, B, shuffle, xb, yb, wb);
+      if (ahead) {
+        using Ahead = GatherAhead<T>;
+        const profile::PhaseScope timed(profile::Phase::Gather);
+        auto post = [&](i64 j) {  // batch j, if there is one, into buffer set j mod kSlots
+          const i64 first = j * batch;
+          if (first < N)
+            ahead->post(std::uint64_t(j), order_.data() + first, std::min(batch, N - first),
+                        batch_buffers(int(j % Ahead::kSlots)));
+        };
+        if (k == 0)
+          for (i64 j = 0; j < Ahead::kAhead; ++j) post(j);
+        ahead->collect(std::uint64_t(k));
+        const auto cur = batch_buffers(int(k % Ahead::kSlots));
+        xb = cur.x;
+        yb = cur.y;
+        wb = SW ? cur.w : nullptr;
+        post(k + Ahead::kAhead);  // into the buffers of step k - 1, done
+      } else {
+        gather(X, Y, SW, start, B, shuffle, xb, yb, wb);
+      }
       if (!epoch_step(xb, yb, wb, B)) break;
       if (progress && progress_every > 0 && (epoch_.steps % progress_every == 0 || epoch_.samples == N)) {
         const EpochStats run = running_stats();
@@ -652,9 +697,11 @@ class Network {
       widest = std::max(widest, layers_[l]->out_size());
       layers_[l]->reserve(batch);
     }
-    xbuf_.assign(batch * in_size(), T(0));
-    ybuf_.assign(batch * out_size(), T(0));
-    wbuf_.assign(batch, T(0));
+    for (int s = 0; s < GatherAhead<T>::kSlots; ++s) {
+      xbuf_[s].assign(batch * in_size(), T(0));
+      ybuf_[s].assign(batch * out_size(), T(0));
+      wbuf_[s].assign(batch, T(0));
+    }
     sample_loss_.assign(batch, 0.0);
     probs_.assign(batch * out_size(), T(0));
     for (auto& g : gbuf_) g.assign(batch * widest, T(0));
@@ -746,18 +793,23 @@ class Network {
       return;
     }
     const i64* idx = order_.data() + start;
-    T* xd = xbuf_.data();
-    T* yd = ybuf_.data();
+    T* xd = xbuf_[0].data();
+    T* yd = ybuf_[0].data();
 #pragma omp parallel for schedule(static) if (B * in > kParallelElems)
     for (i64 r = 0; r < B; ++r) {
       std::memcpy(xd + r * in, X + idx[r] * in, sizeof(T) * in);
       std::memcpy(yd + r * tc, Y + idx[r] * tc, sizeof(T) * tc);
     }
     if (SW)
-      for (i64 r = 0; r < B; ++r) wbuf_[r] = SW[idx[r]];
+      for (i64 r = 0; r < B; ++r) wbuf_[0][r] = SW[idx[r]];
     xb = xd;
     yb = yd;
-    wb = SW ? wbuf_.data() : nullptr;
+    wb = SW ? wbuf_[0].data() : nullptr;
+  }
+
+  // Batch buffer set s: gather() fills set 0, gathering ahead cycles through all of them.
+  typename GatherAhead<T>::Buffers batch_buffers(int s) {
+    return {xbuf_[s].data(), ybuf_[s].data(), wbuf_[s].data()};
   }
 
   // Forward through every layer; returns the last layer's output (logits if fused).
@@ -1076,7 +1128,9 @@ class Network {
   // Per-call buffers, sized by reserve() for batches up to cap_.
   i64 cap_ = 0;
   std::vector<avec<T>> acts_;
-  avec<T> xbuf_, ybuf_, wbuf_, probs_;
+  avec<T> xbuf_[GatherAhead<T>::kSlots], ybuf_[GatherAhead<T>::kSlots], wbuf_[GatherAhead<T>::kSlots];
+  avec<T> probs_;
+  bool gather_ahead_ = true;
   std::vector<double> sample_loss_;  // per-sample losses from an external loss
   avec<T> gbuf_[2];
   std::vector<i64> order_;
