@@ -2,6 +2,8 @@
 steps run on one thread, a helper thread copies the next batches' rows while the current
 step runs. The rows must be exactly those the caller's own gather copies, whoever copies
 them, and training must give the same bits with the helper as without it."""
+import os
+
 import numpy as np
 import pytest
 
@@ -17,7 +19,8 @@ def two_threads():
     cr.set_num_threads(before)
 
 
-@pytest.mark.parametrize("n,batch", [(1, 1), (2, 1), (7, 3), (64, 32), (100, 32), (1000, 7), (257, 256)])
+@pytest.mark.parametrize("n,batch", [(1, 1), (2, 1), (7, 3), (64, 32), (100, 32), (1000, 7),
+                                     (257, 256)])
 @pytest.mark.parametrize("step_us", [0.0, 150.0])
 @pytest.mark.parametrize("weighted", [False, True])
 def test_the_rows_are_those_of_the_order(n, batch, step_us, weighted):
@@ -50,6 +53,27 @@ def test_the_helper_copies_rows_while_the_caller_is_busy():
     assert helper_rows > 0
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity")
+def test_the_helper_retires_when_it_shares_the_callers_cpu():
+    # The calling thread held to one CPU: the helper, started from it, inherits that CPU, so
+    # every look it takes is on the caller's CPU (a busy machine in small). After 4 such looks
+    # it stops; until then each look copies at most the kSlots = 3 batches then posted.
+    rng = np.random.default_rng(1)
+    n, batch = 4096, 32
+    X = rng.standard_normal((n, 50)).astype(np.float32)
+    Y = rng.standard_normal((n, 2)).astype(np.float32)
+    order = rng.permutation(n).astype(np.int64)
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    try:
+        x, y, _, helper_rows = _core._gather_ahead(X, Y, None, order, batch, 200.0)
+    finally:
+        os.sched_setaffinity(0, before)
+    np.testing.assert_array_equal(x, X[order])
+    np.testing.assert_array_equal(y, Y[order])
+    assert helper_rows <= 3 * 3 * batch
+
+
 def _model(dropout=False, dtype="float32", hidden=32, inputs=64):
     L = cr.layers
     layers = [L.Dense(hidden, activation="relu")]
@@ -57,8 +81,8 @@ def _model(dropout=False, dtype="float32", hidden=32, inputs=64):
         layers.append(L.Dropout(0.3))
     layers.append(L.Dense(5, activation="softmax"))
     m = cr.Sequential(layers, dtype=dtype, seed=3)
-    m.compile(optimizer=cr.optimizers.SGD(0.05, momentum=0.9), loss="sparse_categorical_crossentropy",
-              metrics=["accuracy"])
+    m.compile(optimizer=cr.optimizers.SGD(0.05, momentum=0.9),
+              loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     m.build((inputs,))
     return m
 
@@ -72,7 +96,7 @@ def _fit(ahead, n, batch, weighted, dropout=False, dtype="float32", lr=None, epo
     if lr is not None:
         m.optimizer.learning_rate = lr
     assert m._core.step_single_threaded(batch)  # the helper's precondition: it does start
-    m._core.set_gather_ahead(ahead)
+    m._core.set_gather_ahead(ahead, 0)  # 0: however small the data set
     hist = m.fit(x, y, batch_size=batch, epochs=epochs, verbose=0, seed=11, sample_weight=sw,
                  gradient_warnings=False)
     return m.get_weights(), hist.history
@@ -121,3 +145,9 @@ def test_which_steps_run_on_one_thread():
     conv.compile(optimizer="sgd", loss="mse")
     conv.build((8, 8, 1))
     assert not conv._core.step_single_threaded(1)  # unknown for a convolution: no helper
+
+
+def test_a_negative_data_size_threshold_is_refused():
+    m = _model()
+    with pytest.raises(ValueError, match="min_epoch_bytes must be >= 0; received -1"):
+        m._core.set_gather_ahead(True, -1)

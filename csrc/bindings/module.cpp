@@ -401,7 +401,8 @@ void bind_network(py::module_& m, const char* name) {
       .def("set_layer_trainable", locked_call(&Net::set_layer_trainable), py::arg("layer"), py::arg("trainable"))
       .def("set_stop_on_nan", locked_call(&Net::set_stop_on_nan), py::arg("on"), py::arg("every") = 1)
       .def("set_monitor", locked_call(&Net::set_monitor))
-      .def("set_gather_ahead", locked_call(&Net::set_gather_ahead))
+      .def("set_gather_ahead", locked_call(&Net::set_gather_ahead), py::arg("on"),
+           py::arg("min_epoch_bytes") = cr::GatherAhead<T>::kMinEpochBytes)
       .def("step_single_threaded", locked_call(&Net::step_single_threaded), py::arg("batch"))
       .def("set_lr_scale", locked_call(&Net::set_lr_scale))
       .def("set_step_count", locked_call(&Net::set_step_count))

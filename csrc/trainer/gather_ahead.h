@@ -12,7 +12,13 @@
 // every kPoll. The caller does not wake it: a wake-up call cost the caller 8 us per step on
 // the 2-core development VM, and the wake-up itself took 28-42 us there, about a small step.
 // So batches are posted kAhead steps before they are needed, and the helper finds them at
-// its next look. It is started only where a step runs on the calling thread alone
+// its next look. On a busy machine (no idle CPU) the helper shares the caller's CPU: every
+// look then preempts the step, and with one busy process beside it a small-MLP epoch at 2
+// threads ran 1.4-1.7x slower than at 1 thread (bench/bench_busy.py). On a quiet machine the
+// scheduler wakes the helper on an idle CPU (0 of ~1,400 looks per epoch on the caller's CPU,
+// against a quarter to a half of them with one busy process): after kMaxSharedCpuLooks looks
+// on the caller's CPU the helper retires for the rest of the epoch, and the caller gathers
+// alone, as without it. It is started only where a step runs on the calling thread alone
 // (Network::step_single_threaded): beside a step's own OpenMP workers it took their CPU at
 // every look, and a 2-thread epoch of the MLP 784-512-256-10 ran 2x slower.
 //
@@ -31,6 +37,7 @@
 #include <thread>
 
 #ifdef __linux__
+#include <sched.h>
 #include <sys/prctl.h>
 #endif
 
@@ -52,6 +59,11 @@ class GatherAhead {
   static constexpr int kSlots = kAhead + 1;     // batch buffer sets: the current one + ahead
   static constexpr i64 kChunkRows = 4;          // rows per claim: ~12 KB of MNIST rows
   static constexpr std::chrono::microseconds kPoll{20};  // the helper's sleep between looks
+  static constexpr int kMaxSharedCpuLooks = 4;  // looks on the caller's CPU before retiring
+  // Epochs with less input data gather without a helper: starting and joining it, and the
+  // batches the caller gathers before it is up, cost ~140 us per epoch, and a small data
+  // set's rows come from cache (scikit-learn's digits, 460 KB, ran 18% slower with it).
+  static constexpr i64 kMinEpochBytes = i64(16) << 20;
 
   // Destination buffers of one batch: x (B, in), y (B, tc), w (B) (unused without SW).
   struct Buffers {
@@ -93,6 +105,7 @@ class GatherAhead {
       job.done.store(0, std::memory_order_relaxed);
       posted_ = seq + 1;
     }
+    caller_cpu_.store(current_cpu(), std::memory_order_relaxed);
   }
 
   // Returns when every row of batch `seq` (posted) is in its buffers: copies the rows no
@@ -145,12 +158,21 @@ class GatherAhead {
     }
   }
 
+  static int current_cpu() {
+#ifdef __linux__
+    return sched_getcpu();  // -1 where unknown
+#else
+    return -1;
+#endif
+  }
+
   // The helper: every posted batch in order, oldest (the one needed soonest) first.
   void run() {
 #ifdef __linux__
-    prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);  // this thread's timed waits end on time, not 50 us late
+    prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);  // its timed waits end on time, not 50 us late
 #endif
     std::uint64_t cursor = 0;  // the next batch to work on
+    int shared_cpu_looks = 0;
     for (;;) {
       std::uint64_t posted;
       {
@@ -159,6 +181,10 @@ class GatherAhead {
         if (stop_) return;
         posted = posted_;
       }
+      const int cpu = current_cpu();
+      if (cpu >= 0 && cpu == caller_cpu_.load(std::memory_order_relaxed) &&
+          ++shared_cpu_looks >= kMaxSharedCpuLooks)
+        return;  // no idle CPU: the caller gathers alone for the rest of the epoch
       // Batches more than kSlots behind were collected and their slots reposted: skip them.
       cursor = std::max(cursor, posted > kSlots ? posted - kSlots : 0);
       for (; cursor < posted; ++cursor) work(cursor, true);
@@ -173,6 +199,7 @@ class GatherAhead {
   std::uint64_t posted_ = 0;   // guarded by m_: batches posted so far
   Job jobs_[kSlots];           // guarded by m_ but for done
   std::atomic<i64> helper_rows_{0};
+  std::atomic<int> caller_cpu_{-1};  // the CPU the caller last posted from
   std::thread helper_;         // last: started once the members above exist
 };
 

@@ -244,7 +244,13 @@ class Network {
   // Shuffled epochs on 2+ threads whose steps run on one thread gather the next batches on
   // a helper thread during the current step (gather_ahead.h): on by default; the bits are
   // the same either way.
-  void set_gather_ahead(bool on) { gather_ahead_ = on; }
+  // min_epoch_bytes: the least input data per epoch worth a helper (its start and join
+  // cost about what gathering 1 MB does).
+  void set_gather_ahead(bool on, i64 min_epoch_bytes = GatherAhead<T>::kMinEpochBytes) {
+    if (min_epoch_bytes < 0) fail("min_epoch_bytes must be >= 0; received ", min_epoch_bytes);
+    gather_ahead_ = on;
+    gather_ahead_min_bytes_ = min_epoch_bytes;
+  }
   // Whether a training step of B rows runs on the calling thread alone at any thread count:
   // every layer's passes, the loss and metrics over B x outputs, and the optimizer step, the
   // penalties and the clipping norm over the parameter block (each parallel only above
@@ -281,7 +287,8 @@ class Network {
     Poller poller(poll);
     const i64 total_steps = (N + batch - 1) / batch;
     std::optional<GatherAhead<T>> ahead;
-    if (shuffle && gather_ahead_ && total_steps > GatherAhead<T>::kAhead && max_threads() >= 2 &&
+    if (shuffle && gather_ahead_ && total_steps > GatherAhead<T>::kAhead &&
+        N * in_size() * i64(sizeof(T)) >= gather_ahead_min_bytes_ && max_threads() >= 2 &&
         step_single_threaded(std::min(batch, N))) {
       try {
         ahead.emplace(X, Y, SW, in_size(), target_cols());
@@ -1131,6 +1138,7 @@ class Network {
   avec<T> xbuf_[GatherAhead<T>::kSlots], ybuf_[GatherAhead<T>::kSlots], wbuf_[GatherAhead<T>::kSlots];
   avec<T> probs_;
   bool gather_ahead_ = true;
+  i64 gather_ahead_min_bytes_ = GatherAhead<T>::kMinEpochBytes;
   std::vector<double> sample_loss_;  // per-sample losses from an external loss
   avec<T> gbuf_[2];
   std::vector<i64> order_;
