@@ -30,7 +30,6 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <mutex>
@@ -80,8 +79,7 @@ class GatherAhead {
       std::lock_guard<std::mutex> lk(m_);
       stop_ = true;
     }
-    cv_.notify_one();
-    helper_.join();
+    helper_.join();  // within kPoll: the helper looks at stop_ at every look
   }
   // Rows the helper has copied so far (the rest, the caller).
   i64 helper_rows() const { return helper_rows_.load(std::memory_order_relaxed); }
@@ -175,11 +173,17 @@ class GatherAhead {
     int shared_cpu_looks = 0;
     for (;;) {
       std::uint64_t posted;
-      {
-        std::unique_lock<std::mutex> lk(m_);
-        while (!stop_ && posted_ <= cursor) cv_.wait_for(lk, kPoll);
-        if (stop_) return;
-        posted = posted_;
+      for (;;) {
+        {
+          std::lock_guard<std::mutex> lk(m_);
+          if (stop_) return;
+          posted = posted_;
+        }
+        if (posted > cursor) break;
+        // A plain timed sleep (nanosleep), not a condition variable's timed wait: nobody
+        // signals the helper, and libstdc++'s wait_for on the steady clock calls
+        // pthread_cond_clockwait (glibc 2.30), which a manylinux_2_28 wheel cannot import.
+        std::this_thread::sleep_for(kPoll);
       }
       const int cpu = current_cpu();
       if (cpu >= 0 && cpu == caller_cpu_.load(std::memory_order_relaxed) &&
@@ -194,7 +198,6 @@ class GatherAhead {
   const T *X_, *Y_, *SW_;
   const i64 in_, tc_;
   std::mutex m_;
-  std::condition_variable cv_;
   bool stop_ = false;          // guarded by m_
   std::uint64_t posted_ = 0;   // guarded by m_: batches posted so far
   Job jobs_[kSlots];           // guarded by m_ but for done
