@@ -25,7 +25,7 @@
 // The helper is a plain thread of its own, started per epoch and joined at its end (also on
 // an exception): OpenMP's pool is not involved, so it is safe in a forked child too, where
 // the core keeps to one thread anyway (max_threads() is 1 there and no helper starts).
-// The copies are the same memcpy as the calling thread's gather: the bits do not change.
+// The copies are the calling thread's gather_rows: the bits do not change.
 #pragma once
 #include <algorithm>
 #include <atomic>
@@ -41,6 +41,7 @@
 #endif
 
 #include "common.h"
+#include "trainer/gather_rows.h"
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #include <immintrin.h>
@@ -145,12 +146,10 @@ class GatherAhead {
         r1 = std::min(r0 + kChunkRows, B);
         job.next = r1;
       }
-      for (i64 r = r0; r < r1; ++r) {
-        const i64 i = idx[r];
-        std::memcpy(into.x + r * in_, X_ + i * in_, sizeof(T) * in_);
-        std::memcpy(into.y + r * tc_, Y_ + i * tc_, sizeof(T) * tc_);
-        if (SW_) into.w[r] = SW_[i];
-      }
+      gather_rows(into.x + r0 * in_, X_, idx + r0, r1 - r0, in_);
+      gather_rows(into.y + r0 * tc_, Y_, idx + r0, r1 - r0, tc_);
+      if (SW_)
+        for (i64 r = r0; r < r1; ++r) into.w[r] = SW_[idx[r]];
       if (helper) helper_rows_.fetch_add(r1 - r0, std::memory_order_relaxed);
       job.done.fetch_add(r1 - r0, std::memory_order_release);
     }

@@ -30,6 +30,7 @@
 #include "profile.h"
 #include "trainer/data_parallel.h"
 #include "trainer/gather_ahead.h"
+#include "trainer/gather_rows.h"
 #include "trainer/monitor.h"
 #include "trainer/nan_guard.h"
 #include "trainer/params.h"
@@ -802,10 +803,12 @@ class Network {
     const i64* idx = order_.data() + start;
     T* xd = xbuf_[0].data();
     T* yd = ybuf_[0].data();
+    const i64 groups = (B + kGatherStreams - 1) / kGatherStreams;
 #pragma omp parallel for schedule(static) if (B * in > kParallelElems)
-    for (i64 r = 0; r < B; ++r) {
-      std::memcpy(xd + r * in, X + idx[r] * in, sizeof(T) * in);
-      std::memcpy(yd + r * tc, Y + idx[r] * tc, sizeof(T) * tc);
+    for (i64 g = 0; g < groups; ++g) {
+      const i64 r0 = g * kGatherStreams, rows = std::min(kGatherStreams, B - r0);
+      gather_rows(xd + r0 * in, X, idx + r0, rows, in);
+      gather_rows(yd + r0 * tc, Y, idx + r0, rows, tc);
     }
     if (SW)
       for (i64 r = 0; r < B; ++r) wbuf_[0][r] = SW[idx[r]];
