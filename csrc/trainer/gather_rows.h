@@ -3,8 +3,8 @@
 // The rows lie scattered over the training set (MNIST: 188 MB), so nearly every one comes from
 // DRAM, and the copy is bound by how many cache misses are in flight at once, not by bandwidth.
 // A memcpy per row has one row's misses in flight (what the out-of-order window and the
-// hardware prefetcher find ahead within it): 32 MNIST rows took 18-19 us. Copying kStreams
-// rows side by side, one 64-byte line of each in turn, puts the misses of kStreams rows in
+// hardware prefetcher find ahead within it): 32 MNIST rows took 18-19 us. Copying kGatherStreams
+// rows side by side, one 64-byte line of each in turn, puts the misses of that many rows in
 // flight: 9-10 us (AMD EPYC Zen 4, 2-core VM, a standalone loop over one shuffled MNIST
 // epoch). 4 and 16 rows gave 11 us, 32 rows 14.5 us (more streams than the core tracks).
 // The bytes copied are the same, so the batch is bit for bit what a memcpy per row gives.
@@ -25,17 +25,16 @@ constexpr i64 kGatherInterleaveBytes = 256;
 // Copies rows idx[0..rows) of X (rows of n values) into dst, one after another.
 template <typename T>
 void gather_rows(T* dst, const T* X, const i64* idx, i64 rows, i64 n) {
-  constexpr i64 kStreams = kGatherStreams;
-  constexpr i64 kLine = 64;    // bytes of each row per turn: a cache line
+  constexpr i64 kLine = 64;  // bytes of each row per turn: a cache line
   const i64 bytes = n * i64(sizeof(T));
   if (bytes < kGatherInterleaveBytes) {
     for (i64 r = 0; r < rows; ++r) std::memcpy(dst + r * n, X + idx[r] * n, size_t(bytes));
     return;
   }
-  for (i64 r0 = 0; r0 < rows; r0 += kStreams) {
-    const i64 g = std::min(kStreams, rows - r0);
-    const char* src[kStreams];
-    char* out[kStreams];
+  for (i64 r0 = 0; r0 < rows; r0 += kGatherStreams) {
+    const i64 g = std::min(kGatherStreams, rows - r0);
+    const char* src[kGatherStreams];
+    char* out[kGatherStreams];
     for (i64 j = 0; j < g; ++j) {
       src[j] = reinterpret_cast<const char*>(X + idx[r0 + j] * n);
       out[j] = reinterpret_cast<char*>(dst + (r0 + j) * n);
